@@ -1,0 +1,153 @@
+"""``geta.GETA``: the entry point that turns a user's model into a quantization-aware one."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+from torch import nn
+
+from geta.errors import ConfigError, ModelError
+from geta.graph.capture import capture, eval_mode
+from geta.graph.inputs import ExampleInputs, model_device
+from geta.graph.nonnegative import layer_inputs, nonnegative_nodes
+from geta.metrics.cost import count_macs
+from geta.metrics.report import Report, build_report
+from geta.quant.calibrate import calibrate
+from geta.quant.functional import check_bits
+from geta.quant.prepare import (
+    QuantizableLayer,
+    attach_input_quantizers,
+    attach_weight_quantizers,
+    find_layers,
+    remove_input_quantizer,
+    resolve_skip,
+)
+
+QuantizeMode = Literal["weights", "weights+activations", "none"]
+_MODES = ("weights", "weights+activations", "none")
+
+
+class GETA:
+    """Joint structured pruning and quantization-aware training of ``model``.
+
+    Args:
+        model: any ``nn.Module``. It is deep-copied unless ``inplace=True``.
+        example_inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs that the
+            model runs on (in eval mode). Its leading dimension is the batch.
+        quantize: ``"weights"`` (weight quantizers only), ``"weights+activations"`` (also each
+            layer's input) or ``"none"``.
+        skip: modules or name globs of layers kept at full precision; ``geta.FIRST`` and
+            ``geta.LAST`` name the first and last layer the model runs.
+        weight_bits, act_bits: initial bit widths of weight and activation quantizers.
+        per_channel: quantize weights per output channel instead of per tensor.
+        calibration_data: batches (shaped like ``example_inputs``) that set activation ranges;
+            defaults to ``example_inputs`` alone.
+        inplace: modify ``model`` itself instead of a copy.
+
+    ``.model`` is the quantization-aware model to train. Its ``state_dict`` keeps the original
+    parameters' keys; quantizer parameters appear as ``<layer>.<weight>_quantizer.*`` and
+    ``<layer>.geta_input_quantizer.*``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: object,
+        *,
+        quantize: QuantizeMode = "weights",
+        skip: object = (),
+        weight_bits: int = 16,
+        act_bits: int = 16,
+        per_channel: bool = False,
+        calibration_data: Iterable[object] | None = None,
+        inplace: bool = False,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if quantize not in _MODES:
+            raise ConfigError(f"quantize={quantize!r} is not a mode; use one of {', '.join(map(repr, _MODES))}")
+        self.quantize_mode = quantize
+        weight_bits = check_bits(weight_bits, "weight_bits")
+        act_bits = check_bits(act_bits, "act_bits")
+        self.model = model if inplace else copy.deepcopy(model)
+        self.example_inputs = ExampleInputs.from_user(example_inputs).to(model_device(self.model))
+        self.layers: list[QuantizableLayer] = find_layers(self.model)
+        order = self._run_example()
+        # skip may name modules of the user's model or of the copy: both map to the same names
+        names = {module: name for name, module in model.named_modules()}
+        names.update({module: name for name, module in self.model.named_modules()})
+        skipped = resolve_skip(skip, self.layers, names, order)
+        for layer in self.layers:
+            if layer.name in skipped:
+                layer.full_precision_reason = "skipped by the user"
+        active = [layer for layer in self.layers if layer.name not in skipped]
+        if quantize == "none":
+            return
+        unsigned = self._nonnegative_inputs(active) if quantize == "weights+activations" else set()
+        attach_weight_quantizers(active, weight_bits, per_channel)
+        if quantize == "weights+activations":
+            attach_input_quantizers(active, act_bits, unsigned)
+            self.calibrate(calibration_data if calibration_data is not None else [example_inputs])
+
+    def calibrate(self, batches: Iterable[object]) -> None:
+        """Set activation ranges from ``batches``; a layer whose input is never seen goes full precision."""
+        with_input = [layer for layer in self.layers if layer.input_quantizer is not None]
+        unseen = set(calibrate(self.model, [layer.input_quantizer for layer in with_input], batches))
+        for layer in with_input:
+            if layer.input_quantizer in unseen:
+                remove_input_quantizer(
+                    layer,
+                    "input not quantized: the layer is never called as a module (its weight is used "
+                    "functionally by its parent), so its input cannot be intercepted",
+                )
+
+    def report(self) -> Report:
+        """MACs, BOPs, relative BOPs, size and per-layer bits and widths of the current model."""
+        macs = count_macs(self.model, self.example_inputs, self.layers)
+        return build_report(self.model, self.layers, macs)
+
+    def unquantized(self) -> list[tuple[str, str]]:
+        """(layer name, reason) for every quantizable layer left at full precision, weights or input."""
+        return [(layer.name, layer.full_precision_reason) for layer in self.layers if layer.full_precision_reason]
+
+    def _run_example(self) -> list[QuantizableLayer]:
+        """Run the example once (checking that it works); return the layers in the order they ran."""
+        order: list[QuantizableLayer] = []
+        by_module = {id(layer.module): layer for layer in self.layers}
+
+        def note(module: nn.Module, _args: object) -> None:
+            layer = by_module[id(module)]
+            if layer not in order:
+                order.append(layer)
+
+        handles = [layer.module.register_forward_pre_hook(note) for layer in self.layers]
+        try:
+            with eval_mode(self.model), torch.no_grad():
+                self.example_inputs.run(self.model)
+        except Exception as error:
+            raise ModelError(
+                f"the model cannot run on example_inputs ({type(error).__name__}: {error}); pass a tensor, a tuple "
+                "of positional inputs or a dict of keyword inputs that model(...) accepts"
+            ) from error
+        finally:
+            for handle in handles:
+                handle.remove()
+        return order
+
+    def _nonnegative_inputs(self, layers: list[QuantizableLayer]) -> set[str]:
+        """Names of the layers whose every input activation is provably non-negative."""
+        program = capture(self.model, self.example_inputs)
+        signature = program.graph_signature
+        state = set(signature.inputs_to_parameters) | set(signature.inputs_to_buffers)
+        state |= set(signature.inputs_to_lifted_tensor_constants)
+        graph = program.graph
+        nonnegative = nonnegative_nodes(graph)
+        result = set()
+        for layer in layers:
+            inputs = layer_inputs(graph, layer.name, state)
+            if inputs and all(node in nonnegative for node in inputs):
+                result.add(layer.name)
+        return result

@@ -1,0 +1,1 @@
+"""Graph capture with torch.export and analyses over the captured graph."""

@@ -1,0 +1,1 @@
+"""Cost metrics: MACs, BOPs, size, and the report."""

@@ -1,0 +1,1 @@
+"""Quantization: the learnable quantizer, its kernels, the layer registry and model preparation."""

@@ -1,0 +1,85 @@
+"""The quantization mapping of GETA (paper Sec. 3, DESIGN Sec. 2) as plain torch ops.
+
+    c   = min(|x|, q_m)
+    x^Q = sign(x) * d * round(c^t / d)
+    b   = log2(q_m^t / d + 1) + 1          (signed; unsigned drops the sign bit)
+
+The straight-through round makes autograd produce exactly the closed-form gradients of
+DESIGN Sec. 2 for d, q_m, t and x. This is the reference implementation: the fused kernel in
+``kernel.py`` must agree with it, and it is what graph capture and ``torch.compile`` see.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from geta.errors import ConfigError
+
+
+def round_ste(u: Tensor) -> Tensor:
+    """Round to nearest in the forward pass, identity in the backward pass."""
+    return u + (torch.round(u) - u).detach()
+
+
+def quantize_reference(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool = True) -> Tensor:
+    """Quantize ``x`` with step ``d``, clip ``q_m`` and exponent ``t`` (broadcast against ``x``).
+
+    In unsigned mode negative inputs map to 0 (levels 0 .. floor(q_m^t / d)). At ``c == 0`` the
+    power and its logarithm are guarded so that no gradient is NaN; every gradient there is 0.
+    """
+    s = torch.sign(x) if signed else (x > 0).to(x.dtype)
+    c = torch.minimum(x.abs(), q_m)
+    positive = c > 0
+    safe_c = torch.where(positive, c, torch.ones_like(c))
+    c_t = torch.where(positive, safe_c**t, torch.zeros_like(c))
+    return s * d * round_ste(c_t / d)
+
+
+def levels_ratio(d: Tensor, q_m: Tensor, t: Tensor) -> Tensor:
+    """n = q_m^t / d: the largest quantization level, in steps."""
+    return q_m**t / d
+
+
+def bit_width(d: Tensor, q_m: Tensor, t: Tensor, signed: bool = True) -> Tensor:
+    """Learned (continuous) bit width, Eq. 3: log2(q_m^t / d + 1) + 1 for signed quantizers."""
+    b = torch.log2(levels_ratio(d, q_m, t) + 1)
+    return b + 1 if signed else b
+
+
+def step_for_bits(bits: float | Tensor, q_m: Tensor, t: Tensor, signed: bool = True) -> Tensor:
+    """Inverse of :func:`bit_width`: the step d that gives ``bits`` bits for this q_m and t."""
+    exponent = bits - 1 if signed else bits
+    return q_m**t / (2.0**exponent - 1)
+
+
+def integer_bits(d: Tensor, q_m: Tensor, t: Tensor, signed: bool = True) -> Tensor:
+    """Bits an integer format needs to hold every level the quantizer can produce.
+
+    Signed: levels -n..n with n = floor(q_m^t / d), i.e. 2n + 1 of them, in ceil(log2(2n + 2)) bits.
+    Unsigned: levels 0..n in ceil(log2(n + 1)) bits. This is Eq. 3 rounded to the width a
+    deployed integer tensor has, and is what BOPs and model size are computed from.
+    """
+    n = torch.floor(levels_ratio(d, q_m, t))
+    count = 2 * n + 2 if signed else n + 1
+    return torch.ceil(torch.log2(torch.clamp(count, min=2)))
+
+
+def check_bits(bits: object, name: str) -> int:
+    """Validate one bit width given by a user: an integer of at least 2 (one sign bit plus one)."""
+    if isinstance(bits, bool) or not isinstance(bits, int) and not (isinstance(bits, float) and bits.is_integer()):
+        raise ConfigError(f"{name}={bits!r} is not an integer bit width; pass an int such as 8")
+    if bits < 2 or bits > 32:
+        raise ConfigError(f"{name}={bits} is outside [2, 32]; pass an integer bit width in that range")
+    return int(bits)
+
+
+def check_bit_range(bit_range: object, name: str) -> tuple[int, int]:
+    """Validate a (low, high) bit range: integers, low <= high, both in [2, 32]."""
+    if not isinstance(bit_range, (tuple, list)) or len(bit_range) != 2:
+        raise ConfigError(f"{name}={bit_range!r} is not a (low, high) pair; pass e.g. {name}=(4, 8)")
+    low = check_bits(bit_range[0], f"{name}[0]")
+    high = check_bits(bit_range[1], f"{name}[1]")
+    if low > high:
+        raise ConfigError(f"{name}=({low}, {high}) is inverted; pass the lower bound first: ({high}, {low})")
+    return low, high

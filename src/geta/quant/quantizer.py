@@ -1,0 +1,110 @@
+"""The learnable-bit-width quantizer module: parameters d (step), q_m (clip) and t (exponent)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from geta.quant import functional as F
+from geta.quant.kernel import quantize
+
+_MIN_VALUE = 1e-8
+
+
+class Quantizer(nn.Module):
+    """Quantizes a tensor with learnable step ``d``, clip ``q_m`` and exponent ``t`` (Sec. 3).
+
+    ``axis=None`` quantizes per tensor (scalar parameters); an integer quantizes per channel along
+    that axis. ``signed=False`` is for inputs known to be non-negative: levels 0..2^b - 1 instead of
+    -(2^(b-1) - 1)..2^(b-1) - 1. Parameters are kept positive: the forward pass clamps them, and
+    :meth:`constrain_` clamps the stored values after an optimizer step.
+    """
+
+    def __init__(self, bits: int = 16, *, signed: bool = True, axis: int | None = None, channels: int = 1) -> None:
+        super().__init__()
+        F.check_bits(bits, "bits")
+        if axis is not None and channels < 1:
+            raise ValueError(f"a per-channel quantizer needs channels >= 1, got {channels}")
+        shape = () if axis is None else (channels,)
+        self.signed = signed
+        self.axis = axis
+        self.initial_bits = int(bits)
+        self.q_m = nn.Parameter(torch.ones(shape))
+        self.t = nn.Parameter(torch.ones(shape))
+        self.d = nn.Parameter(F.step_for_bits(float(bits), self.q_m.detach(), self.t.detach(), signed))
+        self.observing = False
+        self.observed_max: Tensor | None = None
+
+    def extra_repr(self) -> str:
+        granularity = "per-tensor" if self.axis is None else f"per-channel(axis={self.axis}, channels={self.d.numel()})"
+        mean_bits = self.bit_width().mean().item()
+        return f"{'signed' if self.signed else 'unsigned'}, {granularity}, bits={mean_bits:.2f}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.observing:
+            self._observe(x)
+            return x
+        d, q_m, t = self.constrained_parameters()
+        return quantize(x, d, q_m, t, signed=self.signed, axis=self.axis)
+
+    @torch.no_grad()
+    def _observe(self, x: Tensor) -> None:
+        current = self._max_abs(x.detach() if self.signed else x.detach().clamp_min(0))
+        self.observed_max = current if self.observed_max is None else torch.maximum(self.observed_max, current)
+
+    def constrained_parameters(self) -> tuple[Tensor, Tensor, Tensor]:
+        """d, q_m, t clamped to be positive (differentiable where they already are)."""
+        return self.d.clamp_min(_MIN_VALUE), self.q_m.clamp_min(_MIN_VALUE), self.t.clamp_min(_MIN_VALUE)
+
+    @torch.no_grad()
+    def constrain_(self) -> None:
+        """Clamp the stored d, q_m, t to be positive (call after an optimizer step)."""
+        for p in (self.d, self.q_m, self.t):
+            p.clamp_(min=_MIN_VALUE)
+
+    def bit_width(self) -> Tensor:
+        """The learned bit width, Eq. 3 (one value, or one per channel); no gradient."""
+        with torch.no_grad():
+            return F.bit_width(*self.constrained_parameters(), signed=self.signed)
+
+    def integer_bits(self) -> Tensor:
+        """Bits an integer format needs for the levels this quantizer produces (see ``functional``)."""
+        with torch.no_grad():
+            return F.integer_bits(*self.constrained_parameters(), signed=self.signed)
+
+    def step_for_bits(self, bits: float | Tensor) -> Tensor:
+        """d(b): the step giving ``bits`` bits at the current q_m and t."""
+        with torch.no_grad():
+            _, q_m, t = self.constrained_parameters()
+            return F.step_for_bits(bits, q_m, t, signed=self.signed)
+
+    @torch.no_grad()
+    def set_bits_(self, bits: float) -> None:
+        """Set d so that the bit width is exactly ``bits`` at the current q_m and t."""
+        self.d.copy_(self.step_for_bits(float(bits)).expand_as(self.d))
+
+    @torch.no_grad()
+    def project_bits_(self, low: int, high: int) -> None:
+        """Project d onto [d(high), d(low)] so that the bit width lies in [low, high] (PPSG)."""
+        low, high = F.check_bit_range((low, high), "bit range")
+        self.d.copy_(torch.maximum(torch.minimum(self.d, self.step_for_bits(low)), self.step_for_bits(high)))
+
+    @torch.no_grad()
+    def init_range_(self, max_abs: Tensor | float) -> None:
+        """Set q_m to the observed range (t = 1) and d to keep the quantizer's initial bit width."""
+        max_abs = torch.as_tensor(max_abs, dtype=self.q_m.dtype, device=self.q_m.device)
+        self.q_m.copy_(max_abs.clamp_min(_MIN_VALUE).expand_as(self.q_m))
+        self.t.fill_(1.0)
+        self.set_bits_(self.initial_bits)
+
+    @torch.no_grad()
+    def init_from_weights_(self, weights: Sequence[Tensor]) -> None:
+        """Initialize the range from the weights it quantizes: max |W|, per tensor or per channel."""
+        self.init_range_(torch.stack([self._max_abs(w.detach()) for w in weights]).amax(0))
+
+    def _max_abs(self, x: Tensor) -> Tensor:
+        if self.axis is None:
+            return x.abs().max()
+        return x.abs().movedim(self.axis, 0).reshape(x.shape[self.axis], -1).amax(1)
