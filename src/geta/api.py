@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable
 from typing import Literal
 
@@ -138,8 +139,15 @@ class GETA:
         return order
 
     def _nonnegative_inputs(self, layers: list[QuantizableLayer]) -> set[str]:
-        """Names of the layers whose every input activation is provably non-negative."""
-        program = capture(self.model, self.example_inputs)
+        """Names of the layers whose every input activation is provably non-negative.
+
+        Needs a captured graph; if the model cannot be exported, every input quantizer is signed.
+        """
+        try:
+            program = capture(self.model, self.example_inputs)
+        except ModelError as error:
+            warnings.warn(f"{error} Input quantizers are all signed (unsigned ones would gain a bit).", stacklevel=3)
+            return set()
         signature = program.graph_signature
         state = set(signature.inputs_to_parameters) | set(signature.inputs_to_buffers)
         state |= set(signature.inputs_to_lifted_tensor_constants)

@@ -7,8 +7,9 @@ the three parameter reductions together. Both passes are compiled with ``torch.c
 use; if compilation is unavailable (no C++ compiler, an unsupported device) geta warns once and
 runs the reference ops instead, with identical results.
 
-Tensors are viewed as (channels, elements): per-tensor quantizers use one channel, so every layer
-shares the same two compiled graphs. ``neg`` is -1 for signed and 0 for unsigned quantizers,
+Tensors are viewed as (channels, elements), detached from their base so that the compiled graphs
+do not specialize on the layout of whatever tensor they were viewed from: per-tensor quantizers use
+one channel, so every layer shares the same two compiled graphs. ``neg`` is -1 for signed and 0 for unsigned quantizers,
 which keeps the sign mode a tensor rather than a recompilation.
 """
 
@@ -68,6 +69,7 @@ def _compiled_fn(name: str):
 class _FusedQuantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, neg: Tensor) -> Tensor:  # noqa: D102
+        x, d, q_m, t = (v.detach() for v in (x, d, q_m, t))
         ctx.save_for_backward(x, d, q_m, t, neg)
         return _compiled_fn("forward")(x, d, q_m, t, neg)
 
@@ -75,7 +77,7 @@ class _FusedQuantize(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):  # noqa: D102
         x, d, q_m, t, neg = ctx.saved_tensors
-        grad_x, grad_d, grad_q_m, grad_t = _compiled_fn("backward")(grad, x, d, q_m, t, neg)
+        grad_x, grad_d, grad_q_m, grad_t = _compiled_fn("backward")(grad.detach(), x, d, q_m, t, neg)
         return grad_x, grad_d, grad_q_m, grad_t, None
 
 
@@ -123,7 +125,7 @@ def _quantize_fused(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool, 
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in (d, q_m, t))):
         out = _FusedQuantize.apply(flat, *params, neg)
     else:
-        out = _compiled_fn("forward")(flat, *params, neg)
+        out = _compiled_fn("forward")(flat.detach(), *(p.detach() for p in params), neg)
     out = out.reshape(moved.shape).to(x.dtype)
     return out if axis is None or axis == 0 else out.movedim(0, axis)
 

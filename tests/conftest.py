@@ -1,0 +1,9 @@
+"""Shared test helpers."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

@@ -1,0 +1,191 @@
+"""GETA(...): every layer kind gets quantizers, the user's model is untouched, inputs and errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import geta
+from geta.errors import ConfigError, ModelError
+from tests.zoo import EveryLayer, ScaledDense, every_layer_inputs, small_cnn
+
+EXPECTED_LAYERS = {
+    "embed": "Embedding",
+    "attn": "MultiheadAttention",
+    "attn.out_proj": "NonDynamicallyQuantizableLinear",
+    "gpt_conv1d": "Conv1D",
+    "conv1d": "Conv1d",
+    "deconv1d": "ConvTranspose1d",
+    "conv2d": "Conv2d",
+    "deconv2d": "ConvTranspose2d",
+    "conv3d": "Conv3d",
+    "deconv3d": "ConvTranspose3d",
+    "linear": "Linear",
+    "sub_linear": "MyLinear",
+    "custom": "ScaledDense",
+}
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).detach().norm() / b.detach().norm())
+
+
+@pytest.mark.parametrize("mode", ["weights", "weights+activations"])
+def test_every_layer_kind_gets_a_quantizer_and_matches_float_at_16_bits(mode: str) -> None:
+    model = EveryLayer().eval()
+    inputs = every_layer_inputs()
+    before = copy.deepcopy(model.state_dict())
+    g = geta.GETA(model, inputs, quantize=mode)
+    layers = {layer.name: layer for layer in g.layers}
+    assert {name: layer.kind for name, layer in layers.items()} == EXPECTED_LAYERS
+    for name, layer in layers.items():
+        assert isinstance(layer.weight_quantizer, geta.Quantizer), name
+        assert layer.weight_quantizer.bit_width().item() == pytest.approx(16, abs=1e-4)
+    if mode == "weights+activations":
+        with_input = {name for name, layer in layers.items() if layer.input_quantizer is not None}
+        # embeddings read indices; out_proj is applied functionally inside MultiheadAttention
+        assert with_input == set(EXPECTED_LAYERS) - {"embed", "attn.out_proj"}
+        assert [name for name, _ in g.unquantized()] == ["attn.out_proj"]
+    g.model.eval()
+    with torch.no_grad():
+        assert _relative_error(g.model(*inputs), model(*inputs)) < 1e-3
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(isinstance(m, geta.Quantizer) for m in model.modules())
+
+
+def test_quantizers_change_outputs_at_low_bits_and_get_gradients() -> None:
+    model = EveryLayer().eval()
+    inputs = every_layer_inputs()
+    g = geta.GETA(model, inputs, quantize="weights+activations", weight_bits=3, act_bits=3)
+    out = g.model(*inputs)
+    assert _relative_error(out, model(*inputs)) > 1e-3
+    out.square().sum().backward()
+    for layer in g.layers:
+        for p in (layer.weight_quantizer.d, *layer.weights()):
+            assert p.grad is not None and torch.isfinite(p.grad).all(), layer.name
+
+
+def test_unsigned_input_quantizer_only_after_provably_nonnegative_ops() -> None:
+    g = geta.GETA(EveryLayer(), every_layer_inputs(), quantize="weights+activations")
+    signed = {layer.name: layer.input_quantizer.signed for layer in g.layers if layer.input_quantizer is not None}
+    assert signed == {
+        "attn": True, "gpt_conv1d": True, "conv1d": False, "deconv1d": False, "conv2d": True, "deconv2d": False,
+        "conv3d": True, "deconv3d": False, "linear": True, "sub_linear": False, "custom": True,
+    }
+
+
+def test_activation_ranges_come_from_calibration_batches_not_weights() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    example = torch.randn(2, 4)
+    calibration = [torch.full((2, 4), 7.0), torch.full((2, 4), -3.0)]
+    g = geta.GETA(model, example, quantize="weights+activations", calibration_data=calibration)
+    first = g.layers[0]
+    assert first.input_quantizer.q_m.item() == pytest.approx(7.0)
+    assert first.weight_quantizer.q_m.item() == pytest.approx(model[0].weight.abs().max().item())
+
+
+def test_state_dict_keeps_original_keys_and_loads_back() -> None:
+    model = small_cnn()
+    g = geta.GETA(model, torch.randn(2, 3, 8, 8), quantize="weights+activations")
+    state = g.model.state_dict()
+    assert set(model.state_dict()) <= set(state)
+    extra = set(state) - set(model.state_dict())
+    assert extra and all("_quantizer." in key for key in extra)
+    fresh = small_cnn()
+    result = fresh.load_state_dict(state, strict=False)
+    assert sorted(result.unexpected_keys) == sorted(extra) and not result.missing_keys
+    clone = geta.GETA(small_cnn(), torch.randn(2, 3, 8, 8), quantize="weights+activations")
+    clone.model.load_state_dict(state)
+    assert all(torch.equal(v, clone.model.state_dict()[k]) for k, v in state.items())
+
+
+def test_inplace_modifies_the_given_model() -> None:
+    model = small_cnn()
+    g = geta.GETA(model, torch.randn(2, 3, 8, 8), inplace=True)
+    assert g.model is model and any(isinstance(m, geta.Quantizer) for m in model.modules())
+
+
+def test_tied_weights_share_one_quantizer() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(10, 6)
+            self.head = nn.Linear(6, 10, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.head(self.embed(tokens))
+
+    g = geta.GETA(Tied(), torch.randint(0, 10, (2, 5)))
+    embed, head = g.layers
+    assert embed.weight_quantizer is head.weight_quantizer
+    assert g.model.head.parametrizations.weight.original is g.model.embed.parametrizations.weight.original
+    assert g.report().params == 60
+
+
+def test_dict_inputs_and_per_channel() -> None:
+    class Keyword(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(4, 3)
+            self.custom = ScaledDense(3, 2)
+
+        def forward(self, *, features: torch.Tensor) -> torch.Tensor:
+            return self.custom(self.proj(features))
+
+    g = geta.GETA(Keyword(), {"features": torch.randn(5, 4)}, per_channel=True)
+    assert g.layers[0].weight_quantizer.d.shape == (3,)
+    assert g.layers[1].weight_quantizer.d.shape == (2,)  # out_axis=1 of the (in, out) kernel
+    assert g.model(features=torch.randn(2, 4)).shape == (2, 2)
+
+
+def test_skip_by_glob_module_and_first_last() -> None:
+    model = small_cnn()
+    x = torch.randn(2, 3, 8, 8)
+    g = geta.GETA(model, x, skip=[geta.FIRST, geta.LAST])
+    assert [layer.weight_quantizer is None for layer in g.layers] == [True, False, True]
+    assert [name for name, _ in g.unquantized()] == ["0", "7"]
+    g = geta.GETA(model, x, skip=model[3])
+    assert [layer.weight_quantizer is None for layer in g.layers] == [False, True, False]
+    g = geta.GETA(EveryLayer(), every_layer_inputs(), skip="*conv*d")
+    assert {layer.name for layer in g.layers if layer.weight_quantizer is None} == {
+        "gpt_conv1d", "conv1d", "deconv1d", "conv2d", "deconv2d", "conv3d", "deconv3d"
+    }
+    g = geta.GETA(EveryLayer(), every_layer_inputs(), skip="attn")
+    assert {layer.name for layer in g.layers if layer.weight_quantizer is None} == {"attn", "attn.out_proj"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"quantize": "int8"}, ConfigError, "not a mode"),
+        ({"weight_bits": 8.5}, ConfigError, "not an integer"),
+        ({"act_bits": 1}, ConfigError, "outside"),
+        ({"skip": "nothing_here.*"}, ConfigError, "matches no quantizable layer"),
+        ({"skip": nn.Linear(2, 2)}, ConfigError, "not a submodule"),
+        ({"skip": [3]}, ConfigError, "modules or name patterns"),
+    ],
+)
+def test_bad_settings_raise_clear_errors(kwargs: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        geta.GETA(small_cnn(), torch.randn(2, 3, 8, 8), **kwargs)
+
+
+def test_bad_model_or_inputs_raise_clear_errors() -> None:
+    with pytest.raises(ModelError, match="must be a torch.nn.Module"):
+        geta.GETA(lambda x: x, torch.randn(2))
+    with pytest.raises(ModelError, match="cannot run on example_inputs"):
+        geta.GETA(small_cnn(), torch.randn(2, 5, 8, 8))
+    with pytest.raises(ModelError, match="example_inputs must be"):
+        geta.GETA(small_cnn(), "an image")
+    with pytest.raises(ConfigError, match="no batches"):
+        geta.GETA(small_cnn(), torch.randn(2, 3, 8, 8), quantize="weights+activations", calibration_data=[])
+
+
+def test_quantize_none_has_no_quantizers_and_full_precision_report() -> None:
+    g = geta.GETA(small_cnn(), torch.randn(2, 3, 8, 8), quantize="none")
+    assert not any(isinstance(m, geta.Quantizer) for m in g.model.modules())
+    assert g.report().rel_bops == 1.0
