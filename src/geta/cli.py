@@ -18,6 +18,7 @@ def main() -> None:
 def demo(
     epochs: int = typer.Option(15, help="Epochs of dense training before quantization."),
     bits: int = typer.Option(4, help="Weight and activation bits for the quantization-aware fine-tuning."),
+    qat_epochs: int = typer.Option(3, help="Epochs of quantization-aware fine-tuning."),
     seed: int = typer.Option(0, help="Seed of the data split, initialization and batch order."),
 ) -> None:
     """Train a small CNN on sklearn digits, make it quantization-aware, fine-tune at low bits, print the report."""
@@ -44,10 +45,10 @@ def demo(
             quantizer.set_bits_(b)
         typer.echo(f"quantization-aware model at {b:>2} bits, before training: accuracy "
                    f"{accuracy(compressor.model, split.test_x, split.test_y):.4f}")
-    train_epochs(compressor.model, split, epochs=3, lr=1e-3, seed=seed)
+    train_epochs(compressor.model, split, epochs=qat_epochs, lr=1e-3, seed=seed)
     for quantizer in quantizers:
         quantizer.project_bits_(bits, bits)
-    typer.echo(f"after 3 epochs of quantization-aware training at {bits} bits: accuracy "
+    typer.echo(f"after {qat_epochs} epochs of quantization-aware training at {bits} bits: accuracy "
                f"{accuracy(compressor.model, split.test_x, split.test_y):.4f}")
     typer.echo(str(compressor.report()))
     typer.echo(f"done in {time.perf_counter() - start:.1f} s")
