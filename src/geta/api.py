@@ -73,7 +73,12 @@ class GETA:
         self.quantize_mode = quantize
         weight_bits = check_bits(weight_bits, "weight_bits")
         act_bits = check_bits(act_bits, "act_bits")
-        self.model = model if inplace else copy.deepcopy(model)
+        try:
+            self.model = model if inplace else copy.deepcopy(model)
+        except Exception as error:
+            raise ModelError(
+                f"the model cannot be deep-copied ({type(error).__name__}: {error}); pass inplace=True to prepare it in place"
+            ) from error
         self.example_inputs = ExampleInputs.from_user(example_inputs).to(model_device(self.model))
         self.layers: list[QuantizableLayer] = find_layers(self.model)
         order = self._run_example()

@@ -48,7 +48,11 @@ def _scalar(value: float, requires_grad: bool = False) -> torch.Tensor:
 
 
 def _closed_form(x, d, q_m, t, signed):
-    """Per-element x^Q and its derivatives w.r.t. d, q_m, t and x (DESIGN Sec. 2)."""
+    """Per-element x^Q and its derivatives w.r.t. d, q_m, t and x (DESIGN Sec. 2).
+
+    The top level is capped at floor(q_m^t / d) (see ``functional``); a capped element takes the
+    gradients of a clipped one, with round(n) - n replaced by floor(n) - n for d.
+    """
     s = torch.sign(x) if signed else (x > 0).to(x.dtype)
     a = x.abs()
     c = torch.minimum(a, q_m)
@@ -56,12 +60,16 @@ def _closed_form(x, d, q_m, t, signed):
     safe_c = torch.where(positive, c, torch.ones_like(c))
     c_t = torch.where(positive, safe_c**t, torch.zeros_like(c))
     u = c_t / d
-    out = s * d * torch.round(u)
-    grad_d = s * (torch.round(u) - u)
-    grad_q_m = torch.where(a > q_m, s * t * q_m ** (t - 1), torch.zeros_like(x))
-    grad_t = torch.where(positive, s * c_t * torch.log(safe_c), torch.zeros_like(x))
+    n = q_m**t / d
+    top = torch.floor(n)
+    capped = torch.round(u) > top
+    clipped = (a > q_m) | capped
+    out = s * d * torch.minimum(torch.round(u), top)
+    grad_d = s * torch.where(capped, top - n, torch.round(u) - u)
+    grad_q_m = torch.where(clipped, s * t * q_m ** (t - 1), torch.zeros_like(x))
+    grad_t = torch.where(capped, s * q_m**t * torch.log(q_m), torch.where(positive, s * c_t * torch.log(safe_c), 0.0))
     # dx^Q/dx = s * sign(x) * t |x|^(t-1): t |x|^(t-1) when signed, and 0 for x < 0 when unsigned.
-    grad_x = torch.where(positive & (a <= q_m), s * torch.sign(x) * t * safe_c ** (t - 1), torch.zeros_like(x))
+    grad_x = torch.where(positive & ~clipped, s * torch.sign(x) * t * safe_c ** (t - 1), torch.zeros_like(x))
     return out, grad_d, grad_q_m, grad_t, grad_x
 
 
@@ -117,11 +125,6 @@ def test_all_zero_input_has_zero_gradients(impl, t_value):
         assert torch.all(grad == 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: quantize_reference uses torch.minimum, which splits the gradient 50/50 between |x| "
-    "and q_m at |x| == q_m; the closed form (and the fused kernel) treat |x| <= q_m as inside",
-)
 @pytest.mark.parametrize("t_value", [1.0, 1.3])
 def test_reference_gradient_at_clip_boundary(t_value):
     # |x| == q_m happens in practice: init_from_weights_ sets q_m = max|W| exactly.
@@ -149,8 +152,8 @@ def _distinct_levels(impl, d, q_m, t, signed) -> int:
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 @pytest.mark.parametrize(
     ("q_m_value", "t_value", "ratio"),
-    # ratio = q_m^t / d, with a fractional part below 0.5 (floor and round agree there)
-    [(1.0, 1.0, 5.3), (0.7, 0.7, 12.2), (1.6, 1.3, 3.1), (0.9, 1.3, 40.45), (1.2, 0.7, 0.3)],
+    # ratio = q_m^t / d, with fractional parts below and above 0.5 (the top level is capped at floor)
+    [(1.0, 1.0, 5.3), (0.7, 0.7, 12.2), (1.6, 1.3, 3.1), (0.9, 1.3, 40.45), (1.2, 0.7, 0.3), (1.0, 1.0, 127.6)],
 )
 def test_level_count_for_fractional_ratio(impl, signed, q_m_value, t_value, ratio):
     q_m, t = _scalar(q_m_value), _scalar(t_value)
@@ -169,14 +172,9 @@ def test_level_count_for_fractional_ratio(impl, signed, q_m_value, t_value, rati
         assert integer_bits(d, q_m, t, signed).item() == max(1, math.ceil(math.log2(levels)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src/design mismatch: with frac(q_m^t/d) >= 0.5 the mapping produces 2*round(q_m^t/d)+1 levels, "
-    "not the documented 2*floor(q_m^t/d)+1",
-)
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 @pytest.mark.parametrize("ratio", [2.7, 12.5001, 127.6])
-def test_level_count_for_ratio_with_large_fraction(signed, ratio):
+def test_level_count_is_capped_for_ratio_with_large_fraction(signed, ratio):
     q_m, t = _scalar(1.0), _scalar(1.0)
     d = q_m**t / ratio
     n = math.floor(ratio)
@@ -195,11 +193,6 @@ def test_level_count_for_integer_bits(impl, signed, bits, q_m_value, t_value):
     assert integer_bits(d, q_m, t, signed).item() == bits
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: the mapping produces level round(q_m^t/d) but integer_bits (and the design's level "
-    "count 2*floor(q_m^t/d)+1) assume floor, so when frac(q_m^t/d) >= 0.5 the top level does not fit",
-)
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 @pytest.mark.parametrize("ratio", [3.5, 127.6, 255.5])
 def test_integer_bits_hold_every_produced_level(signed, ratio):

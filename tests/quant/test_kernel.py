@@ -138,10 +138,12 @@ def test_low_precision_input_keeps_dtype(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 def test_low_precision_input_keeps_dtype_under_reference(dtype):
+    # float32 parameters, as a Quantizer holds them, with low-precision activations.
     x, d, q_m, t = _case((5, 6), 1, torch.float32, seed=5)
     with reference_kernel():
-        out = quantize(x.to(dtype), d.to(dtype), q_m.to(dtype), t.to(dtype), axis=1)
-    assert out.dtype == dtype
+        out = quantize(x.to(dtype), d, q_m, t, axis=1)
+        same_dtype = quantize(x.to(dtype), d.to(dtype), q_m.to(dtype), t.to(dtype), axis=1)
+    assert out.dtype == dtype and same_dtype.dtype == dtype
 
 
 @pytest.mark.parametrize("layout", ["per-tensor", "conv-axis0"])

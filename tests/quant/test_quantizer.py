@@ -109,7 +109,7 @@ def test_project_bits_rejects_bad_ranges(bit_range):
     low=st.integers(2, 16),
     span=st.integers(0, 14),
     d=st.floats(1e-6, 1e3),
-    q_m=st.floats(1e-2, 1e2),
+    q_m=st.floats(5e-2, 1e2),
     t=st.floats(0.5, 2.0),
     signed=st.booleans(),
 )
@@ -120,6 +120,13 @@ def test_project_bits_property(low, span, d, q_m, t, signed):
     quantizer.project_bits_(low, high)
     bits = quantizer.bit_width().item()
     assert low - 1e-6 <= bits <= high + 1e-6
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_small_range_reaches_requested_bits(signed):
+    quantizer = Quantizer(16, signed=signed)
+    quantizer.init_from_weights_([torch.tensor([1e-4, -5e-5])])
+    assert quantizer.bit_width().item() == pytest.approx(16, abs=1e-4)
 
 
 def test_init_from_weights_per_tensor():

@@ -1,10 +1,15 @@
 """The quantization mapping of GETA (paper Sec. 3, DESIGN Sec. 2) as plain torch ops.
 
     c   = min(|x|, q_m)
-    x^Q = sign(x) * d * round(c^t / d)
-    b   = log2(q_m^t / d + 1) + 1          (signed; unsigned drops the sign bit)
+    n   = q_m^t / d                         (the largest level, in steps)
+    x^Q = sign(x) * d * min(round(c^t / d), floor(n))
+    b   = log2(n + 1) + 1                   (signed; unsigned drops the sign bit)
 
-The straight-through round makes autograd produce exactly the closed-form gradients of
+The cap at floor(n) matters only when the fractional part of n is at least 0.5: without it the top
+level would be round(n) > n, an output beyond q_m^t that b bits cannot hold. With it a tensor has
+exactly 2 * floor(n) + 1 levels, and a capped element behaves as clipped (gradient as |x| > q_m).
+
+The straight-through round (and floor) make autograd produce exactly the closed-form gradients of
 DESIGN Sec. 2 for d, q_m, t and x. This is the reference implementation: the fused kernel in
 ``kernel.py`` must agree with it, and it is what graph capture and ``torch.compile`` see.
 """
@@ -27,18 +32,29 @@ def quantize_reference(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: boo
 
     In unsigned mode negative inputs map to 0 (levels 0 .. floor(q_m^t / d)). At ``c == 0`` the
     power and its logarithm are guarded so that no gradient is NaN; every gradient there is 0.
+    At ``|x| == q_m`` the gradient goes to x (inside the clip), none to q_m.
     """
     s = torch.sign(x) if signed else (x > 0).to(x.dtype)
-    c = torch.minimum(x.abs(), q_m)
+    a = x.abs()
+    c = torch.where(a <= q_m, a, q_m)
     positive = c > 0
     safe_c = torch.where(positive, c, torch.ones_like(c))
     c_t = torch.where(positive, safe_c**t, torch.zeros_like(c))
-    return s * d * round_ste(c_t / d)
+    u = c_t / d
+    n = levels_ratio(d, q_m, t)
+    top = n + (top_level(n) - n).detach()
+    level = torch.where(torch.round(u) > top.detach(), top, round_ste(u))
+    return s * d * level
 
 
 def levels_ratio(d: Tensor, q_m: Tensor, t: Tensor) -> Tensor:
     """n = q_m^t / d: the largest quantization level, in steps."""
     return q_m**t / d
+
+
+def top_level(n: Tensor) -> Tensor:
+    """floor(n), forgiving the rounding error of computing n: d = d(b) must give n = 2^(b-1) - 1."""
+    return torch.floor(n * (1 + 8 * torch.finfo(n.dtype).eps))
 
 
 def bit_width(d: Tensor, q_m: Tensor, t: Tensor, signed: bool = True) -> Tensor:
@@ -60,7 +76,7 @@ def integer_bits(d: Tensor, q_m: Tensor, t: Tensor, signed: bool = True) -> Tens
     Unsigned: levels 0..n in ceil(log2(n + 1)) bits. This is Eq. 3 rounded to the width a
     deployed integer tensor has, and is what BOPs and model size are computed from.
     """
-    n = torch.floor(levels_ratio(d, q_m, t))
+    n = top_level(levels_ratio(d, q_m, t))
     count = 2 * n + 2 if signed else n + 1
     return torch.ceil(torch.log2(torch.clamp(count, min=2)))
 

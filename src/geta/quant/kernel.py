@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from geta.quant.functional import quantize_reference
+from geta.quant.functional import quantize_reference, top_level
 
 _FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _state = {"enabled": os.environ.get("GETA_QUANT_KERNEL", "fused") != "reference", "forced_reference": 0}
@@ -34,25 +34,33 @@ def _forward(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, neg: Tensor) -> Tenso
     c = torch.minimum(x.abs(), q_m)
     log_c = torch.log(c)
     c_t = torch.where(c > 0, torch.exp(t * log_c), 0.0)
-    return s * d * torch.round(c_t / d)
+    top = top_level(q_m**t / d)
+    return s * d * torch.minimum(torch.round(c_t / d), top)
 
 
 def _backward(
     grad: Tensor, x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, neg: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    # an element whose level is capped at floor(n) behaves as clipped (see functional.py)
     s = torch.where(x > 0, 1.0, torch.where(x < 0, neg, 0.0))
     a = x.abs()
-    inside = a <= q_m
     c = torch.minimum(a, q_m)
     log_c = torch.log(c)
     positive = c > 0
     c_t = torch.where(positive, torch.exp(t * log_c), 0.0)
     u = c_t / d
+    q_m_t = q_m**t
+    n = q_m_t / d
+    top = top_level(n)
+    capped = torch.round(u) > top
+    inside = (a <= q_m) & ~capped
     g_s = grad * s
     grad_x = torch.where(inside & positive, g_s * s * t * torch.exp((t - 1) * log_c), 0.0)
-    grad_d = (g_s * (torch.round(u) - u)).sum(dim=1, keepdim=True)
+    grad_d = (g_s * torch.where(capped, top - n, torch.round(u) - u)).sum(dim=1, keepdim=True)
     grad_q_m = torch.where(inside, 0.0, g_s).sum(dim=1, keepdim=True) * t * q_m ** (t - 1)
-    grad_t = torch.where(positive, g_s * c_t * log_c, 0.0).sum(dim=1, keepdim=True)
+    grad_t = (g_s * torch.where(capped, q_m_t * torch.log(q_m), torch.where(positive, c_t * log_c, 0.0))).sum(
+        dim=1, keepdim=True
+    )
     return grad_x, grad_d, grad_q_m, grad_t
 
 
@@ -100,7 +108,7 @@ def quantize(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool = True, 
     ``x.shape[axis]`` per channel. Gradients flow to all four inputs.
     """
     if not _fused_usable(x):
-        return quantize_reference(x, *_broadcast(x, (d, q_m, t), axis), signed=signed)
+        return quantize_reference(x, *_broadcast(x, (d, q_m, t), axis), signed=signed).to(x.dtype)
     try:
         return _quantize_fused(x, d, q_m, t, signed, axis)
     except Exception as error:  # compilation failed: keep training on the reference ops
@@ -112,7 +120,7 @@ def quantize(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool = True, 
             RuntimeWarning,
             stacklevel=2,
         )
-        return quantize_reference(x, *_broadcast(x, (d, q_m, t), axis), signed=signed)
+        return quantize_reference(x, *_broadcast(x, (d, q_m, t), axis), signed=signed).to(x.dtype)
 
 
 def _quantize_fused(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool, axis: int | None) -> Tensor:

@@ -10,7 +10,9 @@ from torch import Tensor, nn
 from geta.quant import functional as F
 from geta.quant.kernel import quantize
 
-_MIN_VALUE = 1e-8
+_MIN_CLIP = 1e-30  # q_m floor: keeps it positive
+_MIN_EXPONENT = 1e-3  # t floor
+_MAX_BITS = 32  # d floor: d >= d(32 bits), relative to q_m^t, so tiny ranges still reach any bit width
 
 
 class Quantizer(nn.Module):
@@ -56,13 +58,18 @@ class Quantizer(nn.Module):
 
     def constrained_parameters(self) -> tuple[Tensor, Tensor, Tensor]:
         """d, q_m, t clamped to be positive (differentiable where they already are)."""
-        return self.d.clamp_min(_MIN_VALUE), self.q_m.clamp_min(_MIN_VALUE), self.t.clamp_min(_MIN_VALUE)
+        q_m, t = self.q_m.clamp_min(_MIN_CLIP), self.t.clamp_min(_MIN_EXPONENT)
+        return torch.maximum(self.d, self._min_step(q_m, t)), q_m, t
+
+    def _min_step(self, q_m: Tensor, t: Tensor) -> Tensor:
+        return F.step_for_bits(float(_MAX_BITS), q_m, t, signed=self.signed).detach()
 
     @torch.no_grad()
     def constrain_(self) -> None:
         """Clamp the stored d, q_m, t to be positive (call after an optimizer step)."""
-        for p in (self.d, self.q_m, self.t):
-            p.clamp_(min=_MIN_VALUE)
+        self.q_m.clamp_(min=_MIN_CLIP)
+        self.t.clamp_(min=_MIN_EXPONENT)
+        self.d.copy_(torch.maximum(self.d, self._min_step(self.q_m, self.t)))
 
     def bit_width(self) -> Tensor:
         """The learned bit width, Eq. 3 (one value, or one per channel); no gradient."""
@@ -95,7 +102,7 @@ class Quantizer(nn.Module):
     def init_range_(self, max_abs: Tensor | float) -> None:
         """Set q_m to the observed range (t = 1) and d to keep the quantizer's initial bit width."""
         max_abs = torch.as_tensor(max_abs, dtype=self.q_m.dtype, device=self.q_m.device)
-        self.q_m.copy_(max_abs.clamp_min(_MIN_VALUE).expand_as(self.q_m))
+        self.q_m.copy_(max_abs.clamp_min(_MIN_CLIP).expand_as(self.q_m))
         self.t.fill_(1.0)
         self.set_bits_(self.initial_bits)
 
