@@ -29,19 +29,21 @@ _FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _state = {"enabled": os.environ.get("GETA_QUANT_KERNEL", "fused") != "reference", "forced_reference": 0}
 
 
-def _forward(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, neg: Tensor) -> Tensor:
+def _forward(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, top: Tensor, neg: Tensor) -> Tensor:
     s = torch.where(x > 0, 1.0, torch.where(x < 0, neg, 0.0))
     c = torch.minimum(x.abs(), q_m)
-    log_c = torch.log(c)
-    c_t = torch.where(c > 0, torch.exp(t * log_c), 0.0)
-    top = top_level(q_m**t / d)
+    c_t = torch.where(c > 0, torch.exp(t * torch.log(c)), 0.0)
     return s * d * torch.minimum(torch.round(c_t / d), top)
 
 
 def _backward(
-    grad: Tensor, x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, neg: Tensor
+    grad: Tensor, x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, n: Tensor, top: Tensor, capped_t: Tensor, neg: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    # an element whose level is capped at floor(n) behaves as clipped (see functional.py)
+    """grad_x and the per-channel sums behind the gradients of d, q_m (before its t q_m^(t-1)) and t.
+
+    An element whose level is capped at floor(n) behaves as clipped (see functional.py); ``capped_t``
+    is q_m^t ln(q_m), its derivative w.r.t. t.
+    """
     s = torch.where(x > 0, 1.0, torch.where(x < 0, neg, 0.0))
     a = x.abs()
     c = torch.minimum(a, q_m)
@@ -49,19 +51,14 @@ def _backward(
     positive = c > 0
     c_t = torch.where(positive, torch.exp(t * log_c), 0.0)
     u = c_t / d
-    q_m_t = q_m**t
-    n = q_m_t / d
-    top = top_level(n)
     capped = torch.round(u) > top
     inside = (a <= q_m) & ~capped
     g_s = grad * s
-    grad_x = torch.where(inside & positive, g_s * s * t * torch.exp((t - 1) * log_c), 0.0)
-    grad_d = (g_s * torch.where(capped, top - n, torch.round(u) - u)).sum(dim=1, keepdim=True)
-    grad_q_m = torch.where(inside, 0.0, g_s).sum(dim=1, keepdim=True) * t * q_m ** (t - 1)
-    grad_t = (g_s * torch.where(capped, q_m_t * torch.log(q_m), torch.where(positive, c_t * log_c, 0.0))).sum(
-        dim=1, keepdim=True
-    )
-    return grad_x, grad_d, grad_q_m, grad_t
+    grad_x = torch.where(inside & positive, g_s * s * t * c_t / c, 0.0)
+    sum_d = (g_s * torch.where(capped, top - n, torch.round(u) - u)).sum(dim=1, keepdim=True)
+    sum_q_m = torch.where(inside, 0.0, g_s).sum(dim=1, keepdim=True)
+    sum_t = (g_s * torch.where(capped, capped_t, torch.where(positive, c_t * log_c, 0.0))).sum(dim=1, keepdim=True)
+    return grad_x, sum_d, sum_q_m, sum_t
 
 
 _compiled: dict[str, object] = {}
@@ -70,8 +67,15 @@ _compiled: dict[str, object] = {}
 def _compiled_fn(name: str):
     if name not in _compiled:
         fn = _forward if name == "forward" else _backward
-        _compiled[name] = torch.compile(fn, dynamic=True)
+        # dynamic_threads: parallelize loops whose length is symbolic (off by default for dynamic shapes)
+        _compiled[name] = torch.compile(fn, dynamic=True, options={"cpp.dynamic_threads": True})
     return _compiled[name]
+
+
+def _top_level(d: Tensor, q_m: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel n = q_m^t / d and its floor, computed once here rather than per element."""
+    n = q_m**t / d
+    return n, top_level(n)
 
 
 class _FusedQuantize(torch.autograd.Function):
@@ -79,14 +83,16 @@ class _FusedQuantize(torch.autograd.Function):
     def forward(ctx, x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, neg: Tensor) -> Tensor:  # noqa: D102
         x, d, q_m, t = (v.detach() for v in (x, d, q_m, t))
         ctx.save_for_backward(x, d, q_m, t, neg)
-        return _compiled_fn("forward")(x, d, q_m, t, neg)
+        return _compiled_fn("forward")(x, d, q_m, t, _top_level(d, q_m, t)[1], neg)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):  # noqa: D102
         x, d, q_m, t, neg = ctx.saved_tensors
-        grad_x, grad_d, grad_q_m, grad_t = _compiled_fn("backward")(grad.detach(), x, d, q_m, t, neg)
-        return grad_x, grad_d, grad_q_m, grad_t, None
+        n, top = _top_level(d, q_m, t)
+        capped_t = q_m**t * torch.log(q_m)
+        grad_x, sum_d, sum_q_m, sum_t = _compiled_fn("backward")(grad.detach(), x, d, q_m, t, n, top, capped_t, neg)
+        return grad_x, sum_d, sum_q_m * t * q_m ** (t - 1), sum_t, None
 
 
 def _fused_usable(x: Tensor) -> bool:
@@ -133,7 +139,8 @@ def _quantize_fused(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool, 
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in (d, q_m, t))):
         out = _FusedQuantize.apply(flat, *params, neg)
     else:
-        out = _compiled_fn("forward")(flat.detach(), *(p.detach() for p in params), neg)
+        d, q_m, t = (p.detach() for p in params)
+        out = _compiled_fn("forward")(flat.detach(), d, q_m, t, _top_level(d, q_m, t)[1], neg)
     out = out.reshape(moved.shape).to(x.dtype)
     return out if axis is None or axis == 0 else out.movedim(0, axis)
 
