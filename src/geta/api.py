@@ -12,10 +12,13 @@ from torch import nn
 
 from geta.errors import ConfigError, ModelError
 from geta.graph.capture import capture, eval_mode
+from geta.graph.dependency import DependencyAnalysis, Structure
 from geta.graph.inputs import ExampleInputs, model_device
 from geta.graph.nonnegative import layer_inputs, nonnegative_nodes
 from geta.metrics.cost import count_macs
 from geta.metrics.report import Report, build_report
+from geta.pruning.groups import Group, resolve
+from geta.pruning.subnet import construct_subnet
 from geta.quant.calibrate import calibrate
 from geta.quant.functional import check_bits
 from geta.quant.prepare import (
@@ -71,6 +74,7 @@ class GETA:
         if quantize not in _MODES:
             raise ConfigError(f"quantize={quantize!r} is not a mode; use one of {', '.join(map(repr, _MODES))}")
         self.quantize_mode = quantize
+        self._space: tuple[list[Group], list[Structure]] | None = None
         weight_bits = check_bits(weight_bits, "weight_bits")
         act_bits = check_bits(act_bits, "act_bits")
         try:
@@ -113,7 +117,46 @@ class GETA:
     def report(self) -> Report:
         """MACs, BOPs, relative BOPs, size and per-layer bits and widths of the current model."""
         macs = count_macs(self.model, self.example_inputs, self.layers)
-        return build_report(self.model, self.layers, macs)
+        return build_report(self.model, self.layers, macs, group_sparsity=self.group_sparsity())
+
+    @property
+    def groups(self) -> list[Group]:
+        """The pruning search space: every minimally removable structure (found on first use)."""
+        return self._search_space()[0]
+
+    def unprunable(self) -> list[Structure]:
+        """Structures left out of the search space, each with its reasons (and how many alike)."""
+        return self._search_space()[1]
+
+    def group_sparsity(self) -> float:
+        """Fraction of groups whose weights are all exactly zero; 0.0 until the search space is built
+        (by ``groups``, ``zero_random_groups`` or the optimizer) or when there are no groups."""
+        if self._space is None:
+            return 0.0
+        groups = self.groups
+        return sum(group.is_zero() for group in groups) / len(groups) if groups else 0.0
+
+    def zero_random_groups(self, fraction: float, seed: int = 0) -> list[Group]:
+        """Zero a random ``fraction`` of the groups (a testing aid); returns the zeroed groups."""
+        if not 0 <= fraction <= 1:
+            raise ConfigError(f"fraction={fraction} must lie in [0, 1]")
+        groups = self.groups
+        generator = torch.Generator().manual_seed(seed)
+        chosen = torch.randperm(len(groups), generator=generator)[: round(fraction * len(groups))]
+        for index in sorted(chosen.tolist()):
+            groups[index].zero_()
+        return [groups[i] for i in sorted(chosen.tolist())]
+
+    def construct_subnet(self) -> nn.Module:
+        """A new compact module with every zeroed group physically removed; ``.model`` is untouched."""
+        return construct_subnet(self.model, [group for group in self.groups if group.is_zero()])
+
+    def _search_space(self) -> tuple[list[Group], list[Structure]]:
+        if self._space is None:
+            program = capture(self.model, self.example_inputs)
+            removable, unprunable = DependencyAnalysis(program, self.model).run()
+            self._space = (resolve(self.model, removable), unprunable)
+        return self._space
 
     def unquantized(self) -> list[tuple[str, str]]:
         """(layer name, reason) for every quantizable layer left at full precision, weights or input."""

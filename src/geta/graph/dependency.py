@@ -1,0 +1,387 @@
+"""Quantization-aware dependency analysis (the paper's Algorithm 1) over a ``torch.export`` graph.
+
+1. Quantizer branches are found by module identity (``nn_module_stack`` entries that resolve to a
+   :class:`~geta.quant.quantizer.Quantizer`) and collapsed: a branch's output takes the positions of
+   the tensor it quantizes (the layer's weight for an attached branch, the activation for an
+   inserted one), and per-channel quantizer parameters are tied to that tensor's channel axis.
+2. Every other op ties dimensions through its rule (``rules.py``).
+3. Connected atoms form classes; a class that owns parameter positions is a structure: removable
+   (a group) unless it touches a model input or output or an op that forbids it, with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from geta.graph.atoms import INTERNAL, Atoms, Slot
+from geta.graph.capture import module_path
+from geta.graph.rules import rule_for
+from geta.quant.quantizer import Quantizer
+
+MODEL_INPUT = "touches a model input"
+MODEL_OUTPUT = "touches a model output"
+
+
+@dataclass(frozen=True)
+class TensorSlice:
+    """Positions ``indices`` along ``dim`` of the model's parameter or buffer named ``name``."""
+
+    name: str
+    dim: int
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Structure:
+    """One minimally removable structure: the slices of every parameter and buffer it spans.
+
+    For unprunable structures, ``reasons`` says why, and ``count`` how many structures of the same
+    shape and reasons this record stands for (their slices merged).
+    """
+
+    slices: tuple[TensorSlice, ...]
+    reasons: tuple[str, ...] = ()
+    count: int = 1
+
+    def describe(self) -> str:
+        """Short human-readable summary: the parameters and how many positions of each."""
+        return ", ".join(f"{s.name}[dim {s.dim}: {len(s.indices)}]" for s in self.slices[:4]) + (
+            f", ... ({len(self.slices)} tensors)" if len(self.slices) > 4 else ""
+        )
+
+
+@dataclass
+class _ParamSlot:
+    name: str
+    dim: int
+    slot: Slot
+
+
+@dataclass
+class DependencyAnalysis:
+    """Runs the rules over a captured program and extracts the removable structures."""
+
+    program: torch.export.ExportedProgram
+    model: nn.Module
+    atoms: Atoms = field(default_factory=Atoms)
+    labels: dict[fx.Node, object] = field(default_factory=dict)
+    params: list[_ParamSlot] = field(default_factory=list)
+    state_names: dict[str, str] = field(default_factory=dict)
+    weight_nodes: set[fx.Node] = field(default_factory=set)
+
+    def run(self) -> tuple[list[Structure], list[Structure]]:
+        """(removable structures, unprunable structures with their reasons)."""
+        signature = self.program.graph_signature
+        self.state_names = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
+        self.state_names.update(signature.inputs_to_lifted_tensor_constants)
+        parameter_placeholders = set(signature.inputs_to_parameters)
+        branches = _quantizer_branches(self.program.graph, self.model, self.state_names)
+        for node in self.program.graph.nodes:
+            if node.op == "placeholder":
+                self._placeholder(node, node.name in parameter_placeholders)
+            elif node.op == "output":
+                for value in _flatten(node.args):
+                    if isinstance(value, fx.Node):
+                        self.flag_all(value, MODEL_OUTPUT)
+            elif node.op == "call_function":
+                if node in branches.members:
+                    self._branch_node(node, branches)
+                    continue
+                fn = rule_for(node)
+                if fn is None:
+                    self.unknown(node, f"op {node.target} not understood")
+                else:
+                    fn(self, node)
+                if node not in self.labels and self._tensor_value(node):
+                    self.unknown(node, f"rule for {node.target} gave no result")
+                if self.tensor_args(node) and all(self.weight_like(a) for a in self.tensor_args(node)):
+                    self.weight_nodes.add(node)
+            else:
+                self.unknown(node, f"{node.op} nodes are not understood")
+        return self._structures()
+
+    # --- helpers used by the rules ---------------------------------------------------------------
+
+    def shape(self, node: object) -> tuple[int, ...]:
+        value = node.meta.get("val") if isinstance(node, fx.Node) else None
+        return tuple(int(s) for s in value.shape) if isinstance(value, torch.Tensor) else ()
+
+    def slots(self, node: object) -> list[Slot] | None:
+        if not isinstance(node, fx.Node):
+            return None
+        value = self.labels.get(node)
+        return value if isinstance(value, list) else None
+
+    def tensor_args(self, node: fx.Node) -> list[fx.Node]:
+        return [a for a in _flatten((node.args, tuple(node.kwargs.values()))) if isinstance(a, fx.Node) and self._tensor_value(a)]
+
+    def set(self, node: fx.Node, slots: list[Slot]) -> None:
+        self.labels[node] = list(slots)
+
+    def set_tuple(self, node: fx.Node, outputs: list[list[Slot] | None]) -> None:
+        self.labels[node] = tuple(outputs)
+
+    def fresh(self, size: int, *, neutral: bool = False, reason: str | None = None) -> Slot:
+        return self.atoms.slot(size, neutral=neutral, reason=reason)
+
+    def flag(self, slot: Slot, reason: str) -> None:
+        self.atoms.flag(slot, reason)
+
+    def flag_all(self, node: object, reason: str) -> None:
+        value = self.labels.get(node) if isinstance(node, fx.Node) else None
+        for slots in value if isinstance(value, tuple) else [value]:
+            for slot in slots or []:
+                self.flag(slot, reason)
+
+    def weight_like(self, node: object) -> bool:
+        return isinstance(node, fx.Node) and node in self.weight_nodes
+
+    def unknown(self, node: fx.Node, reason: str) -> None:
+        """Conservative fallback: every dim of every input and output becomes unprunable."""
+        for arg in self.tensor_args(node):
+            self.flag_all(arg, reason)
+        value = node.meta.get("val")
+        if isinstance(value, torch.Tensor):
+            self.set(node, [self.fresh(s, reason=reason) for s in value.shape])
+        elif isinstance(value, (tuple, list)):
+            self.set_tuple(node, [
+                [self.fresh(s, reason=reason) for s in v.shape] if isinstance(v, torch.Tensor) else None for v in value
+            ])
+
+    def tie(self, a: Slot, b: Slot, where: fx.Node) -> None:
+        """Positions of ``a`` and ``b`` are the same structures."""
+        if a is b:
+            return
+        layers_a, layers_b = self.atoms.structural(a), self.atoms.structural(b)
+        if not layers_a or not layers_b:
+            return
+        if len(layers_a) != len(layers_b):
+            if a.fresh and len(layers_a) == 1:
+                a.layers, a.fresh = list(b.layers), False
+                return
+            if b.fresh and len(layers_b) == 1:
+                b.layers, b.fresh = list(a.layers), False
+                return
+            reason = f"incompatible channel layouts meet at {where.name}"
+            self.flag(a, reason)
+            self.flag(b, reason)
+            return
+        for x, y in zip(layers_a, layers_b):
+            self.atoms.join(x, y)
+        a.fresh = b.fresh = False
+
+    def tie_repeated(self, short: Slot, long: Slot, repeats: int, where: fx.Node) -> None:
+        """Position i of ``short`` is positions i*repeats .. i*repeats+repeats-1 of ``long`` (GQA)."""
+        expanded = Slot([np.repeat(layer, repeats) for layer in short.layers], fresh=False)
+        self.tie(expanded, long, where)
+
+    def sliced(self, slot: Slot, index: slice) -> Slot:
+        return Slot([layer[index] for layer in slot.layers], fresh=False)
+
+    def padded(self, slot: Slot, left: int, right: int) -> Slot:
+        size = slot.size + left + right
+        layers = []
+        for layer in slot.layers:
+            start = layer[max(0, -left) : len(layer) - max(0, -right)]
+            layers.append(np.concatenate([self.atoms.new(max(left, 0), neutral=True), start,
+                                          self.atoms.new(max(right, 0), neutral=True)]))
+        return Slot(layers, fresh=False) if layers else self.fresh(size, neutral=True)
+
+    def concatenated(self, slots: list[Slot]) -> Slot:
+        structural = [self.atoms.structural(s) for s in slots]
+        depth = max(len(layers) for layers in structural)
+        layers = []
+        for k in range(depth):
+            parts = [ls[k] if k < len(ls) else self.atoms.new(s.size, neutral=k > 0 or not ls)
+                     for s, ls in zip(slots, structural)]
+            layers.append(np.concatenate(parts))
+        return Slot(layers, fresh=False)
+
+    def reshaped(self, slots: list[Slot], in_shape: tuple, out_shape: tuple, node: fx.Node) -> list[Slot]:
+        """Slots of a reshape: dims grouped into blocks of equal size; inside a block each layer of
+        atoms goes to the outermost output dim it varies along, whole slices of which then form its
+        structures; the other dims it varies along are unprunable."""
+        out: list[Slot | None] = [None] * len(out_shape)
+        in_dims = [i for i, s in enumerate(in_shape) if s != 1]
+        out_dims = [j for j, s in enumerate(out_shape) if s != 1]
+        i = j = 0
+        while i < len(in_dims) and j < len(out_dims):
+            block_in, block_out = [in_dims[i]], [out_dims[j]]
+            p_in, p_out = in_shape[in_dims[i]], out_shape[out_dims[j]]
+            i, j = i + 1, j + 1
+            while p_in != p_out:
+                if p_in < p_out:
+                    block_in.append(in_dims[i])
+                    p_in *= in_shape[in_dims[i]]
+                    i += 1
+                else:
+                    block_out.append(out_dims[j])
+                    p_out *= out_shape[out_dims[j]]
+                    j += 1
+            if len(block_in) == 1 and len(block_out) == 1:
+                out[block_out[0]] = slots[block_in[0]]
+                continue
+            for d, slot in zip(block_out, self._reblock([slots[k] for k in block_in],
+                                                         [out_shape[k] for k in block_out], node)):
+                out[d] = slot
+        return [slot if slot is not None else self.fresh(out_shape[k], neutral=True) for k, slot in enumerate(out)]
+
+    def _reblock(self, in_slots: list[Slot], out_sizes: list[int], node: fx.Node) -> list[Slot]:
+        in_sizes = [s.size for s in in_slots]
+        total = int(np.prod(in_sizes))
+        position = np.arange(total)
+        flat_layers = []
+        stride = total
+        for slot, size in zip(in_slots, in_sizes):
+            stride //= size
+            index = (position // stride) % size
+            flat_layers.extend(layer[index] for layer in self.atoms.structural(slot))
+        assigned: list[list[np.ndarray]] = [[] for _ in out_sizes]
+        split_dims: set[int] = set()
+        for flat in flat_layers:
+            grid = flat.reshape(out_sizes)
+            varying = [d for d in range(len(out_sizes)) if out_sizes[d] > 1 and np.any(np.diff(grid, axis=d) != 0)]
+            if not varying:
+                continue
+            k = varying[0]
+            moved = np.moveaxis(grid, k, 0).reshape(out_sizes[k], -1)
+            if len(varying) > 1:
+                self.atoms.join(moved.reshape(-1), np.repeat(moved[:, 0], moved.shape[1]))
+                split_dims.update(varying[1:])
+            assigned[k].append(moved[:, 0].copy())
+        reason = f"splits a channel dim at {node.name}: only whole blocks along its outer dim are removable"
+        result = []
+        for d, size in enumerate(out_sizes):
+            if assigned[d] and d not in split_dims:
+                result.append(Slot(assigned[d], fresh=False))
+            else:
+                slot = self.fresh(size, reason=reason if d in split_dims else None, neutral=d not in split_dims)
+                result.append(slot)
+        return result
+
+    # --- placeholders and quantizer branches ------------------------------------------------------
+
+    def _placeholder(self, node: fx.Node, is_parameter: bool) -> None:
+        shape = self.shape(node)
+        if node.name in self.state_names:
+            slots = [self.fresh(size) for size in shape]
+            for dim, slot in enumerate(slots):
+                self.params.append(_ParamSlot(self.state_names[node.name], dim, slot))
+            self.set(node, slots)
+            self.weight_nodes.add(node)
+        elif self._tensor_value(node):
+            self.set(node, [self.fresh(size, reason=MODEL_INPUT) for size in shape])
+
+    def _branch_node(self, node: fx.Node, branches: _Branches) -> None:
+        branch = branches.members[node]
+        if node not in branch.outputs:
+            return
+        source = self.slots(branch.source)
+        self.set(node, list(source))
+        if self.weight_like(branch.source):
+            self.weight_nodes.add(node)
+        quantizer = branch.quantizer
+        if quantizer.axis is not None:
+            for parameter_node in branch.parameters:
+                self.tie(source[quantizer.axis], self.slots(parameter_node)[0], node)
+
+    def _tensor_value(self, node: fx.Node) -> bool:
+        return isinstance(node.meta.get("val"), torch.Tensor)
+
+    # --- results ----------------------------------------------------------------------------------
+
+    def _structures(self) -> tuple[list[Structure], list[Structure]]:
+        label, reasons = self.atoms.classes()
+        members: dict[int, dict[tuple[str, int], set[int]]] = {}
+        for param in self.params:
+            for layer in self.atoms.structural(param.slot):
+                for position, cls in enumerate(label[layer]):
+                    members.setdefault(int(cls), {}).setdefault((param.name, param.dim), set()).add(position)
+        removable = []
+        blocked: dict[tuple, dict[tuple[str, int], set[int]]] = {}
+        counts: dict[tuple, int] = {}
+        for cls in sorted(members, key=lambda c: min(min(p) for p in members[c].values())):
+            why = reasons.get(cls, set())
+            if not why:
+                slices = tuple(TensorSlice(name, dim, tuple(sorted(p))) for (name, dim), p in members[cls].items())
+                removable.append(Structure(slices))
+            elif why != {INTERNAL}:
+                key = (tuple(sorted(members[cls])), tuple(sorted(why - {INTERNAL})))
+                merged = blocked.setdefault(key, {})
+                for slot, positions in members[cls].items():
+                    merged.setdefault(slot, set()).update(positions)
+                counts[key] = counts.get(key, 0) + 1
+        unprunable = [
+            Structure(tuple(TensorSlice(n, d, tuple(sorted(p))) for (n, d), p in merged.items()), key[1], counts[key])
+            for key, merged in blocked.items()
+        ]
+        return removable, unprunable
+
+
+@dataclass
+class _Branch:
+    quantizer: Quantizer
+    nodes: set[fx.Node] = field(default_factory=set)
+    source: fx.Node | None = None
+    outputs: set[fx.Node] = field(default_factory=set)
+    parameters: list[fx.Node] = field(default_factory=list)
+
+
+@dataclass
+class _Branches:
+    members: dict[fx.Node, _Branch]
+
+
+def _quantizer_branches(graph: fx.Graph, model: nn.Module, state_names: dict[str, str]) -> _Branches:
+    """Each call of a Quantizer module in the graph: its nodes, the tensor it quantizes, its outputs."""
+    modules = dict(model.named_modules())
+    by_call: dict[str, _Branch] = {}
+    members: dict[fx.Node, _Branch] = {}
+    for node in graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        for key, entry in reversed(list(stack.items())):
+            module = modules.get(module_path(entry))
+            if isinstance(module, Quantizer):
+                branch = by_call.setdefault(key, _Branch(module))
+                branch.nodes.add(node)
+                members[node] = branch
+                break
+    for branch in by_call.values():
+        own = {id(p) for p in branch.quantizer.parameters()}
+        for node in branch.nodes:
+            for arg in node.all_input_nodes:
+                if arg in branch.nodes:
+                    continue
+                name = state_names.get(arg.name)
+                if name is not None and id(model.get_parameter(name) if _is_parameter(model, name) else None) in own:
+                    if arg not in branch.parameters:
+                        branch.parameters.append(arg)
+                elif isinstance(arg.meta.get("val"), torch.Tensor) and arg.meta["val"].dim() > 0:
+                    branch.source = arg
+            if any(user not in branch.nodes for user in node.users):
+                branch.outputs.add(node)
+    for branch in by_call.values():
+        if branch.source is None:
+            for node in branch.nodes:
+                members.pop(node, None)
+    return _Branches(members)
+
+
+def _is_parameter(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_parameter(name)
+    except AttributeError:
+        return False
+    return True
+
+
+def _flatten(value: object) -> list[object]:
+    if isinstance(value, (list, tuple)):
+        return [item for v in value for item in _flatten(v)]
+    if isinstance(value, dict):
+        return [item for v in value.values() for item in _flatten(v)]
+    return [value]

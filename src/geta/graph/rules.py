@@ -1,0 +1,496 @@
+"""How each op ties the dimensions of its inputs and outputs: one rule per op kind.
+
+A rule reads the slots of the op's inputs from the analysis (``g``) and sets the slots of its output:
+sharing a slot means "the same positions", ``g.tie`` joins two slots position by position, fresh
+slots start new structures, and ``g.flag`` marks positions that cannot be removed (with the reason).
+Ops without a rule are handled conservatively by ``unknown``: everything they touch is unprunable.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import fx
+
+from geta.graph.atoms import INTERNAL, Slot
+
+if TYPE_CHECKING:
+    from geta.graph.dependency import DependencyAnalysis
+
+aten = torch.ops.aten
+Rule = Callable[["DependencyAnalysis", fx.Node], None]
+RULES: dict[object, Rule] = {}
+
+SPATIAL = "spatial positions of a convolution or pooling output (set by the input size)"
+
+
+def rule(*packets: object) -> Callable[[Rule], Rule]:
+    """Register a rule for the given op overload packets (or callables such as operator.getitem)."""
+
+    def register(fn: Rule) -> Rule:
+        for packet in packets:
+            RULES[packet] = fn
+        return fn
+
+    return register
+
+
+def rule_for(node: fx.Node) -> Rule | None:
+    """The rule of ``node``'s op: registered, or elementwise for ops tagged pointwise."""
+    target = node.target
+    packet = getattr(target, "overloadpacket", target)
+    if packet in RULES:
+        return RULES[packet]
+    if isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags:
+        return elementwise
+    return None
+
+
+def _dim(d: int, rank: int) -> int:
+    return d + rank if d < 0 else d
+
+
+# --- elementwise --------------------------------------------------------------------------------
+
+
+@rule(
+    aten.dropout, aten.dropout_, aten.feature_dropout, aten.alpha_dropout, aten.clone, aten.contiguous,
+    aten.alias, aten.detach, aten.to, aten._to_copy, aten.lift_fresh_copy, aten.type_as, aten.masked_fill,
+    aten.masked_fill_, aten.where, aten.hardtanh, aten.hardtanh_, aten.relu_, aten.silu_, aten.hardswish_,
+    aten.gelu, aten.silu, aten.hardswish, aten.hardsigmoid, aten.mish, aten.elu, aten.leaky_relu, aten.relu6,
+    aten.clamp, aten.clamp_, aten.fill_, aten.copy_, aten.add_, aten.mul_, aten.sub_, aten.div_,
+)
+def elementwise(g: DependencyAnalysis, node: fx.Node) -> None:
+    """Broadcasting elementwise op: aligned dims of equal size are the same positions."""
+    shape = g.shape(node)
+    operands = [a for a in g.tensor_args(node) if g.slots(a) is not None]
+    slots: list[Slot] = []
+    for i, size in enumerate(shape):
+        offset = len(shape) - i
+        candidates = []
+        for operand in operands:
+            operand_slots = g.slots(operand)
+            if len(operand_slots) >= offset and operand_slots[-offset].size == size and size > 1:
+                candidates.append(operand_slots[-offset])
+        if not candidates:
+            slots.append(g.fresh(size, neutral=True))
+            continue
+        for other in candidates[1:]:
+            g.tie(candidates[0], other, node)
+        slots.append(candidates[0])
+    g.set(node, slots)
+
+
+# --- layers -------------------------------------------------------------------------------------
+
+
+@rule(aten.linear)
+def linear(g: DependencyAnalysis, node: fx.Node) -> None:
+    x, w = g.slots(node.args[0]), g.slots(node.args[1])
+    bias = g.slots(node.args[2]) if len(node.args) > 2 and node.args[2] is not None else None
+    g.tie(x[-1], w[1], node)
+    out = list(x[:-1]) + [w[0]]
+    if bias is not None:
+        g.tie(w[0], bias[0], node)
+    g.set(node, out)
+
+
+@rule(aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution, aten.conv_transpose1d, aten.conv_transpose2d,
+      aten.conv_transpose3d)
+def convolution(g: DependencyAnalysis, node: fx.Node) -> None:
+    packet = node.target.overloadpacket
+    args = list(node.args) + [None] * 9
+    x, w = g.slots(args[0]), g.slots(args[1])
+    bias = g.slots(args[2]) if args[2] is not None else None
+    transposed = packet in (aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d) or (
+        packet is aten.convolution and bool(args[6])
+    )
+    if packet is aten.convolution:
+        groups = args[8] if args[8] is not None else 1
+    else:
+        groups_index = 7 if transposed else 6
+        groups = node.args[groups_index] if len(node.args) > groups_index else node.kwargs.get("groups", 1)
+    shape = g.shape(node)
+    for kernel in w[2:]:
+        g.flag(kernel, INTERNAL)
+    spatial = [g.fresh(size, reason=SPATIAL) for size in shape[2:]]
+    in_ch, out_w = (w[0], w[1]) if transposed else (w[1], w[0])
+    if groups == 1:
+        g.tie(x[1], in_ch, node)
+        out = out_w
+    elif not transposed and w[1].size == 1 and x[1].size == groups and w[0].size == groups:
+        g.flag(w[1], INTERNAL)  # depthwise: channel c in, channel c out
+        g.tie(x[1], w[0], node)
+        out = x[1]
+    else:
+        reason = f"grouped convolution (groups={groups}) at {node.name}"
+        g.flag(x[1], reason)
+        g.flag(in_ch, reason)
+        g.flag(out_w, reason)
+        out = out_w
+    if bias is not None:
+        g.tie(out, bias[0], node)
+    g.set(node, [x[0], out, *spatial])
+
+
+@rule(aten.batch_norm, aten._native_batch_norm_legit_no_training, aten.instance_norm)
+def batch_norm(g: DependencyAnalysis, node: fx.Node) -> None:
+    x = g.slots(node.args[0])
+    for arg in node.args[1:5]:
+        if isinstance(arg, fx.Node) and g.slots(arg) is not None:
+            g.tie(x[1], g.slots(arg)[0], node)
+    if node.target.overloadpacket is aten._native_batch_norm_legit_no_training:
+        g.set_tuple(node, [list(x), None, None])
+    else:
+        g.set(node, list(x))
+
+
+@rule(aten.layer_norm, aten.rms_norm)
+def layer_norm(g: DependencyAnalysis, node: fx.Node) -> None:
+    x = g.slots(node.args[0])
+    normalized = len(node.args[1])
+    for arg in node.args[2:4]:
+        if isinstance(arg, fx.Node) and g.slots(arg) is not None:
+            for a, b in zip(x[-normalized:], g.slots(arg)):
+                g.tie(a, b, node)
+    for slot in x[-normalized:]:
+        g.flag(slot, f"normalized by {node.target.overloadpacket.__name__} (removing entries changes its statistics)")
+    g.set(node, list(x))
+
+
+@rule(aten.group_norm)
+def group_norm(g: DependencyAnalysis, node: fx.Node) -> None:
+    x = g.slots(node.args[0])
+    for arg in node.args[2:4]:
+        if isinstance(arg, fx.Node) and g.slots(arg) is not None:
+            g.tie(x[1], g.slots(arg)[0], node)
+    g.flag(x[1], "normalized by group_norm (removing channels changes its statistics)")
+    g.set(node, list(x))
+
+
+@rule(aten.embedding)
+def embedding(g: DependencyAnalysis, node: fx.Node) -> None:
+    w, ids = g.slots(node.args[0]), g.slots(node.args[1])
+    g.flag(w[0], INTERNAL)
+    g.set(node, list(ids) + [w[1]])
+
+
+# --- products -----------------------------------------------------------------------------------
+
+
+def _contract(g: DependencyAnalysis, node: fx.Node, a_node, b_node, a: Slot, b: Slot) -> None:
+    g.tie(a, b, node)
+    if not (g.weight_like(a_node) or g.weight_like(b_node)):
+        g.flag(a, f"contracted between two activations at {node.name}")
+
+
+def _batch_dims(g: DependencyAnalysis, node: fx.Node, inputs: list[list[Slot]], out_batch: tuple[int, ...]) -> list[Slot]:
+    slots = []
+    for i, size in enumerate(out_batch):
+        offset = len(out_batch) - i
+        candidates = [s[-offset] for s in inputs if len(s) >= offset and s[-offset].size == size and size > 1]
+        for other in candidates[1:]:
+            g.tie(candidates[0], other, node)
+        slots.append(candidates[0] if candidates else g.fresh(size, neutral=True))
+    return slots
+
+
+@rule(aten.matmul, aten.mm, aten.bmm)
+def matmul(g: DependencyAnalysis, node: fx.Node) -> None:
+    a_node, b_node = node.args[0], node.args[1]
+    a, b = list(g.slots(a_node)), list(g.slots(b_node))
+    a_vector, b_vector = len(a) == 1, len(b) == 1
+    _contract(g, node, a_node, b_node, a[-1], b[0] if b_vector else b[-2])
+    shape = g.shape(node)
+    rows = [] if a_vector else [a[-2]]
+    cols = [] if b_vector else [b[-1]]
+    batch_rank = len(shape) - len(rows) - len(cols)
+    batch = _batch_dims(g, node, [a[:-2], b[:-2]], tuple(shape[:batch_rank]))
+    g.set(node, batch + rows + cols)
+
+
+@rule(aten.addmm, aten.baddbmm)
+def addmm(g: DependencyAnalysis, node: fx.Node) -> None:
+    bias, a_node, b_node = node.args[0], node.args[1], node.args[2]
+    a, b = g.slots(a_node), g.slots(b_node)
+    _contract(g, node, a_node, b_node, a[-1], b[-2])
+    out = list(a[:-1]) + [b[-1]]
+    if node.target.overloadpacket is aten.baddbmm:
+        g.tie(a[0], b[0], node)
+    bias_slots = g.slots(bias)
+    for i in range(1, min(len(bias_slots), len(out)) + 1):
+        if bias_slots[-i].size == out[-i].size and out[-i].size > 1:
+            g.tie(out[-i], bias_slots[-i], node)
+    g.set(node, out)
+
+
+@rule(aten.einsum)
+def einsum(g: DependencyAnalysis, node: fx.Node) -> None:
+    equation, operands = node.args[0].replace(" ", ""), node.args[1]
+    inputs, output = equation.split("->") if "->" in equation else (equation, None)
+    terms = inputs.split(",")
+    if "." in equation or output is None:
+        g.unknown(node, "einsum with ellipsis or implicit output")
+        return
+    by_letter: dict[str, tuple[fx.Node, Slot]] = {}
+    for term, operand in zip(terms, operands):
+        for letter, slot in zip(term, g.slots(operand)):
+            if letter in by_letter:
+                first_node, first = by_letter[letter]
+                if letter in output:
+                    g.tie(first, slot, node)
+                else:
+                    _contract(g, node, first_node, operand, first, slot)
+            else:
+                by_letter[letter] = (operand, slot)
+    g.set(node, [by_letter[letter][1] for letter in output])
+
+
+@rule(aten.scaled_dot_product_attention)
+def attention(g: DependencyAnalysis, node: fx.Node) -> None:
+    q, k, v = (list(g.slots(a)) for a in node.args[:3])
+    # batch dims (heads included): a KV head serves a run of consecutive query heads under GQA
+    for i in range(len(q) - 2):
+        if q[i].size == k[i].size:
+            g.tie(q[i], k[i], node)
+        elif k[i].size and q[i].size % k[i].size == 0:
+            g.tie_repeated(k[i], q[i], q[i].size // k[i].size, node)
+        else:
+            g.unknown(node, "attention heads of incompatible sizes")
+            return
+        g.tie(k[i], v[i], node)
+    g.tie(q[-1], k[-1], node)
+    g.flag(q[-1], f"head width contracted between queries and keys at {node.name}")
+    g.tie(k[-2], v[-2], node)
+    g.flag(k[-2], f"key positions contracted in attention at {node.name}")
+    mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
+    if isinstance(mask, fx.Node):
+        g.flag_all(mask, "attention mask")
+    g.set(node, q[:-1] + [v[-1]])
+
+
+# --- shapes -------------------------------------------------------------------------------------
+
+
+@rule(aten.view, aten.reshape, aten._unsafe_view, aten.flatten, aten.unflatten, aten.squeeze, aten.unsqueeze,
+      aten.view_as, aten.reshape_as)
+def reshape(g: DependencyAnalysis, node: fx.Node) -> None:
+    g.set(node, g.reshaped(g.slots(node.args[0]), g.shape(node.args[0]), g.shape(node), node))
+
+
+@rule(aten.expand, aten.expand_as)
+def expand(g: DependencyAnalysis, node: fx.Node) -> None:
+    x, shape = g.slots(node.args[0]), g.shape(node)
+    offset = len(shape) - len(x)
+    out = []
+    for i, size in enumerate(shape):
+        j = i - offset
+        out.append(x[j] if j >= 0 and x[j].size == size else g.fresh(size, neutral=True))
+    g.set(node, out)
+
+
+@rule(aten.permute)
+def permute(g: DependencyAnalysis, node: fx.Node) -> None:
+    x = g.slots(node.args[0])
+    g.set(node, [x[_dim(d, len(x))] for d in node.args[1]])
+
+
+@rule(aten.transpose, aten.swapaxes, aten.t, aten.movedim, aten.numpy_T)
+def transpose(g: DependencyAnalysis, node: fx.Node) -> None:
+    x = list(g.slots(node.args[0]))
+    packet = node.target.overloadpacket
+    if packet is aten.movedim:
+        source, destination = _dim(node.args[1], len(x)), _dim(node.args[2], len(x))
+        x.insert(destination, x.pop(source))
+    elif len(node.args) >= 3:
+        i, j = _dim(node.args[1], len(x)), _dim(node.args[2], len(x))
+        x[i], x[j] = x[j], x[i]
+    else:
+        x = x[::-1]
+    g.set(node, x)
+
+
+@rule(aten.slice)
+def slice_(g: DependencyAnalysis, node: fx.Node) -> None:
+    x = list(g.slots(node.args[0]))
+    dim = _dim(node.args[1] if len(node.args) > 1 else 0, len(x))
+    start = node.args[2] if len(node.args) > 2 else None
+    end = node.args[3] if len(node.args) > 3 else None
+    step = node.args[4] if len(node.args) > 4 else 1
+    x[dim] = g.sliced(x[dim], slice(start, end, step))
+    g.set(node, x)
+
+
+@rule(aten.narrow)
+def narrow(g: DependencyAnalysis, node: fx.Node) -> None:
+    x = list(g.slots(node.args[0]))
+    dim = _dim(node.args[1], len(x))
+    x[dim] = g.sliced(x[dim], slice(node.args[2], node.args[2] + node.args[3]))
+    g.set(node, x)
+
+
+@rule(aten.select)
+def select(g: DependencyAnalysis, node: fx.Node) -> None:
+    x = list(g.slots(node.args[0]))
+    del x[_dim(node.args[1], len(x))]
+    g.set(node, x)
+
+
+@rule(aten.split, aten.split_with_sizes, aten.chunk, aten.unbind, aten.tensor_split)
+def split(g: DependencyAnalysis, node: fx.Node) -> None:
+    x = list(g.slots(node.args[0]))
+    packet = node.target.overloadpacket
+    outputs = node.meta["val"]
+    default_dim = 0
+    dim = _dim(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", default_dim), len(x))
+    if packet is aten.unbind:
+        dim = _dim(node.args[1] if len(node.args) > 1 else 0, len(x))
+    results, start = [], 0
+    for value in outputs:
+        size = 1 if packet is aten.unbind else value.shape[dim]
+        piece = list(x)
+        if packet is aten.unbind:
+            del piece[dim]
+        else:
+            piece[dim] = g.sliced(x[dim], slice(start, start + size))
+        start += size
+        results.append(piece)
+    g.set_tuple(node, results)
+
+
+@rule(aten.cat, aten.concat)
+def cat(g: DependencyAnalysis, node: fx.Node) -> None:
+    tensors = [t for t in node.args[0] if g.slots(t) is not None and len(g.shape(t)) > 0 and g.shape(t) != (0,)]
+    dim = _dim(node.args[1] if len(node.args) > 1 else 0, len(g.shape(node)))
+    first = list(g.slots(tensors[0]))
+    for other in tensors[1:]:
+        for i, slot in enumerate(g.slots(other)):
+            if i != dim:
+                g.tie(first[i], slot, node)
+    first[dim] = g.concatenated([g.slots(t)[dim] for t in tensors])
+    g.set(node, first)
+
+
+@rule(aten.stack)
+def stack(g: DependencyAnalysis, node: fx.Node) -> None:
+    tensors = node.args[0]
+    dim = _dim(node.args[1] if len(node.args) > 1 else 0, len(g.shape(node)))
+    first = list(g.slots(tensors[0]))
+    for other in tensors[1:]:
+        for a, b in zip(first, g.slots(other)):
+            g.tie(a, b, node)
+    first.insert(dim, g.fresh(len(tensors), neutral=True))
+    g.set(node, first)
+
+
+@rule(aten.roll)
+def roll(g: DependencyAnalysis, node: fx.Node) -> None:
+    x = list(g.slots(node.args[0]))
+    shifts, dims = node.args[1], node.args[2] if len(node.args) > 2 else []
+    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if not dims:
+        g.unknown(node, "roll over the flattened tensor")
+        return
+    for shift, d in zip(shifts, dims):
+        d = _dim(d, len(x))
+        x[d] = Slot([np.roll(layer, shift) for layer in x[d].layers], fresh=False)
+    g.set(node, x)
+
+
+@rule(aten.pad, aten.constant_pad_nd)
+def pad(g: DependencyAnalysis, node: fx.Node) -> None:
+    x = list(g.slots(node.args[0]))
+    amounts = list(node.args[1])
+    for i in range(len(amounts) // 2):
+        left, right = amounts[2 * i], amounts[2 * i + 1]
+        d = len(x) - 1 - i
+        if left or right:
+            x[d] = g.padded(x[d], left, right)
+    g.set(node, x)
+
+
+# --- pooling and reductions ---------------------------------------------------------------------
+
+
+@rule(aten.max_pool1d, aten.max_pool2d, aten.max_pool3d, aten.avg_pool1d, aten.avg_pool2d, aten.avg_pool3d,
+      aten.adaptive_avg_pool1d, aten.adaptive_avg_pool2d, aten.adaptive_avg_pool3d, aten.adaptive_max_pool1d,
+      aten.adaptive_max_pool2d, aten.max_pool2d_with_indices, aten.upsample_nearest2d, aten.upsample_bilinear2d,
+      aten.pixel_shuffle)
+def pool(g: DependencyAnalysis, node: fx.Node) -> None:
+    x = g.slots(node.args[0])
+    value = node.meta["val"]
+    shape = tuple((value[0] if isinstance(value, (tuple, list)) else value).shape)
+    if node.target.overloadpacket is aten.pixel_shuffle:
+        g.unknown(node, "pixel_shuffle moves channels into space")
+        return
+    keep = len(shape) - (len(x) - 2) if len(x) >= 3 else 1
+    out = list(x[:keep]) + [g.fresh(size, reason=SPATIAL, neutral=size == 1) for size in shape[keep:]]
+    if isinstance(value, (tuple, list)):
+        g.set_tuple(node, [out, [g.fresh(size, reason=SPATIAL) for size in shape[:keep]] + out[keep:]])
+    else:
+        g.set(node, out)
+
+
+@rule(aten.mean, aten.sum, aten.amax, aten.amin, aten.max, aten.min, aten.var, aten.std, aten.norm,
+      aten.logsumexp, aten.argmax, aten.argmin, aten.var_mean, aten.prod, aten.linalg_vector_norm)
+def reduction(g: DependencyAnalysis, node: fx.Node) -> None:
+    x = list(g.slots(node.args[0]))
+    value = node.meta["val"]
+    out_value = value[0] if isinstance(value, (tuple, list)) else value
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if node.target.overloadpacket in (aten.norm, aten.linalg_vector_norm):
+        dims = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
+    if dims is None or dims == []:
+        dims = list(range(len(x)))
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    dims = {_dim(d, len(x)) for d in dims}
+    reason = f"reduced by {node.target.overloadpacket.__name__} at {node.name}"
+    keepdim = len(out_value.shape) == len(x)
+    out = []
+    for i, slot in enumerate(x):
+        if i in dims:
+            if slot.size > 1:
+                g.flag(slot, reason)
+            if keepdim:
+                out.append(g.fresh(1, neutral=True))
+        else:
+            out.append(slot)
+    if isinstance(value, (tuple, list)):
+        g.set_tuple(node, [out for _ in value])
+    else:
+        g.set(node, out)
+
+
+@rule(aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax, aten.cumsum, aten.cumprod)
+def normalize_along(g: DependencyAnalysis, node: fx.Node) -> None:
+    x = list(g.slots(node.args[0]))
+    dim = _dim(node.args[1], len(x))
+    if x[dim].size > 1:
+        g.flag(x[dim], f"mixed along by {node.target.overloadpacket.__name__} at {node.name}")
+    g.set(node, x)
+
+
+# --- constants and plumbing ---------------------------------------------------------------------
+
+
+@rule(aten.arange, aten.zeros, aten.ones, aten.full, aten.empty, aten.new_zeros, aten.new_ones, aten.new_full,
+      aten.new_empty, aten.scalar_tensor, aten.zeros_like, aten.ones_like, aten.full_like, aten.empty_like,
+      aten.rand, aten.randn, aten.tensor, aten.eye, aten.tril, aten.triu)
+def constant(g: DependencyAnalysis, node: fx.Node) -> None:
+    if node.target.overloadpacket in (aten.tril, aten.triu):
+        g.flag_all(node.args[0], "triangular mask")
+    g.set(node, [g.fresh(size, neutral=True) for size in g.shape(node)])
+
+
+@rule(operator.getitem)
+def getitem(g: DependencyAnalysis, node: fx.Node) -> None:
+    container = g.labels.get(node.args[0])
+    if isinstance(container, tuple) and isinstance(node.args[1], int):
+        g.set(node, container[node.args[1]])
+    else:
+        g.unknown(node, "indexing into an untracked value")

@@ -1,0 +1,96 @@
+"""After tensors are sliced, module attributes that describe their widths must follow.
+
+A registry of small handlers keyed by module class (looked up along the MRO), each reading the new
+widths from the module's own tensors. Modules that derive shapes from their inputs need none.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from torch import nn
+
+from geta.quant.prepare import original_parameter
+
+Handler = Callable[[nn.Module], None]
+_HANDLERS: dict[type, Handler] = {}
+
+
+def handler(*classes: type) -> Callable[[Handler], Handler]:
+    """Register ``fn`` as the width handler of ``classes``."""
+
+    def register(fn: Handler) -> Handler:
+        for cls in classes:
+            _HANDLERS[cls] = fn
+        return fn
+
+    return register
+
+
+def update_widths(module: nn.Module) -> None:
+    """Run the handler of the most specific registered class of ``module``, if any."""
+    _register_optional()
+    for cls in type(module).__mro__:
+        fn = _HANDLERS.get(cls)
+        if fn is not None:
+            fn(module)
+            return
+
+
+@handler(nn.modules.conv._ConvNd)
+def _conv(module: nn.modules.conv._ConvNd) -> None:
+    weight = original_parameter(module, "weight")
+    depthwise = not module.transposed and module.groups > 1 and module.in_channels == module.groups
+    if depthwise:  # channels and groups shrink together
+        module.groups = weight.shape[0] // (module.out_channels // module.groups)
+    if module.transposed:
+        module.in_channels, module.out_channels = weight.shape[0], weight.shape[1] * module.groups
+    else:
+        module.out_channels, module.in_channels = weight.shape[0], weight.shape[1] * module.groups
+
+
+@handler(nn.Linear)
+def _linear(module: nn.Linear) -> None:
+    weight = original_parameter(module, "weight")
+    module.out_features, module.in_features = weight.shape
+
+
+@handler(nn.Bilinear)
+def _bilinear(module: nn.Bilinear) -> None:
+    module.out_features, module.in1_features, module.in2_features = original_parameter(module, "weight").shape
+
+
+@handler(nn.modules.batchnorm._NormBase)
+def _batch_norm(module: nn.modules.batchnorm._NormBase) -> None:
+    tensor = module.weight if module.weight is not None else module.running_mean
+    if tensor is not None:
+        module.num_features = tensor.shape[0]
+
+
+@handler(nn.LayerNorm)
+def _layer_norm(module: nn.LayerNorm) -> None:
+    if module.weight is not None:
+        module.normalized_shape = tuple(module.weight.shape)
+
+
+@handler(nn.GroupNorm)
+def _group_norm(module: nn.GroupNorm) -> None:
+    if module.weight is not None:
+        module.num_channels = module.weight.shape[0]
+
+
+@handler(nn.Embedding, nn.EmbeddingBag)
+def _embedding(module: nn.Embedding) -> None:
+    module.num_embeddings, module.embedding_dim = original_parameter(module, "weight").shape
+
+
+def _conv1d_transformers(module: nn.Module) -> None:
+    module.nf = original_parameter(module, "weight").shape[1]
+
+
+def _register_optional() -> None:
+    library = sys.modules.get("transformers.pytorch_utils")
+    conv1d = getattr(library, "Conv1D", None) if library is not None else None
+    if conv1d is not None and conv1d not in _HANDLERS:
+        _HANDLERS[conv1d] = _conv1d_transformers
