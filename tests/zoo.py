@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
@@ -66,3 +67,119 @@ def small_cnn() -> nn.Sequential:
         nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
     )
+
+
+class ConcatNet(nn.Module):
+    """Two branches concatenated along channels, then split in halves again (concat/chunk offsets)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.left = nn.Conv2d(8, 6, 3, padding=1)
+        self.right = nn.Conv2d(8, 10, 1)
+        self.bn = nn.BatchNorm2d(16)
+        self.after_first = nn.Conv2d(8, 4, 1)
+        self.after_second = nn.Conv2d(8, 4, 1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.stem(x))
+        h = torch.relu(self.bn(torch.cat([self.left(h), self.right(h)], dim=1)))
+        first, second = h.chunk(2, dim=1)
+        h = torch.cat([self.after_first(first), self.after_second(second)], dim=1)
+        return self.head(h.mean((2, 3)))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2-style block: expand 1x1, depthwise 3x3, project 1x1, residual add."""
+
+    def __init__(self, channels: int, expansion: int = 4) -> None:
+        super().__init__()
+        hidden = channels * expansion
+        self.expand = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6())
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()
+        )
+        self.project = nn.Sequential(nn.Conv2d(hidden, channels, 1, bias=False), nn.BatchNorm2d(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.project(self.depthwise(self.expand(x)))
+
+
+class DepthwiseNet(nn.Module):
+    """Stem, two inverted residual blocks, pooled linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.blocks = nn.Sequential(InvertedResidual(8), InvertedResidual(8))
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+class SelfAttention(nn.Module):
+    """Manual q/k/v projections and scaled_dot_product_attention; heads of ``head_dim``, KV heads for GQA."""
+
+    def __init__(self, dim: int, heads: int, kv_heads: int | None = None) -> None:
+        super().__init__()
+        self.head_dim = dim // heads
+        kv_heads = kv_heads or heads
+        self.q = nn.Linear(dim, heads * self.head_dim)
+        self.k = nn.Linear(dim, kv_heads * self.head_dim)
+        self.v = nn.Linear(dim, kv_heads * self.head_dim)
+        self.out = nn.Linear(heads * self.head_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, length, _ = x.shape
+        q = self.q(x).view(batch, length, -1, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(batch, length, -1, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(batch, length, -1, self.head_dim).transpose(1, 2)
+        repeats = q.shape[1] // k.shape[1]
+        k = k.repeat_interleave(repeats, dim=1) if repeats > 1 else k
+        v = v.repeat_interleave(repeats, dim=1) if repeats > 1 else v
+        attended = F.scaled_dot_product_attention(q, k, v)
+        return self.out(attended.transpose(1, 2).reshape(batch, length, -1))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer encoder block: attention and a GELU feed-forward, both residual."""
+
+    def __init__(self, dim: int = 16, heads: int = 4, kv_heads: int | None = None, hidden: int = 32) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, heads, kv_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.ff(self.norm2(x))
+
+
+class TinyEncoder(nn.Module):
+    """Token embedding, two encoder blocks, mean-pooled classifier."""
+
+    def __init__(self, kv_heads: int | None = None) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(30, 16)
+        self.blocks = nn.Sequential(EncoderBlock(kv_heads=kv_heads), EncoderBlock(kv_heads=kv_heads))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.head(self.blocks(self.embed(tokens)).mean(1))
+
+
+class TorchEncoder(nn.Module):
+    """nn.TransformerEncoder over embedded tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(30, 16)
+        layer = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.head(self.encoder(self.embed(tokens)).mean(1))

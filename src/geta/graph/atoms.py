@@ -40,6 +40,7 @@ class Atoms:
     edges_a: list[np.ndarray] = field(default_factory=list)
     edges_b: list[np.ndarray] = field(default_factory=list)
     flags: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    balances: list[tuple[list[np.ndarray], int, str]] = field(default_factory=list)
 
     def new(self, n: int, *, neutral: bool = False, reason: str | None = None) -> np.ndarray:
         """``n`` fresh atoms."""
@@ -74,6 +75,11 @@ class Atoms:
         for layer in slot.layers:
             self.flags.append((layer, reason))
 
+    def balance(self, slot: Slot, pieces: int, reason: str) -> None:
+        """The slot is cut into ``pieces`` equal parts by code with fixed sizes: a class may only be
+        removed if it takes the same number of positions from every part."""
+        self.balances.append((self.structural(slot), pieces, reason))
+
     def classes(self) -> tuple[np.ndarray, dict[int, set[str]]]:
         """(class of each atom, reasons per class) after all ties."""
         a = np.concatenate(self.edges_a) if self.edges_a else np.zeros(0, dtype=np.int64)
@@ -84,4 +90,11 @@ class Atoms:
         for ids, reason in self.flags:
             for cls in np.unique(label[ids]):
                 reasons.setdefault(int(cls), set()).add(reason)
+        for layers, pieces, reason in self.balances:
+            for layer in layers:
+                per_piece = label[layer].reshape(pieces, -1)
+                for cls in np.unique(per_piece):
+                    counts = (per_piece == cls).sum(axis=1)
+                    if np.any(counts != counts[0]):
+                        reasons.setdefault(int(cls), set()).add(reason)
         return label, reasons

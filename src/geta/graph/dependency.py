@@ -131,6 +131,9 @@ class DependencyAnalysis:
     def flag(self, slot: Slot, reason: str) -> None:
         self.atoms.flag(slot, reason)
 
+    def balance(self, slot: Slot, pieces: int, reason: str) -> None:
+        self.atoms.balance(slot, pieces, reason)
+
     def flag_all(self, node: object, reason: str) -> None:
         value = self.labels.get(node) if isinstance(node, fx.Node) else None
         for slots in value if isinstance(value, tuple) else [value]:

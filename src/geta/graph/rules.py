@@ -321,7 +321,10 @@ def slice_(g: DependencyAnalysis, node: fx.Node) -> None:
     start = node.args[2] if len(node.args) > 2 else None
     end = node.args[3] if len(node.args) > 3 else None
     step = node.args[4] if len(node.args) > 4 else 1
-    x[dim] = g.sliced(x[dim], slice(start, end, step))
+    index = slice(start, end, step)
+    if range(*index.indices(x[dim].size)) != range(x[dim].size):
+        g.flag(x[dim], f"sliced at fixed offsets at {node.name}: removing positions would shift the slice")
+    x[dim] = g.sliced(x[dim], index)
     g.set(node, x)
 
 
@@ -329,6 +332,8 @@ def slice_(g: DependencyAnalysis, node: fx.Node) -> None:
 def narrow(g: DependencyAnalysis, node: fx.Node) -> None:
     x = list(g.slots(node.args[0]))
     dim = _dim(node.args[1], len(x))
+    if node.args[3] != x[dim].size:
+        g.flag(x[dim], f"narrowed at fixed offsets at {node.name}: removing positions would shift it")
     x[dim] = g.sliced(x[dim], slice(node.args[2], node.args[2] + node.args[3]))
     g.set(node, x)
 
@@ -336,7 +341,10 @@ def narrow(g: DependencyAnalysis, node: fx.Node) -> None:
 @rule(aten.select)
 def select(g: DependencyAnalysis, node: fx.Node) -> None:
     x = list(g.slots(node.args[0]))
-    del x[_dim(node.args[1], len(x))]
+    dim = _dim(node.args[1], len(x))
+    if x[dim].size > 1:
+        g.flag(x[dim], f"one position selected at {node.name}: removing positions would shift it")
+    del x[dim]
     g.set(node, x)
 
 
@@ -349,6 +357,12 @@ def split(g: DependencyAnalysis, node: fx.Node) -> None:
     dim = _dim(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", default_dim), len(x))
     if packet is aten.unbind:
         dim = _dim(node.args[1] if len(node.args) > 1 else 0, len(x))
+    sizes = [1 if packet is aten.unbind else value.shape[dim] for value in outputs]
+    if len(set(sizes)) == 1:
+        g.balance(x[dim], len(sizes), f"cut into {len(sizes)} equal parts at {node.name}: a structure must take "
+                  "as many positions from each part")
+    else:
+        g.flag(x[dim], f"cut into parts of fixed sizes {sizes} at {node.name}")
     results, start = [], 0
     for value in outputs:
         size = 1 if packet is aten.unbind else value.shape[dim]
@@ -385,6 +399,32 @@ def stack(g: DependencyAnalysis, node: fx.Node) -> None:
             g.tie(a, b, node)
     first.insert(dim, g.fresh(len(tensors), neutral=True))
     g.set(node, first)
+
+
+@rule(aten.repeat_interleave)
+def repeat_interleave(g: DependencyAnalysis, node: fx.Node) -> None:
+    """Each position repeated ``r`` times in place: a structure takes all its copies with it."""
+    x = list(g.slots(node.args[0]))
+    repeats = node.args[1] if len(node.args) > 1 else node.kwargs.get("repeats")
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
+    if not isinstance(repeats, int) or dim is None:
+        g.unknown(node, "repeat_interleave with tensor repeats or over the flattened tensor")
+        return
+    dim = _dim(dim, len(x))
+    x[dim] = Slot([np.repeat(layer, repeats) for layer in x[dim].layers], fresh=False)
+    g.set(node, x)
+
+
+@rule(aten.repeat)
+def repeat(g: DependencyAnalysis, node: fx.Node) -> None:
+    """The whole tensor tiled: a structure is removed from every tile."""
+    x = list(g.slots(node.args[0]))
+    factors = list(node.args[1])
+    lead = len(factors) - len(x)
+    out = [g.fresh(f, neutral=True) for f in factors[:lead]]
+    for slot, factor in zip(x, factors[lead:]):
+        out.append(slot if factor == 1 else Slot([np.tile(layer, factor) for layer in slot.layers], fresh=False))
+    g.set(node, out)
 
 
 @rule(aten.roll)
