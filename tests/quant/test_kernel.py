@@ -229,13 +229,17 @@ def test_set_fused_kernel_off_uses_reference():
     assert _fused_is_once_differentiable(x, d, q_m, t)
 
 
-def test_fused_falls_back_to_reference_with_warning(monkeypatch):
+def test_fused_falls_back_to_eager_kernels_with_warning(monkeypatch):
     def broken(name):
         raise RuntimeError("no compiler")
 
-    monkeypatch.setattr(kernel, "_compiled_fn", broken)
-    monkeypatch.setitem(kernel._state, "enabled", True)
-    x, d, q_m, t = _case((5, 6), 1, torch.float32, seed=12)
+    monkeypatch.setattr(kernel, "_kernel", broken)
+    monkeypatch.setitem(kernel._state, "compile", True)
+    x, d, q_m, t = (v.clone().requires_grad_(True) for v in _case((5, 6), 1, torch.float64, seed=12))
     with pytest.warns(RuntimeWarning, match="could not be compiled"):
         out = quantize(x, d, q_m, t, axis=1)
     assert torch.equal(out, _reference_quantize(x, d, q_m, t, axis=1))
+    grads = torch.autograd.grad(out.square().sum(), (x, d, q_m, t))
+    expected = torch.autograd.grad(_reference_quantize(x, d, q_m, t, axis=1).square().sum(), (x, d, q_m, t))
+    for grad, want in zip(grads, expected):
+        torch.testing.assert_close(grad, want, rtol=1e-9, atol=1e-9)

@@ -10,7 +10,6 @@ from torch import nn
 
 from geta.errors import ModelError
 from geta.graph.inputs import ExampleInputs
-from geta.quant.kernel import reference_kernel
 
 
 @contextlib.contextmanager
@@ -27,7 +26,7 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 def capture(model: nn.Module, inputs: ExampleInputs) -> torch.export.ExportedProgram:
     """Export ``model`` on ``inputs`` in eval mode; raise ModelError naming the fix if it cannot be traced."""
-    with eval_mode(model), reference_kernel():
+    with eval_mode(model):
         try:
             return torch.export.export(model, inputs.args, kwargs=inputs.kwargs, strict=False)
         except Exception as error:

@@ -20,7 +20,6 @@ from torch.utils.hooks import RemovableHandle
 
 from geta.graph.capture import eval_mode
 from geta.graph.inputs import ExampleInputs
-from geta.quant.kernel import reference_kernel
 from geta.quant.prepare import QuantizableLayer, original_parameter
 
 aten = torch.ops.aten
@@ -89,7 +88,7 @@ def count_macs(model: nn.Module, inputs: ExampleInputs, layers: list[Quantizable
     mode = _CountingMode(owners)
     try:
         # Grad mode keeps attention modules off their fused inference kernels, which count nothing.
-        with eval_mode(model), torch.enable_grad(), reference_kernel(), mode:
+        with eval_mode(model), torch.enable_grad(), mode:
             inputs.run(model)
     finally:
         for handle in handles:

@@ -1,16 +1,21 @@
-"""Fused forward and backward kernels for the quantization mapping.
+"""The quantizer as one custom op, ``geta::quantize``, with fused forward and backward kernels.
 
 The reference mapping in ``functional.py`` is a chain of a dozen elementwise ops whose forward and
 backward each read and write the whole tensor several times (about 20x the cost of ``x * 1``).
-Here the forward is one pass and the backward one pass that produces the gradient of ``x`` and
-the three parameter reductions together. Both passes are compiled with ``torch.compile`` on first
-use; if compilation is unavailable (no C++ compiler, an unsupported device) geta warns once and
-runs the reference ops instead, with identical results.
+Here the forward is one pass, and the backward one pass that produces the gradient of ``x`` and
+the three parameter reductions together (the closed forms of DESIGN Sec. 2). Both are compiled with
+``torch.compile`` on first use; if compilation is unavailable (no C++ compiler, an unsupported
+device) geta warns once and runs the same kernels as eager torch ops, with identical results.
 
-Tensors are viewed as (channels, elements), detached from their base so that the compiled graphs
-do not specialize on the layout of whatever tensor they were viewed from: per-tensor quantizers use
-one channel, so every layer shares the same two compiled graphs. ``neg`` is -1 for signed and 0 for unsigned quantizers,
-which keeps the sign mode a tensor rather than a recompilation.
+Being a registered custom op (with a fake implementation and an autograd formula) it is a single
+node under ``torch.export`` and an opaque call under ``torch.compile``, and its backward is never
+dropped by tracing. ``GETA_QUANT_KERNEL=reference`` (or :func:`set_fused_kernel`) selects the plain
+reference ops instead; :func:`reference_kernel` does so for a block.
+
+Inside the op tensors are viewed as (channels, elements), detached from their base so that the
+compiled graphs do not specialize on the layout of whatever tensor they were viewed from: per-tensor
+quantizers use one channel, so every layer shares the same two compiled graphs. ``neg`` is -1 for
+signed and 0 for unsigned quantizers, which keeps the sign mode a tensor rather than a recompilation.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from torch import Tensor
 
 from geta.quant.functional import quantize_reference, top_level
 
-_FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-_state = {"enabled": os.environ.get("GETA_QUANT_KERNEL", "fused") != "reference", "forced_reference": 0}
+_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_state = {"fused": os.environ.get("GETA_QUANT_KERNEL", "fused") != "reference", "compile": True, "forced_reference": 0}
 
 
 def _forward(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, top: Tensor, neg: Tensor) -> Tensor:
@@ -64,7 +69,8 @@ def _backward(
 _compiled: dict[str, object] = {}
 
 
-def _compiled_fn(name: str):
+def _kernel(name: str):
+    """The compiled kernel ``name`` ("forward" or "backward"), compiled on first use."""
     if name not in _compiled:
         fn = _forward if name == "forward" else _backward
         # dynamic_threads: parallelize loops whose length is symbolic (off by default for dynamic shapes)
@@ -72,39 +78,87 @@ def _compiled_fn(name: str):
     return _compiled[name]
 
 
-def _top_level(d: Tensor, q_m: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel n = q_m^t / d and its floor, computed once here rather than per element."""
-    n = q_m**t / d
-    return n, top_level(n)
+def _run(name: str, *args: Tensor):
+    if _state["compile"]:
+        try:
+            return _kernel(name)(*args)
+        except Exception as error:  # compilation failed: the same kernels as eager ops
+            _state["compile"] = False
+            warnings.warn(
+                f"geta: the fused quantization kernel could not be compiled ({type(error).__name__}: {error}); "
+                "running it as eager torch ops instead (same results, slower).",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return (_forward if name == "forward" else _backward)(*args)
 
 
-class _FusedQuantize(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, neg: Tensor) -> Tensor:  # noqa: D102
-        x, d, q_m, t = (v.detach() for v in (x, d, q_m, t))
-        ctx.save_for_backward(x, d, q_m, t, neg)
-        return _compiled_fn("forward")(x, d, q_m, t, _top_level(d, q_m, t)[1], neg)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):  # noqa: D102
-        x, d, q_m, t, neg = ctx.saved_tensors
-        n, top = _top_level(d, q_m, t)
-        capped_t = q_m**t * torch.log(q_m)
-        grad_x, sum_d, sum_q_m, sum_t = _compiled_fn("backward")(grad.detach(), x, d, q_m, t, n, top, capped_t, neg)
-        return grad_x, sum_d, sum_q_m * t * q_m ** (t - 1), sum_t, None
+def _as_channels(x: Tensor, axis: int | None) -> tuple[Tensor, torch.Size]:
+    """``x`` as a detached (channels, elements) tensor in its compute dtype, and its moved shape."""
+    moved = x if axis is None or axis == 0 else x.movedim(axis, 0)
+    channels = 1 if axis is None else moved.shape[0]
+    return moved.reshape(channels, -1).detach().to(_compute_dtype(x)), moved.shape
 
 
-def _fused_usable(x: Tensor) -> bool:
-    return (
-        _state["enabled"]
-        and not _state["forced_reference"]
-        and type(x) in (torch.Tensor, torch.nn.Parameter)
-        and x.device.type in ("cpu", "cuda")
-        and x.dtype in _FUSED_DTYPES
-        and not torch.compiler.is_compiling()
-        and not torch.compiler.is_exporting()
+def _from_channels(flat: Tensor, moved_shape: torch.Size, axis: int | None, dtype: torch.dtype) -> Tensor:
+    out = flat.reshape(moved_shape).to(dtype)
+    return out if axis is None or axis == 0 else out.movedim(0, axis)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def _channel_params(d: Tensor, q_m: Tensor, t: Tensor, channels: int, dtype: torch.dtype) -> list[Tensor]:
+    return [p.detach().reshape(channels, 1).to(dtype) for p in (d, q_m, t)]
+
+
+def _neg(signed: bool, like: Tensor) -> Tensor:
+    return torch.tensor(-1.0 if signed else 0.0, dtype=like.dtype, device=like.device)
+
+
+@torch.library.custom_op("geta::quantize", mutates_args=())
+def quantize_op(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool, axis: int | None) -> Tensor:
+    """x^Q for parameters d, q_m, t (0-dim per tensor, 1-dim per channel along ``axis``)."""
+    flat, moved_shape = _as_channels(x, axis)
+    d2, q2, t2 = _channel_params(d, q_m, t, flat.shape[0], flat.dtype)
+    out = _run("forward", flat, d2, q2, t2, top_level(q2**t2 / d2), _neg(signed, flat))
+    return _from_channels(out, moved_shape, axis, x.dtype).contiguous()
+
+
+@quantize_op.register_fake
+def _quantize_fake(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool, axis: int | None) -> Tensor:
+    return torch.empty_like(x)
+
+
+def _save_for_backward(ctx, inputs: tuple, output: Tensor) -> None:
+    x, d, q_m, t, signed, axis = inputs
+    ctx.save_for_backward(x, d, q_m, t)
+    ctx.signed, ctx.axis = signed, axis
+
+
+def _quantize_backward(ctx, grad: Tensor):
+    x, d, q_m, t = ctx.saved_tensors
+    flat, moved_shape = _as_channels(x, ctx.axis)
+    flat_grad, _ = _as_channels(grad, ctx.axis)
+    d2, q2, t2 = _channel_params(d, q_m, t, flat.shape[0], flat.dtype)
+    n = q2**t2 / d2
+    capped_t = q2**t2 * torch.log(q2)
+    grad_x, sum_d, sum_q_m, sum_t = _run(
+        "backward", flat_grad, flat, d2, q2, t2, n, top_level(n), capped_t, _neg(ctx.signed, flat)
     )
+    grad_q_m = sum_q_m * t2 * q2 ** (t2 - 1)
+    return (
+        _from_channels(grad_x, moved_shape, ctx.axis, x.dtype),
+        sum_d.reshape(d.shape).to(d.dtype),
+        grad_q_m.reshape(q_m.shape).to(q_m.dtype),
+        sum_t.reshape(t.shape).to(t.dtype),
+        None,
+        None,
+    )
+
+
+quantize_op.register_autograd(_quantize_backward, setup_context=_save_for_backward)
 
 
 def quantize(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool = True, axis: int | None = None) -> Tensor:
@@ -113,36 +167,9 @@ def quantize(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool = True, 
     Parameters ``d``, ``q_m`` and ``t`` are 0-dim tensors per tensor, or 1-dim of length
     ``x.shape[axis]`` per channel. Gradients flow to all four inputs.
     """
-    if not _fused_usable(x):
-        return quantize_reference(x, *_broadcast(x, (d, q_m, t), axis), signed=signed).to(x.dtype)
-    try:
-        return _quantize_fused(x, d, q_m, t, signed, axis)
-    except Exception as error:  # compilation failed: keep training on the reference ops
-        _state["enabled"] = False
-        warnings.warn(
-            f"geta: the fused quantization kernel could not be compiled ({type(error).__name__}: {error}); "
-            "using the reference torch ops instead (same results, slower). "
-            "Set GETA_QUANT_KERNEL=reference to skip this attempt.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return quantize_reference(x, *_broadcast(x, (d, q_m, t), axis), signed=signed).to(x.dtype)
-
-
-def _quantize_fused(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool, axis: int | None) -> Tensor:
-    compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    moved = x if axis is None or axis == 0 else x.movedim(axis, 0)
-    channels = 1 if axis is None else moved.shape[0]
-    flat = moved.reshape(channels, -1).to(compute_dtype)
-    params = [p.reshape(channels, 1).to(compute_dtype) for p in (d, q_m, t)]
-    neg = torch.tensor(-1.0 if signed else 0.0, dtype=compute_dtype, device=x.device)
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in (d, q_m, t))):
-        out = _FusedQuantize.apply(flat, *params, neg)
-    else:
-        d, q_m, t = (p.detach() for p in params)
-        out = _compiled_fn("forward")(flat.detach(), d, q_m, t, _top_level(d, q_m, t)[1], neg)
-    out = out.reshape(moved.shape).to(x.dtype)
-    return out if axis is None or axis == 0 else out.movedim(0, axis)
+    if _state["fused"] and not _state["forced_reference"] and x.dtype in _SUPPORTED_DTYPES:
+        return quantize_op(x, d, q_m, t, signed, axis)
+    return quantize_reference(x, *_broadcast(x, (d, q_m, t), axis), signed=signed).to(x.dtype)
 
 
 def _broadcast(x: Tensor, params: tuple[Tensor, ...], axis: int | None) -> tuple[Tensor, ...]:
@@ -155,7 +182,7 @@ def _broadcast(x: Tensor, params: tuple[Tensor, ...], axis: int | None) -> tuple
 
 @contextlib.contextmanager
 def reference_kernel() -> Iterator[None]:
-    """Run quantizers on the reference torch ops inside this block (for tracing and op counting)."""
+    """Run quantizers on the plain reference torch ops inside this block."""
     _state["forced_reference"] += 1
     try:
         yield
@@ -164,5 +191,7 @@ def reference_kernel() -> Iterator[None]:
 
 
 def set_fused_kernel(enabled: bool) -> None:
-    """Turn the fused kernel on or off for this process (``GETA_QUANT_KERNEL=reference`` at start-up)."""
-    _state["enabled"] = bool(enabled)
+    """Use the fused custom op (True) or the plain reference ops (False) for this process
+    (``GETA_QUANT_KERNEL=reference`` at start-up does the latter)."""
+    _state["fused"] = bool(enabled)
+    _state["compile"] = _state["compile"] or bool(enabled)
