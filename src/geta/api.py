@@ -17,7 +17,7 @@ from geta.graph.inputs import ExampleInputs, model_device
 from geta.graph.nonnegative import layer_inputs, nonnegative_nodes
 from geta.metrics.cost import count_macs
 from geta.metrics.report import Report, build_report
-from geta.pruning.groups import Group, resolve
+from geta.pruning.groups import Group, SearchSpace
 from geta.pruning.subnet import construct_subnet
 from geta.quant.calibrate import calibrate
 from geta.quant.functional import check_bits
@@ -74,7 +74,7 @@ class GETA:
         if quantize not in _MODES:
             raise ConfigError(f"quantize={quantize!r} is not a mode; use one of {', '.join(map(repr, _MODES))}")
         self.quantize_mode = quantize
-        self._space: tuple[list[Group], list[Structure]] | None = None
+        self._space: tuple[SearchSpace, list[Structure]] | None = None
         weight_bits = check_bits(weight_bits, "weight_bits")
         act_bits = check_bits(act_bits, "act_bits")
         try:
@@ -120,8 +120,10 @@ class GETA:
         return build_report(self.model, self.layers, macs, group_sparsity=self.group_sparsity())
 
     @property
-    def groups(self) -> list[Group]:
-        """The pruning search space: every minimally removable structure (found on first use)."""
+    def groups(self) -> SearchSpace:
+        """The pruning search space: every minimally removable structure (found on first use).
+
+        A sequence of :class:`~geta.pruning.groups.Group`; its methods act on many groups at once."""
         return self._search_space()[0]
 
     def unprunable(self) -> list[Structure]:
@@ -134,7 +136,7 @@ class GETA:
         if self._space is None:
             return 0.0
         groups = self.groups
-        return sum(group.is_zero() for group in groups) / len(groups) if groups else 0.0
+        return float(groups.zero_mask().float().mean()) if len(groups) else 0.0
 
     def zero_random_groups(self, fraction: float, seed: int = 0) -> list[Group]:
         """Zero a random ``fraction`` of the groups (a testing aid); returns the zeroed groups."""
@@ -143,19 +145,20 @@ class GETA:
         groups = self.groups
         generator = torch.Generator().manual_seed(seed)
         chosen = torch.randperm(len(groups), generator=generator)[: round(fraction * len(groups))]
-        for index in sorted(chosen.tolist()):
-            groups[index].zero_()
+        mask = torch.zeros(len(groups), dtype=torch.bool)
+        mask[chosen] = True
+        groups.zero_(mask)
         return [groups[i] for i in sorted(chosen.tolist())]
 
     def construct_subnet(self) -> nn.Module:
         """A new compact module with every zeroed group physically removed; ``.model`` is untouched."""
-        return construct_subnet(self.model, [group for group in self.groups if group.is_zero()])
+        return construct_subnet(self.model, self.groups, self.groups.zero_mask())
 
-    def _search_space(self) -> tuple[list[Group], list[Structure]]:
+    def _search_space(self) -> tuple[SearchSpace, list[Structure]]:
         if self._space is None:
             program = capture(self.model, self.example_inputs)
-            removable, unprunable = DependencyAnalysis(program, self.model).run()
-            self._space = (resolve(self.model, removable), unprunable)
+            table, unprunable = DependencyAnalysis(program, self.model).run()
+            self._space = (SearchSpace(self.model, table), unprunable)
         return self._space
 
     def unquantized(self) -> list[tuple[str, str]]:

@@ -37,11 +37,8 @@ class TensorSlice:
 
 @dataclass(frozen=True)
 class Structure:
-    """One minimally removable structure: the slices of every parameter and buffer it spans.
-
-    For unprunable structures, ``reasons`` says why, and ``count`` how many structures of the same
-    shape and reasons this record stands for (their slices merged).
-    """
+    """Structures left out of the search space: the tensor slices they span, why they cannot be
+    removed, and how many structures of the same tensors and reasons this record stands for."""
 
     slices: tuple[TensorSlice, ...]
     reasons: tuple[str, ...] = ()
@@ -73,8 +70,8 @@ class DependencyAnalysis:
     state_names: dict[str, str] = field(default_factory=dict)
     weight_nodes: set[fx.Node] = field(default_factory=set)
 
-    def run(self) -> tuple[list[Structure], list[Structure]]:
-        """(removable structures, unprunable structures with their reasons)."""
+    def run(self) -> tuple[GroupTable, list[Structure]]:
+        """(removable structures as a table, unprunable structures with their reasons)."""
         signature = self.program.graph_signature
         self.state_names = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
         self.state_names.update(signature.inputs_to_lifted_tensor_constants)
@@ -297,32 +294,62 @@ class DependencyAnalysis:
 
     # --- results ----------------------------------------------------------------------------------
 
-    def _structures(self) -> tuple[list[Structure], list[Structure]]:
+    def _structures(self) -> tuple[GroupTable, list[Structure]]:
         label, reasons = self.atoms.classes()
-        members: dict[int, dict[tuple[str, int], set[int]]] = {}
-        for param in self.params:
+        slot_ids, positions, classes = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+        for k, param in enumerate(self.params):
             for layer in self.atoms.structural(param.slot):
-                for position, cls in enumerate(label[layer]):
-                    members.setdefault(int(cls), {}).setdefault((param.name, param.dim), set()).add(position)
-        removable = []
-        blocked: dict[tuple, dict[tuple[str, int], set[int]]] = {}
+                slot_ids.append(np.full(len(layer), k))
+                positions.append(np.arange(len(layer)))
+                classes.append(label[layer])
+        rows = np.unique(np.stack([np.concatenate(classes), np.concatenate(slot_ids), np.concatenate(positions)], 1), axis=0)
+        cls, slot, position = rows.T
+        blocked = np.isin(cls, np.array(sorted(reasons), dtype=np.int64))
+        table = _group_table(self.params, cls[~blocked], slot[~blocked], position[~blocked])
+        return table, self._unprunable(cls[blocked], slot[blocked], position[blocked], reasons)
+
+    def _unprunable(self, cls: np.ndarray, slot: np.ndarray, position: np.ndarray, reasons: dict[int, set[str]]):
+        """Blocked classes with parameters, merged by (tensors spanned, reasons)."""
+        merged: dict[tuple, dict[int, set[int]]] = {}
         counts: dict[tuple, int] = {}
-        for cls in sorted(members, key=lambda c: min(min(p) for p in members[c].values())):
-            why = reasons.get(cls, set())
+        starts = np.flatnonzero(np.diff(cls, prepend=-1))
+        for begin, stop in zip(starts, list(starts[1:]) + [len(cls)]):
+            why = reasons[int(cls[begin])] - {INTERNAL}
             if not why:
-                slices = tuple(TensorSlice(name, dim, tuple(sorted(p))) for (name, dim), p in members[cls].items())
-                removable.append(Structure(slices))
-            elif why != {INTERNAL}:
-                key = (tuple(sorted(members[cls])), tuple(sorted(why - {INTERNAL})))
-                merged = blocked.setdefault(key, {})
-                for slot, positions in members[cls].items():
-                    merged.setdefault(slot, set()).update(positions)
-                counts[key] = counts.get(key, 0) + 1
-        unprunable = [
-            Structure(tuple(TensorSlice(n, d, tuple(sorted(p))) for (n, d), p in merged.items()), key[1], counts[key])
-            for key, merged in blocked.items()
+                continue
+            key = (tuple(np.unique(slot[begin:stop]).tolist()), tuple(sorted(why)))
+            entry = merged.setdefault(key, {})
+            for k, p in zip(slot[begin:stop].tolist(), position[begin:stop].tolist()):
+                entry.setdefault(k, set()).add(p)
+            counts[key] = counts.get(key, 0) + 1
+        return [
+            Structure(tuple(TensorSlice(self.params[k].name, self.params[k].dim, tuple(sorted(p))) for k, p in entry.items()),
+                      key[1], counts[key])
+            for key, entry in merged.items()
         ]
-        return removable, unprunable
+
+
+@dataclass(frozen=True)
+class GroupTable:
+    """The removable structures, in columns: row r puts position ``position[r]`` along dim
+    ``dims[slot[r]]`` of the tensor named ``names[slot[r]]`` into group ``group[r]``. Groups are
+    numbered in the order of their first tensor position."""
+
+    names: tuple[str, ...]
+    dims: tuple[int, ...]
+    slot: np.ndarray
+    position: np.ndarray
+    group: np.ndarray
+    count: int
+
+
+def _group_table(params: list[_ParamSlot], cls: np.ndarray, slot: np.ndarray, position: np.ndarray) -> GroupTable:
+    classes, first = np.unique(cls, return_index=True)  # rows are sorted by (class, slot, position)
+    order = np.lexsort((position[first], slot[first]))
+    number = np.empty(len(classes), dtype=np.int64)
+    number[order] = np.arange(len(classes))
+    group = number[np.searchsorted(classes, cls)] if len(classes) else np.zeros(0, dtype=np.int64)
+    return GroupTable(tuple(p.name for p in params), tuple(p.dim for p in params), slot, position, group, len(classes))
 
 
 @dataclass

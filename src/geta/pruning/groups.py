@@ -1,14 +1,40 @@
-"""Groups: minimally removable structures resolved to the model's tensors (by object identity)."""
+"""The pruning search space: groups resolved to the model's tensors (by object identity), in columns.
+
+A model can have tens of thousands of groups (every FFN unit of BERT-base is one), so membership is
+kept per tensor dimension as two index vectors (position, group) and every operation over groups
+(zeroing, testing for zero, cutting) is a vectorized scatter or gather, not a Python loop. Single
+groups are materialized on demand as :class:`Group` records for inspection.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from geta.graph.dependency import Structure
+from geta.graph.dependency import GroupTable
 from geta.quant.quantizer import Quantizer
+
+
+@dataclass(frozen=True)
+class Member:
+    """One tensor dimension that groups cut: ``positions[k]`` along ``dim`` belongs to ``groups[k]``."""
+
+    name: str
+    tensor: Tensor
+    dim: int
+    positions: Tensor
+    groups: Tensor
+    is_parameter: bool
+    is_quantizer: bool
+
+    @property
+    def trainable(self) -> bool:
+        """A model parameter other than a quantizer's: zero when its group is pruned."""
+        return self.is_parameter and not self.is_quantizer
 
 
 @dataclass(frozen=True)
@@ -22,10 +48,6 @@ class GroupSlice:
     is_parameter: bool
     is_quantizer: bool
 
-    def values(self) -> Tensor:
-        """The sliced values (a copy)."""
-        return self.tensor.detach().index_select(self.dim, self.indices.to(self.tensor.device))
-
 
 @dataclass(frozen=True)
 class Group:
@@ -34,40 +56,80 @@ class Group:
     index: int
     slices: tuple[GroupSlice, ...]
 
-    def trainable_slices(self) -> tuple[GroupSlice, ...]:
-        """Slices of the model's own parameters (weights, biases, norm scales), quantizers excluded:
-        the values that are zero when the structure is pruned."""
-        return tuple(s for s in self.slices if s.is_parameter and not s.is_quantizer)
-
-    def is_zero(self) -> bool:
-        """Whether every trainable slice is exactly zero."""
-        return all(bool((s.values() == 0).all()) for s in self.trainable_slices())
-
-    @torch.no_grad()
-    def zero_(self) -> None:
-        """Set every trainable slice to zero."""
-        for s in self.trainable_slices():
-            s.tensor.index_fill_(s.dim, s.indices.to(s.tensor.device), 0.0)
-
     def describe(self) -> str:
         """Short summary: tensors and how many positions of each."""
-        return ", ".join(f"{s.name}[{s.dim}]x{len(s.indices)}" for s in self.slices)
+        return ", ".join(f"{s.name}[dim {s.dim}] x{len(s.indices)}" for s in self.slices)
 
 
-def resolve(model: nn.Module, structures: list[Structure]) -> list[Group]:
-    """Attach the model's tensors to each structure's slices."""
-    parameters = dict(model.named_parameters(remove_duplicate=False))
-    buffers = dict(model.named_buffers(remove_duplicate=False))
-    quantizer_tensors = {id(t) for m in model.modules() if isinstance(m, Quantizer) for t in m.parameters()}
-    groups = []
-    for index, structure in enumerate(structures):
+class SearchSpace(Sequence[Group]):
+    """All groups of a model. Indexing gives a :class:`Group`; the methods act on many at once."""
+
+    def __init__(self, model: nn.Module, table: GroupTable) -> None:
+        tensors = {**dict(model.named_buffers(remove_duplicate=False)),
+                   **dict(model.named_parameters(remove_duplicate=False))}
+        parameters = {id(p) for p in model.parameters()}
+        quantizer_tensors = {id(t) for m in model.modules() if isinstance(m, Quantizer) for t in m.parameters()}
+        self.count = table.count
+        self.members: list[Member] = []
+        for k, (name, dim) in enumerate(zip(table.names, table.dims)):
+            rows = table.slot == k
+            if not rows.any():
+                continue
+            tensor = tensors[name]
+            self.members.append(Member(
+                name, tensor, dim, torch.from_numpy(table.position[rows]), torch.from_numpy(table.group[rows]),
+                id(tensor) in parameters, id(tensor) in quantizer_tensors,
+            ))
+        self._by_group: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> Group:  # type: ignore[override]
+        if not -self.count <= index < self.count:
+            raise IndexError(f"group {index} out of range ({self.count} groups)")
+        index %= self.count
+        member_of, position_of, offsets = self._rows_by_group()
+        rows = slice(offsets[index], offsets[index + 1])
         slices = []
-        for s in structure.slices:
-            tensor = parameters.get(s.name)
-            is_parameter = tensor is not None
-            if tensor is None:
-                tensor = buffers[s.name]
-            slices.append(GroupSlice(s.name, tensor, s.dim, torch.tensor(s.indices, dtype=torch.long),
-                                     is_parameter, id(tensor) in quantizer_tensors))
-        groups.append(Group(index, tuple(slices)))
-    return groups
+        for m in np.unique(member_of[rows]):
+            member = self.members[m]
+            indices = torch.from_numpy(np.sort(position_of[rows][member_of[rows] == m]))
+            slices.append(GroupSlice(member.name, member.tensor, member.dim, indices, member.is_parameter,
+                                     member.is_quantizer))
+        return Group(index, tuple(slices))
+
+    def zero_mask(self) -> Tensor:
+        """Bool per group: every trainable slice is exactly zero."""
+        magnitude = torch.zeros(self.count, dtype=torch.float64)
+        for member in self.members:
+            if member.trainable:
+                magnitude.index_add_(0, member.groups, _per_position_max(member.tensor, member.dim)[member.positions])
+        return magnitude == 0
+
+    @torch.no_grad()
+    def zero_(self, mask: Tensor) -> None:
+        """Set every trainable slice of the groups selected by bool ``mask`` to zero."""
+        for member in self.members:
+            if member.trainable:
+                chosen = member.positions[mask[member.groups]]
+                if len(chosen):
+                    member.tensor.index_fill_(member.dim, chosen.to(member.tensor.device), 0.0)
+
+    def _rows_by_group(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._by_group is None:
+            member_of = np.concatenate([np.full(len(m.positions), k) for k, m in enumerate(self.members)])
+            position_of = np.concatenate([m.positions.numpy() for m in self.members])
+            group_of = np.concatenate([m.groups.numpy() for m in self.members])
+            order = np.argsort(group_of, kind="stable")
+            offsets = np.searchsorted(group_of[order], np.arange(self.count + 1))
+            self._by_group = (member_of[order], position_of[order], offsets)
+        return self._by_group
+
+
+def _per_position_max(tensor: Tensor, dim: int) -> Tensor:
+    """max |tensor| over every dimension but ``dim`` (on the CPU)."""
+    values = tensor.detach().abs().movedim(dim, 0)
+    if not values.numel():
+        return torch.zeros(values.shape[0], dtype=torch.float64)
+    return values.reshape(values.shape[0], -1).amax(1).to("cpu", torch.float64)

@@ -8,20 +8,19 @@ from collections import defaultdict
 import torch
 from torch import Tensor, nn
 
-from geta.pruning.groups import Group
+from geta.pruning.groups import SearchSpace
 from geta.pruning.modules import update_widths
 
 
-def construct_subnet(model: nn.Module, removed: list[Group]) -> nn.Module:
-    """A deep copy of ``model`` without the positions of the ``removed`` groups; ``model`` is untouched.
+def construct_subnet(model: nn.Module, space: SearchSpace, removed: Tensor) -> nn.Module:
+    """A deep copy of ``model`` without the groups selected by bool ``removed``; ``model`` is untouched.
 
     Every tensor slice of every removed group is cut out (all aliases of a tied tensor follow), then
     each module's width attributes are updated from its new tensors.
     """
     cuts: dict[str, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
-    for group in removed:
-        for s in group.slices:
-            cuts[s.name][s.dim].update(s.indices.tolist())
+    for member in space.members:
+        cuts[member.name][member.dim].update(member.positions[removed[member.groups]].tolist())
     compact = copy.deepcopy(model)
     holders = _holders(compact)
     tensors = {**dict(compact.named_parameters(remove_duplicate=False)),
