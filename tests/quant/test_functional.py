@@ -18,6 +18,7 @@ from geta.errors import ConfigError
 from geta.quant import kernel
 from geta.quant.functional import (
     bit_width,
+    constrain,
     check_bit_range,
     check_bits,
     integer_bits,
@@ -284,3 +285,18 @@ def test_config_error_names_the_setting():
         check_bits(8.5, "weight_bits")
     with pytest.raises(ConfigError, match="inverted"):
         check_bit_range((8, 4), "bit_range")
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLEMENTATIONS))
+def test_parameters_below_their_floor_are_held_there_without_gradient(impl):
+    x = torch.linspace(-1, 1, 11, dtype=F64, requires_grad=True)
+    d, q_m, t = _scalar(-0.5, True), _scalar(0.8, True), _scalar(-2.0, True)
+    if impl == "reference":
+        out = quantize_reference(x, *constrain(d, q_m, t))
+    else:
+        out = _fused(x, d, q_m, t, True)
+    grad_d, grad_q_m, grad_t = torch.autograd.grad(out.square().sum(), (d, q_m, t))
+    assert grad_d == 0 and grad_t == 0 and grad_q_m != 0
+    d_floor, q_floor, t_floor = constrain(d, q_m, t)
+    assert d_floor > 0 and t_floor == 1e-3 and q_floor == 0.8
+    assert torch.isfinite(out).all()

@@ -22,6 +22,20 @@ from torch import Tensor
 from geta.errors import ConfigError
 
 
+MIN_CLIP = 1e-30  # q_m floor
+MIN_EXPONENT = 1e-3  # t floor
+MAX_BITS = 32  # d floor: d >= d(32 bits), relative to q_m^t, so tiny ranges still reach any bit width
+
+
+def constrain(d: Tensor, q_m: Tensor, t: Tensor, signed: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """d, q_m, t kept positive (q_m >= 1e-30, t >= 1e-3, d >= d(32 bits)); where a value is at or
+    above its floor it passes through with its gradient, below it the floor takes over."""
+    q_m = torch.where(q_m >= MIN_CLIP, q_m, torch.full_like(q_m, MIN_CLIP))
+    t = torch.where(t >= MIN_EXPONENT, t, torch.full_like(t, MIN_EXPONENT))
+    floor = step_for_bits(float(MAX_BITS), q_m, t, signed).detach()
+    return torch.where(d >= floor, d, floor), q_m, t
+
+
 def round_ste(u: Tensor) -> Tensor:
     """Round to nearest in the forward pass, identity in the backward pass."""
     return u + (torch.round(u) - u).detach()

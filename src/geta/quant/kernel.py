@@ -28,7 +28,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from geta.quant.functional import quantize_reference, top_level
+from geta.quant.functional import constrain, quantize_reference, top_level
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _state = {"fused": os.environ.get("GETA_QUANT_KERNEL", "fused") != "reference", "compile": True, "forced_reference": 0}
@@ -109,8 +109,13 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
-def _channel_params(d: Tensor, q_m: Tensor, t: Tensor, channels: int, dtype: torch.dtype) -> list[Tensor]:
-    return [p.detach().reshape(channels, 1).to(dtype) for p in (d, q_m, t)]
+def _channel_params(
+    d: Tensor, q_m: Tensor, t: Tensor, signed: bool, channels: int, dtype: torch.dtype
+) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
+    """Constrained (channels, 1) parameters, and where each raw parameter passed its gradient through."""
+    raw = [p.detach().reshape(channels, 1).to(dtype) for p in (d, q_m, t)]
+    constrained = constrain(*raw, signed=signed)
+    return constrained, tuple(c == r for c, r in zip(constrained, raw))
 
 
 def _neg(signed: bool, like: Tensor) -> Tensor:
@@ -119,9 +124,10 @@ def _neg(signed: bool, like: Tensor) -> Tensor:
 
 @torch.library.custom_op("geta::quantize", mutates_args=())
 def quantize_op(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool, axis: int | None) -> Tensor:
-    """x^Q for parameters d, q_m, t (0-dim per tensor, 1-dim per channel along ``axis``)."""
+    """x^Q for raw parameters d, q_m, t (0-dim per tensor, 1-dim per channel along ``axis``),
+    constrained inside (see ``functional.constrain``)."""
     flat, moved_shape = _as_channels(x, axis)
-    d2, q2, t2 = _channel_params(d, q_m, t, flat.shape[0], flat.dtype)
+    (d2, q2, t2), _ = _channel_params(d, q_m, t, signed, flat.shape[0], flat.dtype)
     out = _run("forward", flat, d2, q2, t2, top_level(q2**t2 / d2), _neg(signed, flat))
     return _from_channels(out, moved_shape, axis, x.dtype).contiguous()
 
@@ -141,21 +147,17 @@ def _quantize_backward(ctx, grad: Tensor):
     x, d, q_m, t = ctx.saved_tensors
     flat, moved_shape = _as_channels(x, ctx.axis)
     flat_grad, _ = _as_channels(grad, ctx.axis)
-    d2, q2, t2 = _channel_params(d, q_m, t, flat.shape[0], flat.dtype)
+    (d2, q2, t2), passed = _channel_params(d, q_m, t, ctx.signed, flat.shape[0], flat.dtype)
     n = q2**t2 / d2
     capped_t = q2**t2 * torch.log(q2)
     grad_x, sum_d, sum_q_m, sum_t = _run(
         "backward", flat_grad, flat, d2, q2, t2, n, top_level(n), capped_t, _neg(ctx.signed, flat)
     )
-    grad_q_m = sum_q_m * t2 * q2 ** (t2 - 1)
-    return (
-        _from_channels(grad_x, moved_shape, ctx.axis, x.dtype),
-        sum_d.reshape(d.shape).to(d.dtype),
-        grad_q_m.reshape(q_m.shape).to(q_m.dtype),
-        sum_t.reshape(t.shape).to(t.dtype),
-        None,
-        None,
+    grads = (sum_d, sum_q_m * t2 * q2 ** (t2 - 1), sum_t)
+    grad_d, grad_q_m, grad_t = (
+        (g * ok).reshape(p.shape).to(p.dtype) for g, ok, p in zip(grads, passed, (d, q_m, t))
     )
+    return _from_channels(grad_x, moved_shape, ctx.axis, x.dtype), grad_d, grad_q_m, grad_t, None, None
 
 
 quantize_op.register_autograd(_quantize_backward, setup_context=_save_for_backward)
@@ -165,11 +167,13 @@ def quantize(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool = True, 
     """Quantize ``x`` per tensor (``axis=None``, scalar parameters) or per channel along ``axis``.
 
     Parameters ``d``, ``q_m`` and ``t`` are 0-dim tensors per tensor, or 1-dim of length
-    ``x.shape[axis]`` per channel. Gradients flow to all four inputs.
+    ``x.shape[axis]`` per channel, kept positive by ``functional.constrain``. Gradients flow to all
+    four inputs.
     """
     if _state["fused"] and not _state["forced_reference"] and x.dtype in _SUPPORTED_DTYPES:
         return quantize_op(x, d, q_m, t, signed, axis)
-    return quantize_reference(x, *_broadcast(x, (d, q_m, t), axis), signed=signed).to(x.dtype)
+    params = _broadcast(x, constrain(d, q_m, t, signed), axis)
+    return quantize_reference(x, *params, signed=signed).to(x.dtype)
 
 
 def _broadcast(x: Tensor, params: tuple[Tensor, ...], axis: int | None) -> tuple[Tensor, ...]:

@@ -10,10 +10,6 @@ from torch import Tensor, nn
 from geta.quant import functional as F
 from geta.quant.kernel import quantize
 
-_MIN_CLIP = 1e-30  # q_m floor: keeps it positive
-_MIN_EXPONENT = 1e-3  # t floor
-_MAX_BITS = 32  # d floor: d >= d(32 bits), relative to q_m^t, so tiny ranges still reach any bit width
-
 
 class Quantizer(nn.Module):
     """Quantizes a tensor with learnable step ``d``, clip ``q_m`` and exponent ``t`` (Sec. 3).
@@ -48,8 +44,7 @@ class Quantizer(nn.Module):
         if self.observing:
             self._observe(x)
             return x
-        d, q_m, t = self.constrained_parameters()
-        return quantize(x, d, q_m, t, signed=self.signed, axis=self.axis)
+        return quantize(x, self.d, self.q_m, self.t, signed=self.signed, axis=self.axis)
 
     @torch.no_grad()
     def _observe(self, x: Tensor) -> None:
@@ -57,19 +52,14 @@ class Quantizer(nn.Module):
         self.observed_max = current if self.observed_max is None else torch.maximum(self.observed_max, current)
 
     def constrained_parameters(self) -> tuple[Tensor, Tensor, Tensor]:
-        """d, q_m, t clamped to be positive (differentiable where they already are)."""
-        q_m, t = self.q_m.clamp_min(_MIN_CLIP), self.t.clamp_min(_MIN_EXPONENT)
-        return torch.maximum(self.d, self._min_step(q_m, t)), q_m, t
-
-    def _min_step(self, q_m: Tensor, t: Tensor) -> Tensor:
-        return F.step_for_bits(float(_MAX_BITS), q_m, t, signed=self.signed).detach()
+        """d, q_m, t as the quantizer uses them: kept positive (see ``functional.constrain``)."""
+        return F.constrain(self.d, self.q_m, self.t, signed=self.signed)
 
     @torch.no_grad()
     def constrain_(self) -> None:
-        """Clamp the stored d, q_m, t to be positive (call after an optimizer step)."""
-        self.q_m.clamp_(min=_MIN_CLIP)
-        self.t.clamp_(min=_MIN_EXPONENT)
-        self.d.copy_(torch.maximum(self.d, self._min_step(self.q_m, self.t)))
+        """Write the constrained values back into d, q_m, t (call after an optimizer step)."""
+        for stored, value in zip((self.d, self.q_m, self.t), self.constrained_parameters()):
+            stored.copy_(value)
 
     def bit_width(self) -> Tensor:
         """The learned bit width, Eq. 3 (one value, or one per channel); no gradient."""
@@ -102,7 +92,7 @@ class Quantizer(nn.Module):
     def init_range_(self, max_abs: Tensor | float) -> None:
         """Set q_m to the observed range (t = 1) and d to keep the quantizer's initial bit width."""
         max_abs = torch.as_tensor(max_abs, dtype=self.q_m.dtype, device=self.q_m.device)
-        self.q_m.copy_(max_abs.clamp_min(_MIN_CLIP).expand_as(self.q_m))
+        self.q_m.copy_(max_abs.clamp_min(F.MIN_CLIP).expand_as(self.q_m))
         self.t.fill_(1.0)
         self.set_bits_(self.initial_bits)
 
