@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import geta
+
 from geta.models.cifar import ResNet20, vgg7_bn
 from tests.pruning.equivalence import check_equivalence
 from tests.zoo import ConcatNet, DepthwiseNet, TinyEncoder, TorchEncoder
@@ -37,3 +39,28 @@ def test_equivalence(name: str, quantize: str) -> None:
     factory, inputs, other = ZOO[name]
     torch.manual_seed(0)
     check_equivalence(factory().eval(), inputs, other, quantize)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_same_groups_plain_and_quantization_aware(name: str) -> None:
+    factory, inputs, _ = ZOO[name]
+    model = factory().eval()
+
+    def summary(g: geta.GETA) -> list[tuple[tuple[str, int, int], ...]]:
+        rename = {"parametrizations.weight.original": "weight"}
+        rows = []
+        for group in g.groups:
+            slices = []
+            for s in group.slices:
+                if s.is_quantizer:
+                    continue
+                name = s.name
+                for old, new in rename.items():
+                    name = name.replace(old, new)
+                slices.append((name, s.dim, len(s.indices)))
+            rows.append(tuple(sorted(slices)))
+        return rows
+
+    plain = summary(geta.GETA(model, inputs, quantize="none"))
+    for kwargs in ({"quantize": "weights"}, {"quantize": "weights+activations", "per_channel": True}):
+        assert summary(geta.GETA(model, inputs, **kwargs)) == plain
