@@ -87,7 +87,7 @@ def _resnet() -> nn.Module:
 
 
 def _mobilenet_v2() -> nn.Module:
-    return T.MobileNetV2Model(T.MobileNetV2Config(image_size=32, depth_multiplier=0.25, min_depth=4))
+    return T.MobileNetV2Model(T.MobileNetV2Config(image_size=32, depth_multiplier=0.25, min_depth=4, expand_ratio=2.0))
 
 
 def _gpt2(**extra: object) -> nn.Module:
@@ -155,7 +155,8 @@ def _name(s) -> str:
 def _is_head(group) -> bool:
     """A group holding several output rows of a query projection (GPT-2: columns of the fused c_attn)."""
     return any(
-        len(s.indices) > 1 and ((_QUERY.search(_name(s)) and s.dim == 0) or (_name(s).endswith("c_attn.weight") and s.dim == 1))
+        len(s.indices) > 1
+        and ((_QUERY.search(_name(s)) and s.dim == 0) or (_name(s).endswith("c_attn.weight") and s.dim == 1))
         for s in group.slices
     )
 

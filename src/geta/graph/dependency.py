@@ -56,6 +56,7 @@ class _ParamSlot:
     name: str
     dim: int
     slot: Slot
+    is_parameter: bool
 
 
 @dataclass
@@ -136,6 +137,14 @@ class DependencyAnalysis:
         for slots in value if isinstance(value, tuple) else [value]:
             for slot in slots or []:
                 self.flag(slot, reason)
+
+    def owner(self, node: fx.Node) -> nn.Module | None:
+        """The innermost module whose forward produced ``node`` (None at the top level)."""
+        stack = node.meta.get("nn_module_stack") or {}
+        if not stack:
+            return None
+        path = module_path(list(stack.values())[-1])
+        return self.model.get_submodule(path) if path else self.model
 
     def weight_like(self, node: object) -> bool:
         return isinstance(node, fx.Node) and node in self.weight_nodes
@@ -268,9 +277,10 @@ class DependencyAnalysis:
     def _placeholder(self, node: fx.Node, is_parameter: bool) -> None:
         shape = self.shape(node)
         if node.name in self.state_names:
-            slots = [self.fresh(size) for size in shape]
+            # a size-1 dim is broadcast, never a structure of its own
+            slots = [self.fresh(size, reason=INTERNAL if size == 1 else None) for size in shape]
             for dim, slot in enumerate(slots):
-                self.params.append(_ParamSlot(self.state_names[node.name], dim, slot))
+                self.params.append(_ParamSlot(self.state_names[node.name], dim, slot, is_parameter))
             self.set(node, slots)
             self.weight_nodes.add(node)
         elif self._tensor_value(node):
@@ -304,6 +314,10 @@ class DependencyAnalysis:
                 classes.append(label[layer])
         rows = np.unique(np.stack([np.concatenate(classes), np.concatenate(slot_ids), np.concatenate(positions)], 1), axis=0)
         cls, slot, position = rows.T
+        # a class is a structure only if it spans some parameter (buffers alone are not trained or pruned)
+        is_parameter = np.array([p.is_parameter for p in self.params] or [False])
+        keep = np.isin(cls, np.unique(cls[is_parameter[slot]]))
+        cls, slot, position = cls[keep], slot[keep], position[keep]
         blocked = np.isin(cls, np.array(sorted(reasons), dtype=np.int64))
         table = _group_table(self.params, cls[~blocked], slot[~blocked], position[~blocked])
         return table, self._unprunable(cls[blocked], slot[blocked], position[blocked], reasons)

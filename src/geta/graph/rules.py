@@ -17,6 +17,7 @@ import torch
 from torch import fx
 
 from geta.graph.atoms import INTERNAL, Slot
+from geta.pruning.modules import owns_split_sizes
 
 if TYPE_CHECKING:
     from geta.graph.dependency import DependencyAnalysis
@@ -268,8 +269,13 @@ def attention(g: DependencyAnalysis, node: fx.Node) -> None:
     g.tie(k[-2], v[-2], node)
     g.flag(k[-2], f"key positions contracted in attention at {node.name}")
     mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
-    if isinstance(mask, fx.Node):
-        g.flag_all(mask, "attention mask")
+    if isinstance(mask, fx.Node) and g.slots(mask) is not None:
+        # the mask (or bias) is added to the scores (batch..., queries, keys): aligned dims are the same
+        scores = q[:-1] + [k[-2]]
+        mask_slots = g.slots(mask)
+        for i in range(1, min(len(mask_slots), len(scores)) + 1):
+            if mask_slots[-i].size == scores[-i].size and scores[-i].size > 1:
+                g.tie(scores[-i], mask_slots[-i], node)
     g.set(node, q[:-1] + [v[-1]])
 
 
@@ -358,7 +364,10 @@ def split(g: DependencyAnalysis, node: fx.Node) -> None:
     if packet is aten.unbind:
         dim = _dim(node.args[1] if len(node.args) > 1 else 0, len(x))
     sizes = [1 if packet is aten.unbind else value.shape[dim] for value in outputs]
-    if len(set(sizes)) == 1:
+    if packet is aten.split and not owns_split_sizes(g.owner(node)):
+        g.flag(x[dim], f"split by a fixed size at {node.name}: register a width handler for "
+               f"{type(g.owner(node)).__name__} that updates it to allow pruning here")
+    elif len(set(sizes)) == 1:
         g.balance(x[dim], len(sizes), f"cut into {len(sizes)} equal parts at {node.name}: a structure must take "
                   "as many positions from each part")
     else:
@@ -525,6 +534,29 @@ def constant(g: DependencyAnalysis, node: fx.Node) -> None:
     if node.target.overloadpacket in (aten.tril, aten.triu):
         g.flag_all(node.args[0], "triangular mask")
     g.set(node, [g.fresh(size, neutral=True) for size in g.shape(node)])
+
+
+@rule(aten._assert_tensor_metadata, aten._assert_scalar, aten.sym_constrain_range_for_size,
+      aten._assert_async)
+def assertion(g: DependencyAnalysis, node: fx.Node) -> None:
+    """Runtime checks: no value, no ties."""
+
+
+@rule(aten.index)
+def index(g: DependencyAnalysis, node: fx.Node) -> None:
+    """x[i0, i1, ...] with index tensors: indexed dims are gathered (unprunable), the others kept."""
+    x = list(g.slots(node.args[0]))
+    indices = list(node.args[1])
+    used = [k for k, i in enumerate(indices) if i is not None]
+    if used != list(range(len(used))):
+        g.unknown(node, "advanced indexing after a skipped dim")
+        return
+    for k in used:
+        g.flag(x[k], f"gathered by index at {node.name}")
+    index_shape = g.shape(indices[0])
+    lead = [g.slots(indices[0])[d] if g.slots(indices[0]) else g.fresh(s, neutral=True)
+            for d, s in enumerate(index_shape)]
+    g.set(node, lead + x[len(used):])
 
 
 @rule(operator.getitem)

@@ -15,6 +15,8 @@ from geta.quant.prepare import original_parameter
 
 Handler = Callable[[nn.Module], None]
 _HANDLERS: dict[type, Handler] = {}
+# Classes whose handler also updates the sizes their forward passes to ``split``.
+_SPLIT_OWNERS: set[type] = set()
 
 
 def handler(*classes: type) -> Callable[[Handler], Handler]:
@@ -26,6 +28,12 @@ def handler(*classes: type) -> Callable[[Handler], Handler]:
         return fn
 
     return register
+
+
+def owns_split_sizes(module: nn.Module | None) -> bool:
+    """Whether ``module``'s handler keeps the sizes it splits tensors by in step with its widths."""
+    _register_optional()
+    return module is not None and any(cls in _SPLIT_OWNERS for cls in type(module).__mro__)
 
 
 def update_widths(module: nn.Module) -> None:
@@ -89,8 +97,24 @@ def _conv1d_transformers(module: nn.Module) -> None:
     module.nf = original_parameter(module, "weight").shape[1]
 
 
+def _gpt2_attention(module: nn.Module) -> None:
+    """GPT-2 splits c_attn's output into q, k, v by ``split_size``: the width of c_proj's input."""
+    module.split_size = original_parameter(module.c_proj, "weight").shape[0]
+    module.num_heads = module.split_size // module.head_dim
+
+
+# Layers of optional libraries, registered once the library is imported (geta never imports it).
+_OPTIONAL: dict[tuple[str, str], tuple[Handler, bool]] = {
+    ("transformers.pytorch_utils", "Conv1D"): (_conv1d_transformers, False),
+    ("transformers.models.gpt2.modeling_gpt2", "GPT2Attention"): (_gpt2_attention, True),
+}
+
+
 def _register_optional() -> None:
-    library = sys.modules.get("transformers.pytorch_utils")
-    conv1d = getattr(library, "Conv1D", None) if library is not None else None
-    if conv1d is not None and conv1d not in _HANDLERS:
-        _HANDLERS[conv1d] = _conv1d_transformers
+    for (module_name, class_name), (fn, owns_split) in _OPTIONAL.items():
+        library = sys.modules.get(module_name)
+        cls = getattr(library, class_name, None) if library is not None else None
+        if cls is not None and cls not in _HANDLERS:
+            _HANDLERS[cls] = fn
+            if owns_split:
+                _SPLIT_OWNERS.add(cls)

@@ -1,0 +1,326 @@
+"""Time to build the pruning search space: geta against Torch-Pruning and Only-Train-Once.
+
+What is measured, for two models (random init, eval mode, CPU, float32):
+
+* ``resnet50``: ``torchvision.models.resnet50()`` on one 1x3x224x224 image;
+* ``bert``: ``transformers.BertModel(BertConfig())`` (BERT-base) on ``input_ids`` of shape 1x128;
+
+and for each model, these candidates:
+
+* ``geta/none``, ``geta/weights``, ``geta/weights+activations``: ``geta.GETA(model, inputs,
+  quantize=MODE)`` is constructed outside the timed region (it deep-copies the model, attaches and
+  calibrates quantizers); the timed region is the first access of ``g.groups``, i.e. the
+  ``torch.export`` capture, the dependency analysis and the construction of the groups. The inputs
+  are a tensor for ResNet50 and ``{"input_ids": ...}`` for BERT. A fresh ``GETA`` is built for
+  every sample, so each sample is a cold build of the search space (``groups`` is cached);
+* ``torch-pruning``: ``torch_pruning.DependencyGraph().build_dependency(model,
+  example_inputs=...)`` on the plain model (the same tensor / dict as geta; Torch-Pruning calls
+  ``model(**inputs)`` on a dict);
+* ``oto``: ``only_train_once.OTO(model, dummy_input)``, which traces the model, builds its
+  pruning dependency graph and partitions it into node groups. OTO passes ``dummy_input``
+  positionally to ``torch.jit`` tracing, so BERT gets the ``input_ids`` tensor itself.
+
+Every sample runs on a fresh deep copy of the model, made outside the timed region (geta's
+constructor makes one; for Torch-Pruning and OTO the benchmark does). One sample is one call
+timed with ``time.perf_counter``, after a ``gc.collect()`` outside the timed region; warnings and
+the tools' own prints are silenced for every candidate alike. A first, warm-up round is excluded from the
+statistics (it pays one-off costs: lazy imports, registration of ONNX symbolics, first use of
+``torch.export``); its time is shown in the ``first s`` column. Machines are noisy, so the
+measurements are interleaved: every round takes one sample of every (model, candidate) pair, in
+an order rotated from round to round, and the table reports the median and the minimum over the
+rounds (contention from other processes only ever adds time). For each geta row it also shows
+the ratio of geta's median to Torch-Pruning's and to OTO's median on the same model. A candidate
+that raises is reported as ``failed: <reason>`` and dropped; the others go on.
+
+The ``result`` column is a sanity check that each tool did its work, counted in the tool's own
+unit, so it is NOT comparable across tools: geta counts minimally removable structures
+(``len(g.groups)``), Torch-Pruning its coupled pruning groups (``DG.get_all_groups()``), OTO its
+node groups.
+
+Target: geta builds the search space in under 1 s (median) on each model, both plain
+(``none``) and quantization-aware (``weights``, ``weights+activations``).
+
+Only-Train-Once 3.0.1 targets older torch: it imports ``torch.onnx._globals`` and calls
+``torch.onnx._optimize_graph``, both moved in torch 2.13 to
+``torch.onnx._internal.torchscript_exporter``, and it expects the ONNX symbolic functions to be
+registered on import of ``torch.onnx``, which torch 2.13 only does when an export starts (without
+it BERT's ``scaled_dot_product_attention`` "is not supported"). ``_shim_torch_onnx_for_oto`` below
+aliases the two names and triggers the registration, in this benchmark only.
+
+Benchmark-only dependencies (not needed by geta itself), from the repository root:
+
+    .venv/bin/pip install -c constraints.txt torch-pruning only_train_once
+
+Run from the repository root (default: 5 rounds after the warm-up, both models; about five
+minutes on two CPU threads):
+
+    .venv/bin/python benchmarks/graph_build_speed.py [--rounds N] [--models resnet50,bert]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import importlib.util
+import io
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+# --- torchvision import shim (copied from tests/conftest.py) ---------------------------------------
+# torchvision 0.28's C extension cannot load with the CPU build of torch 2.13, and importing it
+# (which transformers does) fails while registering fake kernels for two ops it cannot find.
+# Declaring the two op schemas first makes its pure-Python models importable.
+def _torchvision_ops_missing() -> bool:
+    try:
+        torch.ops.torchvision.nms  # noqa: B018
+    except (AttributeError, RuntimeError):
+        return True
+    return False
+
+
+if importlib.util.find_spec("torchvision") is not None and _torchvision_ops_missing():
+    _TORCHVISION_SHIM = torch.library.Library("torchvision", "DEF")
+    _TORCHVISION_SHIM.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    _TORCHVISION_SHIM.define(
+        "qnms(Tensor dets, Tensor scores, float iou_threshold, float scale, int zero_point) -> Tensor"
+    )
+# ---------------------------------------------------------------------------------------------------
+
+import geta  # noqa: E402
+
+MODELS = ("resnet50", "bert")
+GETA_MODES = ("none", "weights", "weights+activations")
+TP = "torch-pruning"
+OTO = "oto"
+TARGET_S = 1.0
+
+
+def _shim_torch_onnx_for_oto() -> list[str]:
+    """BENCHMARK-ONLY compatibility shim so that only_train_once 3.0.1 runs on torch 2.13.
+
+    Returns what it changed. Call before importing ``only_train_once``. Nothing in geta needs it.
+    """
+    done: list[str] = []
+    import torch.onnx
+    from torch.onnx._internal.torchscript_exporter import _globals, utils as torchscript_utils
+
+    # OTO: `from torch.onnx._globals import GLOBALS` (moved in torch 2.13).
+    if "torch.onnx._globals" not in sys.modules:
+        sys.modules["torch.onnx._globals"] = _globals
+        torch.onnx._globals = _globals
+        done.append("torch.onnx._globals -> torch.onnx._internal.torchscript_exporter._globals")
+    # OTO: `torch.onnx._optimize_graph(trace_graph, OperatorExportTypes.ONNX)` (moved in torch 2.13).
+    if not hasattr(torch.onnx, "_optimize_graph"):
+        torch.onnx._optimize_graph = torchscript_utils._optimize_graph
+        done.append("torch.onnx._optimize_graph -> torch.onnx._internal.torchscript_exporter.utils")
+    # OTO runs the `_jit_pass_onnx` conversion itself, outside torch.onnx.export, so the symbolic
+    # functions (e.g. aten::scaled_dot_product_attention for BERT) must be registered beforehand.
+    torchscript_utils._trigger_symbolic_function_registration()
+    done.append("ONNX symbolics registered (torchscript_exporter.utils._trigger_symbolic_function_registration)")
+    return done
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence warnings and prints (OTO prints on every call; tracers warn) for every candidate alike."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+@dataclass
+class Candidate:
+    """One tool (or geta mode) on one model: ``prepare`` runs untimed and returns the timed call."""
+
+    model: str
+    name: str
+    prepare: Callable[[], Callable[[], object]]
+    count: Callable[[object], int]
+    samples: list[float] = field(default_factory=list)
+    first: float | None = None
+    result: int | None = None
+    error: str | None = None
+
+    def sample(self) -> float:
+        with _quiet():
+            call = self.prepare()
+        gc.collect()
+        with _quiet():
+            start = time.perf_counter()
+            out = call()
+            elapsed = time.perf_counter() - start
+            if self.result is None:
+                self.result = self.count(out)
+        del out, call
+        return elapsed
+
+
+def _build_model(name: str) -> tuple[nn.Module, object, object]:
+    """(model, inputs for geta and Torch-Pruning, dummy input for OTO)."""
+    torch.manual_seed(0)
+    if name == "resnet50":
+        import torchvision
+
+        x = torch.randn(1, 3, 224, 224)
+        return torchvision.models.resnet50().eval(), x, x
+    import transformers
+
+    config = transformers.BertConfig()
+    model = transformers.BertModel(config).eval()
+    ids = torch.randint(0, config.vocab_size, (1, 128))
+    return model, {"input_ids": ids}, ids
+
+
+def _candidates(name: str, oto_cls: type | None, oto_error: str | None) -> list[Candidate]:
+    model, inputs, oto_input = _build_model(name)
+    out: list[Candidate] = []
+    def geta_prepare(mode: str) -> Callable[[], Callable[[], object]]:
+        def prepare() -> Callable[[], object]:
+            g = geta.GETA(model, inputs, quantize=mode)  # a fresh one per sample, untimed
+            return lambda: g.groups  # timed: the first access builds (and caches) the search space
+
+        return prepare
+
+    for mode in GETA_MODES:
+        out.append(Candidate(name, f"geta/{mode}", prepare=geta_prepare(mode), count=len))
+    import torch_pruning as tp
+
+    def tp_prepare() -> Callable[[], object]:
+        copied = copy.deepcopy(model)  # a fresh copy per sample, untimed, as geta makes one
+        return lambda: tp.DependencyGraph().build_dependency(copied, example_inputs=inputs)
+
+    def oto_prepare() -> Callable[[], object]:
+        copied = copy.deepcopy(model)
+        return lambda: oto_cls(copied, oto_input)
+
+    out.append(Candidate(name, TP, prepare=tp_prepare, count=lambda dg: len(list(dg.get_all_groups()))))
+    oto = Candidate(name, OTO, prepare=oto_prepare, count=lambda o: len(o._graph.node_groups))
+    if oto_cls is None:
+        oto.error = oto_error
+    out.append(oto)
+    return out
+
+
+def _reason(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:150]}"
+
+
+def _fmt(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds after the warm-up round (default 5)")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of: " + ",".join(MODELS))
+    args = parser.parse_args()
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models or args.rounds < 1:
+        parser.error(f"--models takes a comma-separated subset of {','.join(MODELS)}; --rounds >= 1")
+
+    oto_cls, oto_error, shimmed = None, None, []
+    try:
+        shimmed = _shim_torch_onnx_for_oto()
+        with _quiet():
+            from only_train_once import OTO as oto_cls  # noqa: N811
+    except Exception as error:  # reported in the table
+        oto_error = _reason(error)
+
+    def version(dist: str) -> str:
+        from importlib.metadata import PackageNotFoundError, version as v
+
+        try:
+            return v(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    print("graph build speed: geta search space vs Torch-Pruning DependencyGraph vs OTO graph")
+    print(
+        f"torch {torch.__version__}, geta {version('geta')}, torch-pruning {version('torch-pruning')}, "
+        f"only_train_once {version('only_train_once')}, python {platform.python_version()}"
+    )
+    print(
+        f"cpu: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    print(f"rounds: 1 warm-up (excluded, 'first s') + {args.rounds} timed, interleaved, order rotated per round")
+    if shimmed:
+        print("OTO benchmark-only shim:")
+        for line in shimmed:
+            print("  " + line)
+    print(f"target: geta median < {TARGET_S:.0f} s on each model, plain and quantization-aware\n")
+
+    candidates: list[Candidate] = []
+    for name in models:
+        candidates += _candidates(name, oto_cls, oto_error)
+
+    started = time.perf_counter()
+    for round_ in range(args.rounds + 1):
+        shift = round_ % len(candidates)
+        for cand in candidates[shift:] + candidates[:shift]:
+            if cand.error is not None:
+                continue
+            try:
+                elapsed = cand.sample()
+            except Exception as error:
+                cand.error = _reason(error)
+                continue
+            if round_ == 0:
+                cand.first = elapsed
+            else:
+                cand.samples.append(elapsed)
+        label = "warm-up" if round_ == 0 else f"round {round_}/{args.rounds}"
+        print(f"  {label} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+
+    header = (
+        f"{'model':<9} {'tool/mode':<26} {'median s':>9} {'min s':>7} {'first s':>8} "
+        f"{'/TP':>6} {'/OTO':>6} {'result':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    verdicts = []
+    for name in models:
+        rows = [c for c in candidates if c.model == name]
+        medians = {c.name: statistics.median(c.samples) for c in rows if c.error is None and c.samples}
+        for c in rows:
+            if c.error is not None:
+                print(f"{name:<9} {c.name:<26} failed: {c.error}")
+                continue
+            med = medians[c.name]
+            ratios = ["", ""]
+            if c.name.startswith("geta/"):
+                ratios = [f"{med / medians[ref]:.2f}" if ref in medians else "-" for ref in (TP, OTO)]
+            print(
+                f"{name:<9} {c.name:<26} {_fmt(med):>9} {_fmt(min(c.samples)):>7} {_fmt(c.first):>8} "
+                f"{ratios[0]:>6} {ratios[1]:>6} {c.result if c.result is not None else '-':>7}"
+            )
+        for mode in GETA_MODES:
+            key = f"geta/{mode}"
+            ok = key in medians and medians[key] < TARGET_S
+            got = f"{medians[key]:.3f} s" if key in medians else "failed"
+            verdicts.append(f"{name} geta/{mode}: median {got} -> {'PASS' if ok else 'FAIL'}")
+    print(
+        "\n/TP, /OTO: geta's median over the tool's median on the same model (< 1 means geta is faster).\n"
+        "result: the tool's own count (geta: removable structures; TP: pruning groups; OTO: node groups)."
+    )
+    print(f"\ntarget geta median < {TARGET_S:.0f} s:")
+    for line in verdicts:
+        print("  " + line)
+
+
+if __name__ == "__main__":
+    main()
