@@ -312,8 +312,7 @@ class DependencyAnalysis:
                 slot_ids.append(np.full(len(layer), k))
                 positions.append(np.arange(len(layer)))
                 classes.append(label[layer])
-        rows = np.unique(np.stack([np.concatenate(classes), np.concatenate(slot_ids), np.concatenate(positions)], 1), axis=0)
-        cls, slot, position = rows.T
+        cls, slot, position = _unique_rows(np.concatenate(classes), np.concatenate(slot_ids), np.concatenate(positions))
         # a class is a structure only if it spans some parameter (buffers alone are not trained or pruned)
         is_parameter = np.array([p.is_parameter for p in self.params] or [False])
         keep = np.isin(cls, np.unique(cls[is_parameter[slot]]))
@@ -324,23 +323,27 @@ class DependencyAnalysis:
 
     def _unprunable(self, cls: np.ndarray, slot: np.ndarray, position: np.ndarray, reasons: dict[int, set[str]]):
         """Blocked classes with parameters, merged by (tensors spanned, reasons)."""
-        merged: dict[tuple, dict[int, set[int]]] = {}
-        counts: dict[tuple, int] = {}
         starts = np.flatnonzero(np.diff(cls, prepend=-1))
-        for begin, stop in zip(starts, list(starts[1:]) + [len(cls)]):
+        ends = np.append(starts[1:], len(cls))
+        keys: dict[tuple, int] = {}
+        key_of_class = np.full(len(starts), -1)
+        for k, (begin, stop) in enumerate(zip(starts, ends)):
             why = reasons[int(cls[begin])] - {INTERNAL}
-            if not why:
-                continue
-            key = (tuple(np.unique(slot[begin:stop]).tolist()), tuple(sorted(why)))
-            entry = merged.setdefault(key, {})
-            for k, p in zip(slot[begin:stop].tolist(), position[begin:stop].tolist()):
-                entry.setdefault(k, set()).add(p)
-            counts[key] = counts.get(key, 0) + 1
-        return [
-            Structure(tuple(TensorSlice(self.params[k].name, self.params[k].dim, tuple(sorted(p))) for k, p in entry.items()),
-                      key[1], counts[key])
-            for key, entry in merged.items()
-        ]
+            if why:
+                key = (tuple(sorted(set(slot[begin:stop].tolist()))), tuple(sorted(why)))
+                key_of_class[k] = keys.setdefault(key, len(keys))
+        key_of_row = np.repeat(key_of_class, ends - starts)
+        counts = np.bincount(key_of_class[key_of_class >= 0], minlength=len(keys))
+        records = []
+        for key, number in keys.items():
+            rows = key_of_row == number
+            _, row_slot, row_position = _unique_rows(np.zeros(int(rows.sum()), dtype=np.int64), slot[rows], position[rows])
+            slices = []
+            for k in np.unique(row_slot).tolist():
+                param = self.params[k]
+                slices.append(TensorSlice(param.name, param.dim, tuple(row_position[row_slot == k].tolist())))
+            records.append(Structure(tuple(slices), key[1], int(counts[number])))
+        return records
 
 
 @dataclass(frozen=True)
@@ -355,6 +358,16 @@ class GroupTable:
     position: np.ndarray
     group: np.ndarray
     count: int
+
+
+def _unique_rows(cls: np.ndarray, slot: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Distinct (class, slot, position) rows, sorted in that order."""
+    if not len(cls):
+        return cls, slot, position
+    slots, positions = int(slot.max()) + 1, int(position.max()) + 1
+    key = np.sort((cls * slots + slot) * positions + position)
+    key = key[np.concatenate(([True], key[1:] != key[:-1]))]
+    return key // (slots * positions), (key // positions) % slots, key % positions
 
 
 def _group_table(params: list[_ParamSlot], cls: np.ndarray, slot: np.ndarray, position: np.ndarray) -> GroupTable:
