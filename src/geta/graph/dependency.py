@@ -168,20 +168,21 @@ class DependencyAnalysis:
         layers_a, layers_b = self.atoms.structural(a), self.atoms.structural(b)
         if not layers_a or not layers_b:
             return
-        if len(layers_a) != len(layers_b):
-            if a.fresh and len(layers_a) == 1:
-                a.layers, a.fresh = list(b.layers), False
-                return
-            if b.fresh and len(layers_b) == 1:
-                b.layers, b.fresh = list(a.layers), False
-                return
+        if len(layers_a) == len(layers_b) == 1:
+            self.atoms.join(layers_a[0], layers_b[0])
+            a.fresh = b.fresh = False
+            return
+        if a.fresh and len(layers_a) == 1:
+            a.layers, a.fresh = list(b.layers), False
+            return
+        if b.fresh and len(layers_b) == 1:
+            b.layers, b.fresh = list(a.layers), False
+            return
+        same = len(layers_a) == len(layers_b) and all(np.array_equal(x, y) for x, y in zip(layers_a, layers_b))
+        if not same:  # merged dims of different origins: no sound way to pair their layers
             reason = f"incompatible channel layouts meet at {where.name}"
             self.flag(a, reason)
             self.flag(b, reason)
-            return
-        for x, y in zip(layers_a, layers_b):
-            self.atoms.join(x, y)
-        a.fresh = b.fresh = False
 
     def tie_repeated(self, short: Slot, long: Slot, repeats: int, where: fx.Node) -> None:
         """Position i of ``short`` is positions i*repeats .. i*repeats+repeats-1 of ``long`` (GQA)."""
@@ -240,6 +241,14 @@ class DependencyAnalysis:
         return [slot if slot is not None else self.fresh(out_shape[k], neutral=True) for k, slot in enumerate(out)]
 
     def _reblock(self, in_slots: list[Slot], out_sizes: list[int], node: fx.Node) -> list[Slot]:
+        flat_layers = sum(len(self.atoms.structural(slot)) for slot in in_slots)
+        if len(out_sizes) > 1 and flat_layers > len(in_slots):
+            # splitting a dim that already merges several structures (e.g. a second channel shuffle):
+            # which positions go together is no longer a property of one output dim
+            reason = f"re-split of a merged channel dim at {node.name}"
+            for slot in in_slots:
+                self.flag(slot, reason)
+            return [self.fresh(size, reason=reason) for size in out_sizes]
         in_sizes = [s.size for s in in_slots]
         total = int(np.prod(in_sizes))
         position = np.arange(total)
@@ -317,6 +326,11 @@ class DependencyAnalysis:
         is_parameter = np.array([p.is_parameter for p in self.params] or [False])
         keep = np.isin(cls, np.unique(cls[is_parameter[slot]]))
         cls, slot, position = cls[keep], slot[keep], position[keep]
+        # a class covering every position of some tensor dim would leave that tensor empty
+        sizes = np.array([p.slot.size for p in self.params] or [0])
+        pair, count = np.unique(cls * len(sizes) + slot, return_counts=True)
+        for whole in np.unique(pair[count == sizes[pair % len(sizes)]] // len(sizes)).tolist():
+            reasons.setdefault(whole, set()).add("would remove every position of a tensor dimension")
         blocked = np.isin(cls, np.array(sorted(reasons), dtype=np.int64))
         table = _group_table(self.params, cls[~blocked], slot[~blocked], position[~blocked])
         return table, self._unprunable(cls[blocked], slot[blocked], position[blocked], reasons)
