@@ -1,0 +1,64 @@
+"""Dependency analysis: one test per graph pattern the zoo does not already pin down."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import geta
+from geta.errors import ConfigError
+
+
+class UnknownOp(nn.Module):
+    """A linear layer whose output goes through an op without a rule (cumulative max)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(4, 6)
+        self.second = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.first(x))
+        h = torch.cummax(self.second(h), dim=0).values
+        return self.head(h)
+
+
+def test_unknown_op_makes_what_it_touches_unprunable_with_the_reason() -> None:
+    g = geta.GETA(UnknownOp(), torch.randn(3, 4), quantize="none")
+    assert len(g.groups) == 6  # the first layer's units are still removable
+    reasons = {reason for structure in g.unprunable() for reason in structure.reasons}
+    assert any("cummax" in reason and "not understood" in reason for reason in reasons)
+    assert {"touches a model input", "touches a model output"} <= reasons
+
+
+def test_buffers_alone_and_broadcast_dims_are_not_groups() -> None:
+    class WithBuffer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("unused", torch.arange(3))
+            self.token = nn.Parameter(torch.zeros(1, 1, 4))
+            self.linear = nn.Linear(4, 4)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.cat([self.token.expand(x.shape[0], -1, -1), x], dim=1)
+            return self.head(torch.relu(self.linear(h)))
+
+    g = geta.GETA(WithBuffer(), torch.randn(2, 5, 4), quantize="none")
+    assert len(g.groups) == 4 and g.group_sparsity() == 0.0
+    assert all(not any(s.name in ("unused", "token") for s in group.slices) for group in g.groups)
+
+
+def test_groups_never_empty_a_tensor() -> None:
+    g = geta.GETA(nn.Sequential(nn.Linear(4, 1), nn.ReLU(), nn.Linear(1, 2)), torch.randn(2, 4), quantize="none")
+    assert len(g.groups) == 0
+    assert any("every position" in r for s in g.unprunable() for r in s.reasons)
+
+
+def test_zero_random_groups_checks_its_fraction() -> None:
+    g = geta.GETA(UnknownOp(), torch.randn(3, 4), quantize="none")
+    with pytest.raises(ConfigError, match="fraction"):
+        g.zero_random_groups(1.5)
+    assert g.zero_random_groups(0.5, seed=1) and g.group_sparsity() == 0.5
