@@ -10,7 +10,6 @@ import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
