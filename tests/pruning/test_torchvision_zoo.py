@@ -38,12 +38,12 @@ def _model(name: str) -> torch.nn.Module:
     return torchvision.models.get_model(name, weights=None, **kwargs).eval()
 
 
-def _check(name: str, quantize: str) -> None:
+def _check(name: str, quantize: str, dtype: torch.dtype = torch.float32) -> None:
     torch.manual_seed(0)
-    model = _model(name)
+    model = _model(name).to(dtype)
     side = _side(name)
-    inputs = (torch.randn(1, 3, side, side),)
-    other = (torch.randn(2, 3, side, side),)
+    inputs = (torch.randn(1, 3, side, side, dtype=dtype),)
+    other = (torch.randn(2, 3, side, side, dtype=dtype),)
     try:
         check_equivalence(model, inputs, other, quantize)
     except AssertionError as error:
@@ -74,4 +74,7 @@ def test_torchvision_zoo(name: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", QUANTIZED)
 def test_torchvision_zoo_quantized(name: str) -> None:
-    _check(name, "weights+activations")
+    # In float64: in float32, removing channels reorders sums by ~1e-7 relative, and activation quantizers
+    # round some of those values across a step boundary; over a deep CNN the output then moves by ~3e-4
+    # relative (resnet18), beyond the 1e-4 the invariant allows, although the compact model is exact.
+    _check(name, "weights+activations", torch.float64)
