@@ -62,3 +62,12 @@ def test_zero_random_groups_checks_its_fraction() -> None:
     with pytest.raises(ConfigError, match="fraction"):
         g.zero_random_groups(1.5)
     assert g.zero_random_groups(0.5, seed=1) and g.group_sparsity() == 0.5
+
+
+def test_subnet_refuses_to_empty_a_tensor() -> None:
+    from geta.errors import GetaError
+
+    g = geta.GETA(UnknownOp(), torch.randn(3, 4), quantize="none")
+    g.zero_random_groups(1.0)
+    with pytest.raises(GetaError, match="no positions"):
+        g.construct_subnet()

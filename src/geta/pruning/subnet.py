@@ -8,6 +8,7 @@ from collections import defaultdict
 import torch
 from torch import Tensor, nn
 
+from geta.errors import GetaError
 from geta.pruning.groups import SearchSpace
 from geta.pruning.modules import update_widths
 
@@ -30,6 +31,11 @@ def construct_subnet(model: nn.Module, space: SearchSpace, removed: Tensor) -> n
         new = old.detach()
         for dim, positions in dims.items():
             keep = [i for i in range(new.shape[dim]) if i not in positions]
+            if not keep:
+                raise GetaError(
+                    f"removing the zeroed groups would leave {name} with no positions along dim {dim}; "
+                    "keep at least one of the groups that span it"
+                )
             new = new.index_select(dim, torch.tensor(keep, dtype=torch.long, device=new.device))
         _replace(holders[id(old)], old, new.clone())
     for module in compact.modules():
