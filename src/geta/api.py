@@ -139,16 +139,17 @@ class GETA:
         return float(groups.zero_mask().float().mean()) if len(groups) else 0.0
 
     def zero_random_groups(self, fraction: float, seed: int = 0) -> list[Group]:
-        """Zero a random ``fraction`` of the groups (a testing aid); returns the zeroed groups."""
+        """Zero a random ``fraction`` of the groups (a testing aid); returns the zeroed groups.
+
+        Groups are drawn in random order, passing over any that would empty a tensor dimension."""
         if not 0 <= fraction <= 1:
             raise ConfigError(f"fraction={fraction} must lie in [0, 1]")
         groups = self.groups
         generator = torch.Generator().manual_seed(seed)
-        chosen = torch.randperm(len(groups), generator=generator)[: round(fraction * len(groups))]
-        mask = torch.zeros(len(groups), dtype=torch.bool)
-        mask[chosen] = True
+        order = torch.randperm(len(groups), generator=generator)
+        mask = groups.select(order, round(fraction * len(groups)))
         groups.zero_(mask)
-        return [groups[i] for i in sorted(chosen.tolist())]
+        return [groups[i] for i in mask.nonzero().flatten().tolist()]
 
     def construct_subnet(self) -> nn.Module:
         """A new compact module with every zeroed group physically removed; ``.model`` is untouched."""

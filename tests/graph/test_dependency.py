@@ -68,6 +68,30 @@ def test_subnet_refuses_to_empty_a_tensor() -> None:
     from geta.errors import GetaError
 
     g = geta.GETA(UnknownOp(), torch.randn(3, 4), quantize="none")
-    g.zero_random_groups(1.0)
+    with pytest.raises(GetaError, match="emptying a tensor"):
+        g.zero_random_groups(1.0)
+    g.groups.zero_(torch.ones(len(g.groups), dtype=torch.bool))
     with pytest.raises(GetaError, match="no positions"):
         g.construct_subnet()
+
+
+def test_selection_passes_over_a_group_that_would_empty_a_layer() -> None:
+    class TwoBlocks(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.small = nn.Linear(4, 2)
+            self.large = nn.Linear(4, 6)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.cat([torch.relu(self.small(x)), torch.relu(self.large(x))], dim=-1))
+
+    g = geta.GETA(TwoBlocks(), torch.randn(3, 4), quantize="none")
+    groups = g.groups
+    assert len(groups) == 8
+    small = [i for i in range(8) if any(s.tensor is g.model.small.weight for s in groups[i].slices)]
+    order = torch.tensor(small + [i for i in range(8) if i not in small])
+    chosen = groups.select(order, 3)
+    assert chosen.sum() == 3 and chosen[small].sum() == 1  # the second unit of `small` is passed over
+    groups.zero_(chosen)
+    assert g.construct_subnet().small.out_features == 1

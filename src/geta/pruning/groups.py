@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from geta.errors import GetaError
 from geta.graph.dependency import GroupTable
 from geta.quant.quantizer import Quantizer
 
@@ -115,6 +116,46 @@ class SearchSpace(Sequence[Group]):
                 chosen = member.positions[mask[member.groups]]
                 if len(chosen):
                     member.tensor.index_fill_(member.dim, chosen.to(member.tensor.device), 0.0)
+
+    def select(self, order: Tensor, count: int) -> Tensor:
+        """Bool mask of the first ``count`` groups of ``order`` (group indices, most wanted first) whose
+        removal leaves every tensor dimension at least one position.
+
+        A group that would take the last remaining position of some tensor dimension (every head
+        of an attention block, every channel of a layer) is passed over for the next one in
+        ``order``. Raises :class:`GetaError` when fewer than ``count`` groups can be taken.
+        """
+        order = torch.as_tensor(order, dtype=torch.long).cpu()
+        if not 0 <= count <= len(order):
+            raise GetaError(f"cannot select {count} groups out of {len(order)} candidates")
+        chosen = torch.zeros(self.count, dtype=torch.bool)
+        chosen[order[:count]] = True
+        if self._dims_left(chosen).min(initial=1) > 0:
+            return chosen
+        chosen.zero_()
+        member_of, _, offsets = self._rows_by_group()
+        left = self._dims_left(chosen)
+        taken = 0
+        for group in order.tolist():
+            if taken == count:
+                break
+            members, removed = np.unique(member_of[offsets[group]:offsets[group + 1]], return_counts=True)
+            if (left[members] > removed).all():
+                left[members] -= removed
+                chosen[group] = True
+                taken += 1
+        if taken < count:
+            raise GetaError(
+                f"only {taken} of the requested {count} groups can be removed without emptying a tensor "
+                "dimension (every channel of a layer, every head of a block); ask for fewer"
+            )
+        return chosen
+
+    def _dims_left(self, removed: Tensor) -> np.ndarray:
+        """Per member: positions its tensor dimension keeps once the groups in ``removed`` are gone."""
+        return np.array([
+            m.tensor.shape[m.dim] - int(removed[m.groups].sum()) for m in self.members
+        ], dtype=np.int64)
 
     def _rows_by_group(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._by_group is None:
