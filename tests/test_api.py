@@ -189,3 +189,22 @@ def test_quantize_none_has_no_quantizers_and_full_precision_report() -> None:
     g = geta.GETA(small_cnn(), torch.randn(2, 3, 8, 8), quantize="none")
     assert not any(isinstance(m, geta.Quantizer) for m in g.model.modules())
     assert g.report().rel_bops == 1.0
+
+
+def test_calibration_runs_in_training_mode_and_restores_every_buffer() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    batch = torch.randn(16, 4) * 5 + 3
+    g = geta.GETA(model, batch, quantize="weights+activations")
+    second = g.model[3]
+    hidden = torch.relu(nn.functional.batch_norm(model[0](batch), None, None, model[1].weight, model[1].bias,
+                                                 training=True))
+    torch.testing.assert_close(second.geta_input_quantizer.q_m.detach(), hidden.abs().max().detach())
+    norm = g.model[1]
+    assert torch.equal(norm.running_mean, torch.zeros(8)) and torch.equal(norm.running_var, torch.ones(8))
+    assert int(norm.num_batches_tracked) == 0 and norm.training
+
+
+def test_calibration_falls_back_to_eval_mode_when_training_mode_cannot_run() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.warns(UserWarning, match="eval mode"):
+        geta.GETA(model, torch.randn(1, 4), quantize="weights+activations")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from geta.graph.inputs import ExampleInputs, model_device
 from geta.graph.nonnegative import layer_inputs, nonnegative_nodes
 from geta.metrics.cost import count_macs
 from geta.metrics.report import Report, build_report
+from geta.optim.qasso import QASSO
 from geta.pruning.groups import Group, SearchSpace
 from geta.pruning.subnet import construct_subnet
 from geta.quant.calibrate import calibrate
@@ -150,6 +151,42 @@ class GETA:
         mask = groups.select(order, round(fraction * len(groups)))
         groups.zero_(mask)
         return [groups[i] for i in mask.nonzero().flatten().tolist()]
+
+    def qasso(
+        self,
+        optimizer: str | type[torch.optim.Optimizer] = "sgd",
+        *,
+        lr: float,
+        target_sparsity: float,
+        total_steps: int,
+        lr_quant: float | None = None,
+        weight_bits: tuple[int, int] = (4, 8),
+        act_bits: tuple[int, int] = (4, 8),
+        **settings: Any,
+    ) -> QASSO:
+        """The QASSO optimizer over ``.model``: trains it once to exactly ``target_sparsity`` of the groups
+        zeroed and every weight (activation) quantizer's bit width inside ``weight_bits`` (``act_bits``).
+
+        Args:
+            optimizer: the base optimizer that takes every step: ``"sgd"``, ``"adam"``, ``"adamw"`` or a
+                ``torch.optim.Optimizer`` subclass; extra keyword arguments (``momentum``,
+                ``weight_decay``, ``betas``, ...) go to it.
+            lr: learning rate of the weights. lr_quant: of the quantizers' d, q_m, t (default ``lr``);
+                quantizer parameters get no weight decay.
+            target_sparsity: fraction of groups to remove, in [0, 1); round(target x #groups) end zero.
+            total_steps: the step budget the stages are laid out over (see ``geta.optim.schedule``):
+                warm-up 10%, projection 20%, joint 30%, cool-down the rest by default.
+            weight_bits, act_bits: (low, high) bit ranges; both are projected.
+            settings: overrides of ``warmup_steps``, ``projection_periods`` (B), ``projection_steps``
+                (K_b), ``bit_reduction`` (b_r), ``pruning_periods`` (P), ``pruning_steps`` (K_p),
+                ``eps``, ``eta``, ``xi`` (Eq. 13 and 14), ``saliency_weights`` (criterion -> weight, see
+                ``geta.optim.saliency``) and ``callback`` (called with ``QassoMetrics`` after each step),
+                plus the base optimizer's own arguments.
+        """
+        return QASSO(
+            self, optimizer, lr=lr, target_sparsity=target_sparsity, total_steps=total_steps, lr_quant=lr_quant,
+            weight_bits=weight_bits, act_bits=act_bits, **settings,
+        )
 
     def construct_subnet(self) -> nn.Module:
         """A new compact module with every zeroed group physically removed; ``.model`` is untouched."""

@@ -1,0 +1,1 @@
+"""QASSO, the joint pruning and quantization optimizer: stages, rules, saliency and the optimizer."""

@@ -1,0 +1,80 @@
+"""Group saliency: how important each group is, from its weights x and their gradient g.
+
+Five criteria, each computed over every trainable slice of a group (vectorized per tensor
+dimension, see ``pruning.groups``), each divided by its largest magnitude over the candidate
+groups so that they are comparable, then mixed with weights and ranked globally:
+
+    magnitude            ||x||
+    avg_magnitude        ||x|| / (number of elements)
+    cosine               -cos(x, g): a gradient step that shrinks x marks the group redundant
+    taylor_first_order   |<x, g>|               (loss change when x is removed, first order)
+    taylor_second_order  sum((x * g)^2) / 2     (second order, Fisher approximation)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from geta.errors import ConfigError
+from geta.pruning.groups import SearchSpace
+
+CRITERIA = ("magnitude", "avg_magnitude", "cosine", "taylor_first_order", "taylor_second_order")
+DEFAULT_WEIGHTS: dict[str, float] = dict.fromkeys(CRITERIA, 0.2)
+
+
+def check_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
+    """Validate user criterion weights (missing criteria weigh 0); None gives the defaults."""
+    if weights is None:
+        return dict(DEFAULT_WEIGHTS)
+    unknown = set(weights) - set(CRITERIA)
+    if unknown:
+        raise ConfigError(f"unknown saliency criteria {sorted(unknown)}; choose from {', '.join(CRITERIA)}")
+    if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+        raise ConfigError(f"saliency weights {dict(weights)} must be non-negative with at least one positive")
+    return {name: float(weights.get(name, 0.0)) for name in CRITERIA}
+
+
+@torch.no_grad()
+def group_statistics(space: SearchSpace) -> dict[str, Tensor]:
+    """Per group (float64): sum x^2, sum g^2, sum x*g, sum (x*g)^2 and element count."""
+    stats = {key: torch.zeros(space.count, dtype=torch.float64) for key in ("xx", "gg", "xg", "xg2", "n")}
+    for member in space.members:
+        if not member.trainable:
+            continue
+        x = member.tensor.detach()
+        g = member.tensor.grad if member.tensor.grad is not None else torch.zeros_like(x)
+        per_position = {
+            "xx": x * x, "gg": g * g, "xg": x * g, "xg2": (x * g) ** 2, "n": torch.ones_like(x),
+        }
+        for key, values in per_position.items():
+            summed = values.movedim(member.dim, 0).reshape(x.shape[member.dim], -1).sum(1).to("cpu", torch.float64)
+            stats[key].index_add_(0, member.groups, summed[member.positions])
+    return stats
+
+
+def saliency(space: SearchSpace, weights: Mapping[str, float], candidates: Tensor) -> Tensor:
+    """Importance score of every group (higher is more important); only ``candidates`` (bool) are
+    normalized and scored, the others get +inf."""
+    stats = group_statistics(space)
+    norm_x = stats["xx"].sqrt()
+    criteria = {
+        "magnitude": norm_x,
+        "avg_magnitude": norm_x / stats["n"].clamp_min(1),
+        "cosine": -_cosine(stats["xg"], norm_x, stats["gg"].sqrt()),
+        "taylor_first_order": stats["xg"].abs(),
+        "taylor_second_order": stats["xg2"] / 2,
+    }
+    score = torch.zeros(space.count, dtype=torch.float64)
+    for name, values in criteria.items():
+        if weights.get(name, 0.0):
+            scale = values[candidates].abs().max() if candidates.any() else torch.tensor(0.0, dtype=torch.float64)
+            score += weights[name] * (values / scale if scale > 0 else torch.zeros_like(values))
+    return torch.where(candidates, score, torch.full_like(score, float("inf")))
+
+
+def _cosine(dot: Tensor, norm_a: Tensor, norm_b: Tensor) -> Tensor:
+    denominator = norm_a * norm_b
+    return torch.where(denominator > 0, dot / denominator.clamp_min(torch.finfo(dot.dtype).tiny), torch.zeros_like(dot))
