@@ -22,6 +22,23 @@ def train_epochs(
             optimizer.step()
 
 
+def train_steps(
+    model: nn.Module, optimizer: torch.optim.Optimizer, split: Split, *, steps: int, batch_size: int = 64, seed: int = 0
+) -> None:
+    """Take ``steps`` optimizer steps of cross-entropy on shuffled training batches (epochs as needed)."""
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    done = 0
+    while done < steps:
+        for x, y in split.train_batches(batch_size, generator):
+            optimizer.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            done += 1
+            if done == steps:
+                return
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> float:
     """Top-1 accuracy of ``model`` (in eval mode) on ``x``, ``y``."""
