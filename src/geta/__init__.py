@@ -3,6 +3,8 @@
 from geta.api import GETA
 from geta.errors import ConfigError, GetaError, ModelError
 from geta.metrics.report import LayerReport, Report
+from geta.optim.qasso import QASSO, QassoMetrics
+from geta.optim.schedule import Stage
 from geta.quant.layers import LayerSpec, register_layer
 from geta.quant.prepare import FIRST, LAST
 from geta.quant.quantizer import Quantizer
@@ -16,8 +18,11 @@ __all__ = [
     "LayerReport",
     "LayerSpec",
     "ModelError",
+    "QASSO",
+    "QassoMetrics",
     "Quantizer",
     "Report",
+    "Stage",
     "register_layer",
 ]
 __version__ = "0.1.0"

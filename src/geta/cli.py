@@ -16,42 +16,79 @@ def main() -> None:
 
 @app.command()
 def demo(
-    epochs: int = typer.Option(15, help="Epochs of dense training before quantization."),
-    bits: int = typer.Option(4, help="Weight and activation bits for the quantization-aware fine-tuning."),
-    qat_epochs: int = typer.Option(3, help="Epochs of quantization-aware fine-tuning."),
-    seed: int = typer.Option(0, help="Seed of the data split, initialization and batch order."),
+    steps: int = typer.Option(600, help="Training steps (batches of 64), the same for the dense run and QASSO."),
+    sparsity: float = typer.Option(0.5, help="Fraction of the groups (channels) to remove."),
+    bits_low: int = typer.Option(4, help="Lowest bit width allowed for weights and activations."),
+    bits_high: int = typer.Option(8, help="Highest bit width allowed for weights and activations."),
+    optimizer: str = typer.Option("sgd", help="Base optimizer of QASSO: sgd (momentum 0.9, lr 0.05) or adam (lr 3e-3)."),
+    seed: int = typer.Option(0, help="Seed of the initialization and batch order."),
 ) -> None:
-    """Train a small CNN on sklearn digits, make it quantization-aware, fine-tune at low bits, print the report."""
+    """Compress a small CNN on sklearn digits with GETA in one run and compare it with dense training.
+
+    The CNN is trained from the same initialization twice for the same steps: densely with the base
+    optimizer, and with QASSO (weights and activations quantized, channels pruned to ``sparsity``,
+    bits kept in [bits_low, bits_high]). Then the pruned channels are physically removed and the
+    compact model is evaluated.
+    """
     import torch
 
     import geta
     from geta.data.digits import load_digits
+    from geta.graph.inputs import ExampleInputs
+    from geta.metrics.cost import count_macs
     from geta.models.cnn import digits_cnn
-    from geta.train import accuracy, train_epochs
+    from geta.quant.prepare import find_layers
+    from geta.train import accuracy, train_steps
 
+    settings = {"sgd": {"lr": 0.05, "momentum": 0.9}, "adam": {"lr": 3e-3}}
+    if optimizer not in settings:
+        raise typer.BadParameter(f"{optimizer!r} is not one of {', '.join(settings)}", param_hint="--optimizer")
     start = time.perf_counter()
+    split = load_digits(seed=0)
     torch.manual_seed(seed)
-    split = load_digits(seed=seed)
-    model = digits_cnn()
-    train_epochs(model, split, epochs=epochs, lr=3e-3, seed=seed)
-    dense = accuracy(model, split.test_x, split.test_y)
-    typer.echo(f"dense CNN on digits ({len(split.train_y)} train / {len(split.test_y)} test): accuracy {dense:.4f}")
+    initial = digits_cnn()
+    dense = digits_cnn()
+    dense.load_state_dict(initial.state_dict())
+    base = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[optimizer]
+    train_steps(dense, base(dense.parameters(), **settings[optimizer]), split, steps=steps, seed=seed)
+    dense_accuracy = accuracy(dense, split.test_x, split.test_y)
+    typer.echo(f"digits: {len(split.train_y)} train / {len(split.test_y)} test images; dense CNN after {steps} "
+               f"{optimizer} steps: test accuracy {dense_accuracy:.4f}")
 
-    calibration = [x for x, _ in split.train_batches(256, torch.Generator().manual_seed(seed))][:4]
-    compressor = geta.GETA(model, split.train_x[:64], quantize="weights+activations", calibration_data=calibration)
-    quantizers = [q for layer in compressor.layers for q in (layer.weight_quantizer, layer.input_quantizer) if q]
-    for b in (16, 8, bits):
-        for quantizer in quantizers:
-            quantizer.set_bits_(b)
-        typer.echo(f"quantization-aware model at {b:>2} bits, before training: accuracy "
-                   f"{accuracy(compressor.model, split.test_x, split.test_y):.4f}")
-    train_epochs(compressor.model, split, epochs=qat_epochs, lr=1e-3, seed=seed)
-    for quantizer in quantizers:
-        quantizer.project_bits_(bits, bits)
-    typer.echo(f"after {qat_epochs} epochs of quantization-aware training at {bits} bits: accuracy "
-               f"{accuracy(compressor.model, split.test_x, split.test_y):.4f}")
-    typer.echo(str(compressor.report()))
+    g = geta.GETA(initial, split.train_x[:64], quantize="weights+activations", calibration_data=[split.train_x[:256]])
+    stage = [None]
+
+    def log(metrics: geta.QassoMetrics) -> None:
+        if metrics.stage != stage[0] or metrics.step == steps:
+            stage[0] = metrics.stage
+            typer.echo(f"  step {metrics.step:>5}  {metrics.stage.value:<10}  group sparsity {metrics.group_sparsity:.3f}  "
+                       f"weight bits {metrics.weight_bits_min:.2f}-{metrics.weight_bits_max:.2f}  "
+                       f"act bits {metrics.act_bits_min:.2f}-{metrics.act_bits_max:.2f}")
+
+    opt = g.qasso(optimizer, target_sparsity=sparsity, total_steps=steps, lr_quant=1e-3,
+                  weight_bits=(bits_low, bits_high), act_bits=(bits_low, bits_high), callback=log, **settings[optimizer])
+    typer.echo(f"QASSO over {len(g.groups)} groups, {opt.schedule}")
+    train_steps(g.model, opt, split, steps=steps, seed=seed)
+    typer.echo(f"QASSO model: test accuracy {accuracy(g.model, split.test_x, split.test_y):.4f}")
+    typer.echo(str(g.report()))
+
+    compact = g.construct_subnet()
+    example = ExampleInputs.from_user(split.train_x[:1])
+    macs = {name: count_macs(model, example, find_layers(model)).total for name, model in
+            (("dense", dense), ("compact", compact))}
+    params = {"dense": _weight_count(dense), "compact": _weight_count(compact)}
+    typer.echo(f"compact model (pruned channels removed): test accuracy {accuracy(compact, split.test_x, split.test_y):.4f}; "
+               f"MACs {macs['compact']:.0f} vs {macs['dense']:.0f} dense ({macs['compact'] / macs['dense']:.1%}); "
+               f"weights {params['compact']} vs {params['dense']} dense")
     typer.echo(f"done in {time.perf_counter() - start:.1f} s")
+
+
+def _weight_count(model: object) -> int:
+    """Parameters of ``model`` other than its quantizers' d, q_m, t."""
+    import geta
+
+    quantizer_parameters = {id(p) for m in model.modules() if isinstance(m, geta.Quantizer) for p in m.parameters()}  # type: ignore[attr-defined]
+    return sum(p.numel() for p in model.parameters() if id(p) not in quantizer_parameters)  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":
