@@ -171,7 +171,7 @@ class GETA:
             optimizer: the base optimizer that takes every step: ``"sgd"``, ``"adam"``, ``"adamw"`` or a
                 ``torch.optim.Optimizer`` subclass; extra keyword arguments (``momentum``,
                 ``weight_decay``, ``betas``, ...) go to it.
-            lr: learning rate of the weights. lr_quant: of the quantizers' d, q_m, t (default ``lr``);
+            lr: learning rate of the weights. lr_quant: of the quantizers' d, q_m, t (default ``min(lr, 1e-3)``);
                 quantizer parameters get no weight decay.
             target_sparsity: fraction of groups to remove, in [0, 1); round(target x #groups) end zero.
             total_steps: the step budget the stages are laid out over (see ``geta.optim.schedule``):

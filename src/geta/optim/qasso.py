@@ -36,6 +36,10 @@ from geta.quant.quantizer import Quantizer
 if TYPE_CHECKING:
     from geta.api import GETA
 
+# Quantizer steps d are tiny at high bit widths (q_m / 32767 at 16 bits), so a step of the weights' size
+# overshoots them: on digits (SGD, lr 0.05, 600 steps) lr_quant = lr ended at 92.8% test accuracy, 1e-3 at 98.3%.
+DEFAULT_LR_QUANT = 1e-3
+
 BASE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
     "adam": torch.optim.Adam,
@@ -100,7 +104,7 @@ class QASSO(torch.optim.Optimizer):
             raise ConfigError(f"target_sparsity={target_sparsity!r} must lie in [0, 1)")
         if not lr > 0:
             raise ConfigError(f"lr={lr} must be positive")
-        lr_quant = lr if lr_quant is None else lr_quant
+        lr_quant = min(lr, DEFAULT_LR_QUANT) if lr_quant is None else lr_quant
         if not lr_quant >= 0:
             raise ConfigError(f"lr_quant={lr_quant} must be non-negative")
         if not eps >= 0 or not 0 < eta < 1 or not 0 < xi < 1:
