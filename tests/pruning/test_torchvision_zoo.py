@@ -93,8 +93,16 @@ def _tiny_swin() -> torch.nn.Module:
                            stochastic_depth_prob=0.0, num_classes=5)
 
 
+def _tiny_maxvit() -> torch.nn.Module:
+    from torchvision.models.maxvit import MaxVit
+
+    return MaxVit(input_size=(32, 32), stem_channels=8, partition_size=4, block_channels=[16], block_layers=[1],
+                  head_dim=4, stochastic_depth_prob=0.0, num_classes=5)
+
+
 def _qkv_weights(model: torch.nn.Module) -> list[torch.Tensor]:
     """The weights whose rows are attention heads' q, k and v, found by module class."""
+    from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
     from torchvision.models.swin_transformer import ShiftedWindowAttention
 
     weights = []
@@ -103,12 +111,14 @@ def _qkv_weights(model: torch.nn.Module) -> list[torch.Tensor]:
             weights.append(module.in_proj_weight)
         elif isinstance(module, ShiftedWindowAttention):
             weights.append(module.qkv.weight)
+        elif isinstance(module, RelativePositionalMultiHeadAttention):
+            weights.append(module.to_qkv.weight)
     return weights
 
 
-# name: (factory, whether heads are removable). ViT uses nn.MultiheadAttention (made compact); Swin
-# derives the head width from the input width, so its heads stay, with the reason.
-TINY_ATTENTION = {"vit": (_tiny_vit, True), "swin": (_tiny_swin, False)}
+# name: (factory, whether heads are removable). ViT uses nn.MultiheadAttention (made compact); Swin and
+# MaxViT derive the head width from the input width, so their heads stay, with the reason.
+TINY_ATTENTION = {"vit": (_tiny_vit, True), "swin": (_tiny_swin, False), "maxvit": (_tiny_maxvit, False)}
 
 
 @pytest.mark.parametrize("name", sorted(TINY_ATTENTION))

@@ -133,6 +133,8 @@ _OPTIONAL: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("transformers.models.gpt2.modeling_gpt2", "GPT2Attention"): (_gpt2_attention, True),
 }
 _OPTIONAL_FIXED = (
+    # q, k, v reshaped by n_heads, the attended values back to the input width
+    ("torchvision.models.maxvit", "RelativePositionalMultiHeadAttention"),
     # head width = input width // num_heads (shifted_window_attention); V2 subclasses it
     ("torchvision.models.swin_transformer", "ShiftedWindowAttention"),
 )
