@@ -183,3 +183,34 @@ class TorchEncoder(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.head(self.encoder(self.embed(tokens)).mean(1))
+
+
+class AttentionVariants(nn.Module):
+    """nn.MultiheadAttention called every way: self-attention returning (unused) averaged weights,
+    sequence-first cross-attention with separate key/value widths and a padding mask, and packed
+    cross-attention whose keys and values are one tensor. No layer norms: embedding widths are prunable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.memory = nn.Linear(8, 12)
+        self.self_attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.cross = nn.MultiheadAttention(16, 4, kdim=12, vdim=12)
+        self.packed_memory = nn.Linear(8, 16)
+        self.packed_cross = nn.MultiheadAttention(16, 2, batch_first=True, add_bias_kv=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: Tensor, memory: Tensor, padding: Tensor) -> Tensor:
+        h = torch.relu(self.embed(x))
+        h, _ = self.self_attn(h, h, h)
+        m = torch.relu(self.memory(memory)).transpose(0, 1)
+        h, _ = self.cross(h.transpose(0, 1), m, m, key_padding_mask=padding, need_weights=False)
+        p = torch.relu(self.packed_memory(memory))
+        h, _ = self.packed_cross(h.transpose(0, 1), p, p, need_weights=False)
+        return self.head(h.mean(1))
+
+
+def attention_variants_inputs(batch: int, length: int, memory: int) -> tuple[Tensor, Tensor, Tensor]:
+    padding = torch.zeros(batch, memory, dtype=torch.bool)
+    padding[-1, -2:] = True
+    return torch.randn(batch, length, 8), torch.randn(batch, memory, 8), padding

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ import geta
 
 from geta.models.cifar import ResNet20, vgg7_bn
 from tests.pruning.equivalence import check_equivalence
-from tests.zoo import ConcatNet, DepthwiseNet, TinyEncoder, TorchEncoder
+from tests.zoo import AttentionVariants, ConcatNet, DepthwiseNet, TinyEncoder, TorchEncoder, attention_variants_inputs
 
 MODES = ["none", "weights", "weights+activations"]
 
@@ -30,6 +32,7 @@ ZOO = {
     "encoder": (TinyEncoder, _tokens(2, 6), _tokens(3, 9)),
     "encoder-gqa": (lambda: TinyEncoder(kv_heads=2), _tokens(2, 6), _tokens(3, 9)),
     "torch-encoder": (TorchEncoder, _tokens(2, 6), _tokens(3, 9)),
+    "attention-variants": (AttentionVariants, attention_variants_inputs(2, 5, 7), attention_variants_inputs(3, 4, 6)),
 }
 
 
@@ -47,16 +50,13 @@ def test_same_groups_plain_and_quantization_aware(name: str) -> None:
     model = factory().eval()
 
     def summary(g: geta.GETA) -> list[tuple[tuple[str, int, int], ...]]:
-        rename = {"parametrizations.weight.original": "weight"}
         rows = []
         for group in g.groups:
             slices = []
             for s in group.slices:
                 if s.is_quantizer:
                     continue
-                name = s.name
-                for old, new in rename.items():
-                    name = name.replace(old, new)
+                name = re.sub(r"parametrizations\.(\w+)\.original", r"\1", s.name)
                 slices.append((name, s.dim, len(s.indices)))
             rows.append(tuple(sorted(slices)))
         return rows

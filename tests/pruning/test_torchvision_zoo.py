@@ -78,3 +78,61 @@ def test_torchvision_zoo_quantized(name: str) -> None:
     # round some of those values across a step boundary; over a deep CNN the output then moves by ~3e-4
     # relative (resnet18), beyond the 1e-4 the invariant allows, although the compact model is exact.
     _check(name, "weights+activations", torch.float64)
+
+
+def _tiny_vit() -> torch.nn.Module:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=16, mlp_dim=32)
+
+
+def _tiny_swin() -> torch.nn.Module:
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    return SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=[2, 2],
+                           stochastic_depth_prob=0.0, num_classes=5)
+
+
+def _tiny_maxvit() -> torch.nn.Module:
+    from torchvision.models.maxvit import MaxVit
+
+    return MaxVit(input_size=(32, 32), stem_channels=8, partition_size=4, block_channels=[16], block_layers=[1],
+                  head_dim=4, stochastic_depth_prob=0.0, num_classes=5)
+
+
+def _qkv_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The weights whose rows are attention heads' q, k and v, found by module class."""
+    from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+    from torchvision.models.swin_transformer import ShiftedWindowAttention
+
+    weights = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.MultiheadAttention):
+            weights.append(module.in_proj_weight)
+        elif isinstance(module, ShiftedWindowAttention):
+            weights.append(module.qkv.weight)
+        elif isinstance(module, RelativePositionalMultiHeadAttention):
+            weights.append(module.to_qkv.weight)
+    return weights
+
+
+# name: (factory, whether heads are removable). ViT uses nn.MultiheadAttention (made compact); Swin and
+# MaxViT derive the head width from the input width, so their heads stay, with the reason.
+TINY_ATTENTION = {"vit": (_tiny_vit, True), "swin": (_tiny_swin, False), "maxvit": (_tiny_maxvit, False)}
+
+
+@pytest.mark.parametrize("name", sorted(TINY_ATTENTION))
+def test_attention_heads(name: str) -> None:
+    factory, removable = TINY_ATTENTION[name]
+    torch.manual_seed(0)
+    g, _ = check_equivalence(factory().eval(), (torch.randn(1, 3, 32, 32),), (torch.randn(2, 3, 32, 32),), "none")
+    weights = _qkv_weights(g.model)
+    assert weights
+    heads = [group for group in g.groups if any(any(s.tensor is w and s.dim == 0 for w in weights)
+                                                 for s in group.slices)]
+    if removable:
+        assert len(heads) == 8  # 2 layers x 4 heads
+    else:
+        assert not heads
+        reasons = {reason for structure in g.unprunable() for reason in structure.reasons}
+        assert any("derives from other widths" in reason for reason in reasons)

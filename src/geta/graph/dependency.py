@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from geta.graph.atoms import INTERNAL, Atoms, Slot
+from geta.graph.atoms import INTERNAL, Atoms, Slot, Split
 from geta.graph.capture import module_path
 from geta.graph.rules import rule_for
 from geta.quant.quantizer import Quantizer
@@ -70,6 +70,9 @@ class DependencyAnalysis:
     params: list[_ParamSlot] = field(default_factory=list)
     state_names: dict[str, str] = field(default_factory=dict)
     weight_nodes: set[fx.Node] = field(default_factory=set)
+    live: set[fx.Node] = field(default_factory=set)
+    state_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    tensor_slots: dict[int, list[Slot]] = field(default_factory=dict)
 
     def run(self) -> tuple[GroupTable, list[Structure]]:
         """(removable structures as a table, unprunable structures with their reasons)."""
@@ -77,7 +80,10 @@ class DependencyAnalysis:
         self.state_names = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
         self.state_names.update(signature.inputs_to_lifted_tensor_constants)
         parameter_placeholders = set(signature.inputs_to_parameters)
+        self.state_tensors = {**dict(self.model.named_buffers(remove_duplicate=False)),
+                              **dict(self.model.named_parameters(remove_duplicate=False))}
         branches = _quantizer_branches(self.program.graph, self.model, self.state_names)
+        self.live = _live_nodes(self.program.graph)
         for node in self.program.graph.nodes:
             if node.op == "placeholder":
                 self._placeholder(node, node.name in parameter_placeholders)
@@ -129,8 +135,15 @@ class DependencyAnalysis:
     def flag(self, slot: Slot, reason: str) -> None:
         self.atoms.flag(slot, reason)
 
-    def balance(self, slot: Slot, pieces: int, reason: str) -> None:
-        self.atoms.balance(slot, pieces, reason)
+    def balance(self, slot: Slot, sizes: list[int], reason: str) -> None:
+        self.atoms.balance(slot, tuple(sizes), reason)
+
+    def take_apart(self, slot: Slot) -> None:
+        self.atoms.take_apart(slot)
+
+    def used(self, node: fx.Node) -> bool:
+        """Whether the model's outputs depend on ``node``'s value."""
+        return node in self.live
 
     def flag_all(self, node: object, reason: str) -> None:
         value = self.labels.get(node) if isinstance(node, fx.Node) else None
@@ -178,8 +191,7 @@ class DependencyAnalysis:
         if b.fresh and len(layers_b) == 1:
             b.layers, b.fresh = list(a.layers), False
             return
-        same = len(layers_a) == len(layers_b) and all(np.array_equal(x, y) for x, y in zip(layers_a, layers_b))
-        if not same:  # merged dims of different origins: no sound way to pair their layers
+        if not self.atoms.join_slots(a, b):  # merged dims of different layouts: no sound way to pair their layers
             reason = f"incompatible channel layouts meet at {where.name}"
             self.flag(a, reason)
             self.flag(b, reason)
@@ -211,10 +223,12 @@ class DependencyAnalysis:
             layers.append(np.concatenate(parts))
         return Slot(layers, fresh=False)
 
-    def reshaped(self, slots: list[Slot], in_shape: tuple, out_shape: tuple, node: fx.Node) -> list[Slot]:
+    def reshaped(self, slots: list[Slot], in_shape: tuple, out_shape: tuple, node: fx.Node,
+                 fixed: str | None = None) -> list[Slot]:
         """Slots of a reshape: dims grouped into blocks of equal size; inside a block each layer of
-        atoms goes to the outermost output dim it varies along, whole slices of which then form its
-        structures; the other dims it varies along are unprunable."""
+        atoms goes to the output dim it varies along; a layer varying along several is a deferred
+        split (``Atoms.defer_split``): whole slices along one of them form its structures, the other
+        dims are unprunable. With a ``fixed`` reason, dims the reshape splits or merges are unprunable."""
         out: list[Slot | None] = [None] * len(out_shape)
         in_dims = [i for i, s in enumerate(in_shape) if s != 1]
         out_dims = [j for j, s in enumerate(out_shape) if s != 1]
@@ -235,61 +249,68 @@ class DependencyAnalysis:
             if len(block_in) == 1 and len(block_out) == 1:
                 out[block_out[0]] = slots[block_in[0]]
                 continue
+            if fixed is not None:
+                for k in block_in:
+                    self.flag(slots[k], fixed)
             for d, slot in zip(block_out, self._reblock([slots[k] for k in block_in],
                                                          [out_shape[k] for k in block_out], node)):
                 out[d] = slot
         return [slot if slot is not None else self.fresh(out_shape[k], neutral=True) for k, slot in enumerate(out)]
 
     def _reblock(self, in_slots: list[Slot], out_sizes: list[int], node: fx.Node) -> list[Slot]:
-        flat_layers = sum(len(self.atoms.structural(slot)) for slot in in_slots)
-        if len(out_sizes) > 1 and flat_layers > len(in_slots):
+        in_sizes = [s.size for s in in_slots]
+        total = int(np.prod(in_sizes))
+        position = np.arange(total)
+        grids = []
+        stride = total
+        for slot, size in zip(in_slots, in_sizes):
+            stride //= size
+            index = (position // stride) % size
+            grids.extend(layer[index].reshape(out_sizes) for layer in self.atoms.structural(slot))
+        varying = [[d for d in range(len(out_sizes)) if out_sizes[d] > 1 and np.any(np.diff(grid, axis=d) != 0)]
+                   for grid in grids]
+        merged = any(len(self.atoms.structural(slot)) > 1 for slot in in_slots)
+        if merged and any(len(dims) > 1 for dims in varying):
             # splitting a dim that already merges several structures (e.g. a second channel shuffle):
             # which positions go together is no longer a property of one output dim
             reason = f"re-split of a merged channel dim at {node.name}"
             for slot in in_slots:
                 self.flag(slot, reason)
             return [self.fresh(size, reason=reason) for size in out_sizes]
-        in_sizes = [s.size for s in in_slots]
-        total = int(np.prod(in_sizes))
-        position = np.arange(total)
-        flat_layers = []
-        stride = total
-        for slot, size in zip(in_slots, in_sizes):
-            stride //= size
-            index = (position // stride) % size
-            flat_layers.extend(layer[index] for layer in self.atoms.structural(slot))
+        reason = f"splits a channel dim at {node.name}: only whole blocks along one of its dims are removable"
         assigned: list[list[np.ndarray]] = [[] for _ in out_sizes]
-        split_dims: set[int] = set()
-        for flat in flat_layers:
-            grid = flat.reshape(out_sizes)
-            varying = [d for d in range(len(out_sizes)) if out_sizes[d] > 1 and np.any(np.diff(grid, axis=d) != 0)]
-            if not varying:
-                continue
-            k = varying[0]
-            moved = np.moveaxis(grid, k, 0).reshape(out_sizes[k], -1)
-            if len(varying) > 1:
-                self.atoms.join(moved.reshape(-1), np.repeat(moved[:, 0], moved.shape[1]))
-                split_dims.update(varying[1:])
-            assigned[k].append(moved[:, 0].copy())
-        reason = f"splits a channel dim at {node.name}: only whole blocks along its outer dim are removable"
-        result = []
-        for d, size in enumerate(out_sizes):
-            if assigned[d] and d not in split_dims:
-                result.append(Slot(assigned[d], fresh=False))
-            else:
-                slot = self.fresh(size, reason=reason if d in split_dims else None, neutral=d not in split_dims)
-                result.append(slot)
-        return result
+        for grid, dims in zip(grids, varying):
+            proxies = []
+            for d in dims:
+                rows = np.moveaxis(grid, d, 0).reshape(out_sizes[d], -1)[:, 0]
+                if len(dims) == 1:
+                    assigned[d].append(rows)
+                    continue
+                _, first, pattern = np.unique(rows, return_index=True, return_inverse=True)
+                proxy = self.atoms.new(len(first))[pattern]
+                assigned[d].append(proxy)
+                proxies.append(proxy)
+            if proxies:
+                self.atoms.defer_split(Split(grid, dims, proxies, reason))
+        return [Slot(layers, fresh=False) if layers else self.fresh(size, neutral=True)
+                for layers, size in zip(assigned, out_sizes)]
 
     # --- placeholders and quantizer branches ------------------------------------------------------
 
     def _placeholder(self, node: fx.Node, is_parameter: bool) -> None:
         shape = self.shape(node)
         if node.name in self.state_names:
-            # a size-1 dim is broadcast, never a structure of its own
-            slots = [self.fresh(size, reason=INTERNAL if size == 1 else None) for size in shape]
-            for dim, slot in enumerate(slots):
-                self.params.append(_ParamSlot(self.state_names[node.name], dim, slot, is_parameter))
+            name = self.state_names[node.name]
+            tensor = self.state_tensors.get(name)
+            if tensor is not None and id(tensor) in self.tensor_slots:  # one tensor lifted under several names
+                slots = self.tensor_slots[id(tensor)]
+            else:
+                # a size-1 dim is broadcast, never a structure of its own
+                slots = [self.fresh(size, reason=INTERNAL if size == 1 else None) for size in shape]
+                for dim, slot in enumerate(slots):
+                    self.params.append(_ParamSlot(name, dim, slot, is_parameter))
+                if tensor is not None:
+                    self.tensor_slots[id(tensor)] = slots
             self.set(node, slots)
             self.weight_nodes.add(node)
         elif self._tensor_value(node):
@@ -409,7 +430,7 @@ class _Branches:
 
 def _quantizer_branches(graph: fx.Graph, model: nn.Module, state_names: dict[str, str]) -> _Branches:
     """Each call of a Quantizer module in the graph: its nodes, the tensor it quantizes, its outputs."""
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))  # a quantizer shared by q, k, v weights has 3 names
     by_call: dict[str, _Branch] = {}
     members: dict[fx.Node, _Branch] = {}
     for node in graph.nodes:
@@ -440,6 +461,16 @@ def _quantizer_branches(graph: fx.Graph, model: nn.Module, state_names: dict[str
             for node in branch.nodes:
                 members.pop(node, None)
     return _Branches(members)
+
+
+def _live_nodes(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes whose values reach the graph's output or an op with side effects."""
+    live: set[fx.Node] = set()
+    for node in reversed(graph.nodes):
+        if node.op == "output" or node in live or node.is_impure():
+            live.add(node)
+            live.update(node.all_input_nodes)
+    return live
 
 
 def _is_parameter(model: nn.Module, name: str) -> bool:

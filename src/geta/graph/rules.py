@@ -17,7 +17,7 @@ import torch
 from torch import fx
 
 from geta.graph.atoms import INTERNAL, Slot
-from geta.pruning.modules import owns_split_sizes
+from geta.pruning.modules import fixed_reshapes, owns_split_sizes
 
 if TYPE_CHECKING:
     from geta.graph.dependency import DependencyAnalysis
@@ -285,7 +285,10 @@ def attention(g: DependencyAnalysis, node: fx.Node) -> None:
 @rule(aten.view, aten.reshape, aten._unsafe_view, aten.flatten, aten.unflatten, aten.squeeze, aten.unsqueeze,
       aten.view_as, aten.reshape_as)
 def reshape(g: DependencyAnalysis, node: fx.Node) -> None:
-    g.set(node, g.reshaped(g.slots(node.args[0]), g.shape(node.args[0]), g.shape(node), node))
+    owner = g.owner(node)
+    fixed = (f"reshaped to sizes that {type(owner).__name__} derives from other widths at {node.name}"
+             if fixed_reshapes(owner) else None)
+    g.set(node, g.reshaped(g.slots(node.args[0]), g.shape(node.args[0]), g.shape(node), node, fixed))
 
 
 @rule(aten.expand, aten.expand_as)
@@ -350,6 +353,7 @@ def select(g: DependencyAnalysis, node: fx.Node) -> None:
     dim = _dim(node.args[1], len(x))
     if x[dim].size > 1:
         g.flag(x[dim], f"one position selected at {node.name}: removing positions would shift it")
+    g.take_apart(x[dim])
     del x[dim]
     g.set(node, x)
 
@@ -364,14 +368,17 @@ def split(g: DependencyAnalysis, node: fx.Node) -> None:
     if packet is aten.unbind:
         dim = _dim(node.args[1] if len(node.args) > 1 else 0, len(x))
     sizes = [1 if packet is aten.unbind else value.shape[dim] for value in outputs]
-    if packet is aten.split and not owns_split_sizes(g.owner(node)):
+    owned = owns_split_sizes(g.owner(node))
+    if packet is aten.split and not owned:
         g.flag(x[dim], f"split by a fixed size at {node.name}: register a width handler for "
                f"{type(g.owner(node)).__name__} that updates it to allow pruning here")
-    elif len(set(sizes)) == 1:
-        g.balance(x[dim], len(sizes), f"cut into {len(sizes)} equal parts at {node.name}: a structure must take "
-                  "as many positions from each part")
+    elif len(set(sizes)) == 1 or owned:
+        g.balance(x[dim], sizes, f"cut into parts of sizes {sizes} at {node.name}: a structure must take from "
+                  "each part a share proportional to its size")
     else:
         g.flag(x[dim], f"cut into parts of fixed sizes {sizes} at {node.name}")
+    if set(sizes) == {1}:
+        g.take_apart(x[dim])
     results, start = [], 0
     for value in outputs:
         size = 1 if packet is aten.unbind else value.shape[dim]
@@ -503,7 +510,7 @@ def reduction(g: DependencyAnalysis, node: fx.Node) -> None:
     out = []
     for i, slot in enumerate(x):
         if i in dims:
-            if slot.size > 1:
+            if slot.size > 1 and g.used(node):  # an unused result (attention weights nobody reads) ties nothing
                 g.flag(slot, reason)
             if keepdim:
                 out.append(g.fresh(1, neutral=True))
@@ -519,7 +526,7 @@ def reduction(g: DependencyAnalysis, node: fx.Node) -> None:
 def normalize_along(g: DependencyAnalysis, node: fx.Node) -> None:
     x = list(g.slots(node.args[0]))
     dim = _dim(node.args[1], len(x))
-    if x[dim].size > 1:
+    if x[dim].size > 1 and g.used(node):
         g.flag(x[dim], f"mixed along by {node.target.overloadpacket.__name__} at {node.name}")
     g.set(node, x)
 

@@ -1,7 +1,11 @@
 """After tensors are sliced, module attributes that describe their widths must follow.
 
 A registry of small handlers keyed by module class (looked up along the MRO), each reading the new
-widths from the module's own tensors. Modules that derive shapes from their inputs need none.
+widths from the module's own tensors. Modules that derive shapes from their inputs need none. An
+``nn.MultiheadAttention`` that lost heads becomes a compact module (``attention.py``). Classes whose
+forward reshapes to sizes derived from widths that pruning keeps (a head width computed from the
+input width) are listed as having fixed reshapes: the analysis leaves what those reshapes split or
+merge unprunable.
 """
 
 from __future__ import annotations
@@ -11,12 +15,16 @@ from collections.abc import Callable
 
 from torch import nn
 
+from geta.pruning.attention import supports_compact, update_attention_widths
 from geta.quant.prepare import original_parameter
 
 Handler = Callable[[nn.Module], None]
 _HANDLERS: dict[type, Handler] = {}
 # Classes whose handler also updates the sizes their forward passes to ``split``.
 _SPLIT_OWNERS: set[type] = set()
+# Classes whose forward reshapes to sizes it derives from widths that pruning does not change (a head
+# width computed as input width // head count): no handler can keep those in step.
+_FIXED_RESHAPES: set[type] = set()
 
 
 def handler(*classes: type) -> Callable[[Handler], Handler]:
@@ -33,7 +41,17 @@ def handler(*classes: type) -> Callable[[Handler], Handler]:
 def owns_split_sizes(module: nn.Module | None) -> bool:
     """Whether ``module``'s handler keeps the sizes it splits tensors by in step with its widths."""
     _register_optional()
+    if isinstance(module, nn.MultiheadAttention):
+        return supports_compact(module)
     return module is not None and any(cls in _SPLIT_OWNERS for cls in type(module).__mro__)
+
+
+def fixed_reshapes(module: nn.Module | None) -> bool:
+    """Whether the dims that ``module``'s own reshapes split or merge must keep their sizes."""
+    _register_optional()
+    if isinstance(module, nn.MultiheadAttention):  # torch's forward ties the head width to embed_dim
+        return not supports_compact(module)
+    return module is not None and any(cls in _FIXED_RESHAPES for cls in type(module).__mro__)
 
 
 def update_widths(module: nn.Module) -> None:
@@ -62,6 +80,12 @@ def _conv(module: nn.modules.conv._ConvNd) -> None:
 def _linear(module: nn.Linear) -> None:
     weight = original_parameter(module, "weight")
     module.out_features, module.in_features = weight.shape
+
+
+@handler(nn.MultiheadAttention)
+def _multihead_attention(module: nn.MultiheadAttention) -> None:
+    if supports_compact(module):
+        update_attention_widths(module)
 
 
 @handler(nn.Bilinear)
@@ -108,13 +132,27 @@ _OPTIONAL: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("transformers.pytorch_utils", "Conv1D"): (_conv1d_transformers, False),
     ("transformers.models.gpt2.modeling_gpt2", "GPT2Attention"): (_gpt2_attention, True),
 }
+_OPTIONAL_FIXED = (
+    # q, k, v reshaped by n_heads, the attended values back to the input width
+    ("torchvision.models.maxvit", "RelativePositionalMultiHeadAttention"),
+    # head width = input width // num_heads (shifted_window_attention); V2 subclasses it
+    ("torchvision.models.swin_transformer", "ShiftedWindowAttention"),
+)
 
 
 def _register_optional() -> None:
     for (module_name, class_name), (fn, owns_split) in _OPTIONAL.items():
-        library = sys.modules.get(module_name)
-        cls = getattr(library, class_name, None) if library is not None else None
+        cls = _imported_class(module_name, class_name)
         if cls is not None and cls not in _HANDLERS:
             _HANDLERS[cls] = fn
             if owns_split:
                 _SPLIT_OWNERS.add(cls)
+    for module_name, class_name in _OPTIONAL_FIXED:
+        cls = _imported_class(module_name, class_name)
+        if cls is not None:
+            _FIXED_RESHAPES.add(cls)
+
+
+def _imported_class(module_name: str, class_name: str) -> type | None:
+    library = sys.modules.get(module_name)
+    return getattr(library, class_name, None) if library is not None else None
