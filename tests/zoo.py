@@ -214,3 +214,24 @@ def attention_variants_inputs(batch: int, length: int, memory: int) -> tuple[Ten
     padding = torch.zeros(batch, memory, dtype=torch.bool)
     padding[-1, -2:] = True
     return torch.randn(batch, length, 8), torch.randn(batch, memory, 8), padding
+
+
+class GroupedNet(nn.Module):
+    """A ResNeXt-like bottleneck with two grouped convolutions (4 groups; the second widens each group
+    from 4 to 6 channels), a residual add, then a grouped transposed convolution and a pooled head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.reduce = nn.Sequential(nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.grouped = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(16),
+                                     nn.ReLU())
+        self.widen = nn.Sequential(nn.Conv2d(16, 24, 3, padding=1, groups=4), nn.BatchNorm2d(24), nn.ReLU())
+        self.expand = nn.Sequential(nn.Conv2d(24, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.up = nn.ConvTranspose2d(16, 8, 2, stride=2, groups=2)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.stem(x)
+        h = torch.relu(h + self.expand(self.widen(self.grouped(self.reduce(h)))))
+        return self.head(torch.relu(self.up(h)).mean((2, 3)))

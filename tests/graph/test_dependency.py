@@ -95,3 +95,29 @@ def test_selection_passes_over_a_group_that_would_empty_a_layer() -> None:
     assert chosen.sum() == 3 and chosen[small].sum() == 1  # the second unit of `small` is passed over
     groups.zero_(chosen)
     assert g.construct_subnet().small.out_features == 1
+
+
+def test_grouped_convolution_channels_go_by_offset() -> None:
+    """Channel j of every group is one structure, so the groups stay equal (transposed convolutions too)."""
+    from tests.zoo import GroupedNet
+
+    g = geta.GETA(GroupedNet().eval(), torch.randn(2, 3, 8, 8), quantize="none")
+    widen, up_bias = g.model.widen[0].weight, g.model.up.bias
+
+    def positions(tensor: torch.Tensor) -> list[list[int]]:
+        return sorted(sorted(s.indices.tolist()) for group in g.groups for s in group.slices
+                      if s.tensor is tensor and s.dim == 0)
+
+    assert positions(widen) == [[j, j + 6, j + 12, j + 18] for j in range(6)]
+    assert positions(up_bias) == [[j, j + 4] for j in range(4)]
+    def picked(s) -> bool:  # widen's channel 0 of every group, up's channel 3 of every group
+        return (s.tensor is widen and s.dim == 0 and 0 in s.indices) or (s.tensor is up_bias and 3 in s.indices)
+
+    chosen = torch.tensor([any(picked(s) for s in group.slices) for group in g.groups])
+    g.groups.zero_(chosen)
+    compact = g.construct_subnet().eval()
+    assert (compact.widen[0].groups, compact.widen[0].out_channels, compact.expand[0].in_channels) == (4, 20, 20)
+    assert (compact.up.groups, compact.up.out_channels, compact.head.in_features) == (2, 6, 6)
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(compact(x), g.model.eval()(x))

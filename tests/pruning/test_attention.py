@@ -118,11 +118,12 @@ def test_compact_forward_matches_torch(name: str, cross: bool) -> None:
     reference = nn.MultiheadAttention(16, 4, **settings).eval()
     compact = copy.deepcopy(reference)
     make_compact(compact)
-    batch_first = settings.get("batch_first", False)
-    shape = lambda width: (2, 6, width) if batch_first else (6, 2, width)  # noqa: E731
-    query = torch.randn(shape(16))
-    key = torch.randn(shape(settings.get("kdim", 16))) if cross or "kdim" in settings else query
-    value = torch.randn(shape(settings.get("vdim", 16))) if "vdim" in settings else key
+    def inputs(width: int) -> torch.Tensor:
+        return torch.randn((2, 6, width) if settings.get("batch_first", False) else (6, 2, width))
+
+    query = inputs(16)
+    key = inputs(settings.get("kdim", 16)) if cross or "kdim" in settings else query
+    value = inputs(settings.get("vdim", 16)) if "vdim" in settings else key
     with torch.no_grad():
         expected, expected_weights = reference(query, key, value, **call)
         actual, actual_weights = compact(query, key, value, **call)

@@ -11,7 +11,15 @@ import geta
 
 from geta.models.cifar import ResNet20, vgg7_bn
 from tests.pruning.equivalence import check_equivalence
-from tests.zoo import AttentionVariants, ConcatNet, DepthwiseNet, TinyEncoder, TorchEncoder, attention_variants_inputs
+from tests.zoo import (
+    AttentionVariants,
+    ConcatNet,
+    DepthwiseNet,
+    GroupedNet,
+    TinyEncoder,
+    TorchEncoder,
+    attention_variants_inputs,
+)
 
 MODES = ["none", "weights", "weights+activations"]
 
@@ -29,6 +37,7 @@ ZOO = {
     "vgg7": (lambda: vgg7_bn(width=8, image_size=32), _image(2, 32), _image(5, 32)),
     "concat": (ConcatNet, _image(2), _image(3)),
     "depthwise": (DepthwiseNet, _image(2), _image(4, 12)),
+    "grouped": (GroupedNet, _image(2), _image(3, 12)),
     "encoder": (TinyEncoder, _tokens(2, 6), _tokens(3, 9)),
     "encoder-gqa": (lambda: TinyEncoder(kv_heads=2), _tokens(2, 6), _tokens(3, 9)),
     "torch-encoder": (TorchEncoder, _tokens(2, 6), _tokens(3, 9)),

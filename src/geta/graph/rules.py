@@ -112,9 +112,8 @@ def convolution(g: DependencyAnalysis, node: fx.Node) -> None:
     )
     if packet is aten.convolution:
         groups = args[8] if args[8] is not None else 1
-    else:
-        groups_index = 7 if transposed else 6
-        groups = node.args[groups_index] if len(node.args) > groups_index else node.kwargs.get("groups", 1)
+    else:  # conv{1,2,3}d and conv_transpose{1,2,3}d both take groups as argument 6
+        groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
     shape = g.shape(node)
     for kernel in w[2:]:
         g.flag(kernel, INTERNAL)
@@ -127,8 +126,19 @@ def convolution(g: DependencyAnalysis, node: fx.Node) -> None:
         g.flag(w[1], INTERNAL)  # depthwise: channel c in, channel c out
         g.tie(x[1], w[0], node)
         out = x[1]
+    elif w[1].size > 1:
+        # Grouped: channel i of every group goes together, so that the groups stay equal. The weight's
+        # dim 1 is one group's width (of the input of a convolution, of the output of a transposed one);
+        # its dim 0 holds every group of the other side.
+        g.tie(w[0], _tiled(g.fresh(w[0].size // groups), groups), node)
+        if transposed:
+            g.tie(x[1], w[0], node)
+            out = _tiled(w[1], groups)
+        else:
+            g.tie(x[1], _tiled(w[1], groups), node)
+            out = w[0]
     else:
-        reason = f"grouped convolution (groups={groups}) at {node.name}"
+        reason = f"grouped convolution (groups={groups}) with one channel per group on a side at {node.name}"
         g.flag(x[1], reason)
         g.flag(in_ch, reason)
         g.flag(out_w, reason)
@@ -136,6 +146,11 @@ def convolution(g: DependencyAnalysis, node: fx.Node) -> None:
     if bias is not None:
         g.tie(out, bias[0], node)
     g.set(node, [x[0], out, *spatial])
+
+
+def _tiled(slot: Slot, times: int) -> Slot:
+    """``slot`` repeated ``times`` times end to end (position i of every copy is position i of ``slot``)."""
+    return Slot([np.tile(layer, times) for layer in slot.layers], fresh=False)
 
 
 @rule(aten.batch_norm, aten._native_batch_norm_legit_no_training, aten.instance_norm)
