@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from geta.errors import ConfigError
+from geta.optim.rules import cosine
 from geta.pruning.groups import SearchSpace
 
 CRITERIA = ("magnitude", "avg_magnitude", "cosine", "taylor_first_order", "taylor_second_order")
@@ -63,7 +64,7 @@ def saliency(space: SearchSpace, weights: Mapping[str, float], candidates: Tenso
     criteria = {
         "magnitude": norm_x,
         "avg_magnitude": norm_x / stats["n"].clamp_min(1),
-        "cosine": -_cosine(stats["xg"], norm_x, stats["gg"].sqrt()),
+        "cosine": -cosine(stats["xg"], norm_x, stats["gg"].sqrt()),
         "taylor_first_order": stats["xg"].abs(),
         "taylor_second_order": stats["xg2"] / 2,
     }
@@ -74,7 +75,3 @@ def saliency(space: SearchSpace, weights: Mapping[str, float], candidates: Tenso
             score += weights[name] * (values / scale if scale > 0 else torch.zeros_like(values))
     return torch.where(candidates, score, torch.full_like(score, float("inf")))
 
-
-def _cosine(dot: Tensor, norm_a: Tensor, norm_b: Tensor) -> Tensor:
-    denominator = norm_a * norm_b
-    return torch.where(denominator > 0, dot / denominator.clamp_min(torch.finfo(dot.dtype).tiny), torch.zeros_like(dot))
