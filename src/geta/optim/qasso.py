@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from geta.errors import ConfigError
-from geta.optim.forget import ForgetUnit, Redundant
+from geta.optim.forget import Forgetting
 from geta.optim.saliency import check_weights, saliency
 from geta.optim.schedule import BitSchedule, Position, Schedule, Stage
 from geta.quant.functional import check_bit_range
@@ -153,7 +153,7 @@ class QASSO(torch.optim.Optimizer):
         self.steps_done = 0
         self.pruned = torch.zeros(len(self.space), dtype=torch.bool)
         self.redundant = torch.zeros(len(self.space), dtype=torch.bool)
-        self._units: list[ForgetUnit] = []
+        self._forgetting = Forgetting([])
         self._warned_nonfinite = False
         self._macs = None
 
@@ -186,23 +186,21 @@ class QASSO(torch.optim.Optimizer):
             for quantizer in self.weight_quantizers + self.act_quantizers:
                 for parameter in quantizer.parameters():
                     parameter.grad = None
-        forgetting = position.stage is Stage.JOINT and bool(self._units)
+        forgetting = position.stage is Stage.JOINT and bool(self._forgetting)
         if forgetting:
-            for unit in self._units:
-                unit.snapshot()
+            self._forgetting.snapshot()
         self.base.step()
         for quantizer in self.weight_quantizers + self.act_quantizers:
             quantizer.constrain_()
         weight_bounds = self.weight_schedule.bounds(position, self.schedule.projection_periods - 1)
         if forgetting:
             steps_left = self.schedule.pruning_steps - position.step
-            for unit in self._units:
-                unit.forget_(steps_left=steps_left, eps=self.eps, eta=self.eta, xi=self.xi, bits=weight_bounds)
+            self._forgetting.forget_(steps_left=steps_left, eps=self.eps, eta=self.eta, xi=self.xi, bits=weight_bounds)
         self._project_bits(position)
         if position.stage is Stage.JOINT and position.step == self.schedule.pruning_steps - 1:
             self.pruned |= self.redundant
             self.redundant.zero_()
-            self._units = []
+            self._forgetting = Forgetting([])
         if self.pruned.any():
             self.space.zero_(self.pruned)
         self.steps_done += 1
@@ -211,8 +209,9 @@ class QASSO(torch.optim.Optimizer):
         return loss
 
     def _gradients_finite(self) -> bool:
-        flags = [torch.isfinite(p.grad).all() for group in self.param_groups for p in group["params"] if p.grad is not None]
-        return bool(torch.stack(flags).all()) if flags else True
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        # the largest |g| (one fused pass) is inf or NaN exactly when some element is
+        return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=math.inf))) if grads else True
 
     def _project_bits(self, position: Position) -> None:
         last = self.schedule.projection_periods - 1
@@ -230,27 +229,22 @@ class QASSO(torch.optim.Optimizer):
         order = torch.cat([self.pruned.nonzero().flatten(), candidate_index[torch.argsort(scores[candidate_index], stable=True)]])
         chosen = self.space.select(order, wanted)
         self.redundant = chosen & ~self.pruned
-        self._units = self._forget_units(self.redundant)
+        self._forgetting = self._forget_plan(self.redundant)
 
-    def _forget_units(self, redundant: Tensor) -> list[ForgetUnit]:
-        """Group the trainable tensors holding redundant positions by the weight quantizer they share."""
-        masks: dict[int, Redundant] = {}
+    def _forget_plan(self, redundant: Tensor) -> Forgetting:
+        """The trainable tensors holding redundant positions, with the weight quantizer of each."""
+        masks: dict[int, tuple[Tensor, Tensor, Quantizer | None]] = {}
         for member in self.space.members:
             if not member.trainable:
                 continue
             chosen = member.positions[redundant[member.groups]]
             if not len(chosen):
                 continue
-            item = masks.get(id(member.tensor))
-            if item is None:
-                item = masks[id(member.tensor)] = Redundant(member.tensor, torch.zeros_like(member.tensor, dtype=torch.bool))
-            item.mask.index_fill_(member.dim, chosen.to(member.tensor.device), True)
-        units: dict[int, ForgetUnit] = {}
-        for key, item in masks.items():
-            quantizer = self._quantizer_of.get(key)
-            unit_key = id(quantizer) if quantizer is not None else key
-            units.setdefault(unit_key, ForgetUnit(quantizer, [])).tensors.append(item)
-        return list(units.values())
+            key = id(member.tensor)
+            if key not in masks:
+                masks[key] = (member.tensor, torch.zeros_like(member.tensor, dtype=torch.bool), self._quantizer_of.get(key))
+            masks[key][1].index_fill_(member.dim, chosen.to(member.tensor.device), True)
+        return Forgetting(list(masks.values()))
 
     # ------------------------------------------------------------------ observability
 
@@ -316,7 +310,7 @@ class QASSO(torch.optim.Optimizer):
         self.weight_schedule = BitSchedule(**own["weight_schedule"])
         self.act_schedule = BitSchedule(**own["act_schedule"])
         self._warned_nonfinite = bool(own["warned_nonfinite"])
-        self._units = self._forget_units(self.redundant) if self.redundant.any() else []
+        self._forgetting = self._forget_plan(self.redundant)
 
     # ------------------------------------------------------------------ construction helpers
 

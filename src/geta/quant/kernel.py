@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -66,19 +66,19 @@ def _backward(
     return grad_x, sum_d, sum_q_m, sum_t
 
 
+_functions: dict[str, Callable[..., object]] = {"forward": _forward, "backward": _backward}
 _compiled: dict[str, object] = {}
 
 
 def _kernel(name: str):
-    """The compiled kernel ``name`` ("forward" or "backward"), compiled on first use."""
+    """The compiled kernel ``name`` (see ``_functions``), compiled on first use."""
     if name not in _compiled:
-        fn = _forward if name == "forward" else _backward
         # dynamic_threads: parallelize loops whose length is symbolic (off by default for dynamic shapes)
-        _compiled[name] = torch.compile(fn, dynamic=True, options={"cpp.dynamic_threads": True})
+        _compiled[name] = torch.compile(_functions[name], dynamic=True, options={"cpp.dynamic_threads": True})
     return _compiled[name]
 
 
-def _run(name: str, *args: Tensor):
+def _run(name: str, *args: object):
     if _state["compile"]:
         try:
             return _kernel(name)(*args)
@@ -90,7 +90,14 @@ def _run(name: str, *args: Tensor):
                 RuntimeWarning,
                 stacklevel=3,
             )
-    return (_forward if name == "forward" else _backward)(*args)
+    return _functions[name](*args)
+
+
+def fused(name: str, fn: Callable[..., object]) -> Callable[..., object]:
+    """``fn`` (torch code over whole tensors) run as one compiled kernel, like the quantizer's: compiled
+    on first use with dynamic shapes, falling back to eager ops with one warning where compilation fails."""
+    _functions[name] = fn
+    return lambda *args: _run(name, *args)
 
 
 def _as_channels(x: Tensor, axis: int | None) -> tuple[Tensor, torch.Size]:
