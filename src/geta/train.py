@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from geta.data.digits import Split
+from geta.data.split import Inputs, Split, call, select
 
 
 def train_epochs(
@@ -18,7 +18,7 @@ def train_epochs(
     for _ in range(epochs):
         for x, y in split.train_batches(batch_size, generator):
             optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
+            nn.functional.cross_entropy(call(model, x), y).backward()
             optimizer.step()
 
 
@@ -32,7 +32,7 @@ def train_steps(
     while done < steps:
         for x, y in split.train_batches(batch_size, generator):
             optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
+            nn.functional.cross_entropy(call(model, x), y).backward()
             optimizer.step()
             done += 1
             if done == steps:
@@ -40,8 +40,11 @@ def train_steps(
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` (in eval mode) on ``x``, ``y``."""
+def accuracy(model: nn.Module, x: Inputs, y: Tensor, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) on inputs ``x`` (a tensor or a dict of them) and labels ``y``."""
     model.eval()
-    correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(batch_size), y.split(batch_size)))
+    correct = 0
+    for start in range(0, len(y), batch_size):
+        rows = slice(start, start + batch_size)
+        correct += int((call(model, select(x, rows)).argmax(1) == y[rows]).sum())
     return correct / len(y)

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from torch import Tensor
 
+from geta.data.split import Split
 from geta.errors import GetaError
 
-
-@dataclass(frozen=True)
-class Split:
-    """Train and test tensors of one data set: images (N, C, H, W) in [0, 1] and integer labels."""
-
-    train_x: Tensor
-    train_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
-
-    def train_batches(self, batch_size: int, generator: torch.Generator) -> list[tuple[Tensor, Tensor]]:
-        """The training set shuffled by ``generator`` and cut into batches."""
-        order = torch.randperm(len(self.train_y), generator=generator)
-        return [(self.train_x[i], self.train_y[i]) for i in order.split(batch_size)]
+__all__ = ["Split", "load_digits"]
 
 
 def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Split:
