@@ -11,3 +11,7 @@ class ConfigError(GetaError, ValueError):
 
 class ModelError(GetaError, TypeError):
     """The model or its example inputs cannot be used (not a Module, inputs it cannot run)."""
+
+
+class SavedModelError(GetaError, ValueError):
+    """A saved model cannot be written or read back (tampered or truncated file, unknown layer type)."""

@@ -1,0 +1,304 @@
+"""A JSON description of a module tree, and the module rebuilt from it without running saved code.
+
+Each module is a record: its type (a name looked up in an allow-list of classes, never imported from
+the file), its plain attributes (numbers, strings, booleans, None, tuples and lists of them, and a few
+activation functions by name: widths, kernel sizes, flags), the file keys of its parameters and
+buffers, its children, and its input quantizer if it has one. A module is rebuilt as an instance of
+its class made without calling ``__init__``: ``nn.Module.__init__``, then the recorded attributes,
+tensors and children. That reproduces any module whose state is exactly that, which covers torch's
+layers and containers and geta's reference models; a custom module class (one with its own
+``forward``) must be allow-listed with :func:`register_module` before saving and loading.
+
+A parametrized weight (a weight quantizer) is described by its quantized value; the quantizer's
+parameters are stored beside it by ``packed.py``. A tensor shared by several modules is stored once.
+"""
+
+from __future__ import annotations
+
+import keyword
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from geta.errors import ConfigError, SavedModelError
+from geta.models.cifar import BasicBlock, ResNet20
+from geta.pruning.attention import CompactMultiheadAttention
+from geta.quant.layers import spec_for
+from geta.quant.prepare import INPUT_QUANTIZER, QuantizableLayer, attach_input_quantizers, original_parameter
+from geta.quant.quantizer import Quantizer
+
+_MODULE_INTERNALS = frozenset(nn.Module().__dict__)
+_QUANTIZER_PARAMETERS = ("d", "q_m", "t")
+
+_ALLOWED: dict[str, type[nn.Module]] = {}
+_FUNCTIONS: dict[str, Callable] = {
+    "relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+    "torch.relu": torch.relu,
+}
+
+
+def type_name(cls: type) -> str:
+    """The name a class is saved under: module path and qualified name."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_module(cls: type[nn.Module]) -> None:
+    """Allow ``cls`` in saved models. Only register classes whose whole state is their parameters,
+    buffers, child modules and plain attributes (numbers, strings, tuples, ...), set in ``__init__``."""
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"register_module expects an nn.Module subclass, got {cls!r}")
+    _ALLOWED[type_name(cls)] = cls
+
+
+for _cls in (
+    nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Identity,
+    nn.Linear, nn.Bilinear, nn.modules.linear.NonDynamicallyQuantizableLinear,
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU,
+    nn.Softmax, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+    nn.Embedding, nn.MultiheadAttention, nn.TransformerEncoder, nn.TransformerEncoderLayer,
+    CompactMultiheadAttention, ResNet20, BasicBlock,
+):
+    register_module(_cls)
+
+
+@dataclass
+class SavedTensor:
+    """One tensor of the description: its file key, value, and the weight quantizer that produced it."""
+
+    key: str
+    value: Tensor
+    quantizer: Quantizer | None = None
+
+
+@dataclass
+class Description:
+    """A module tree as JSON (``tree``), its tensors by file key, and its input quantizers by key prefix."""
+
+    tree: dict
+    tensors: dict[str, SavedTensor]
+    input_quantizers: dict[str, Quantizer]
+
+
+def describe(model: nn.Module) -> Description:
+    """Describe ``model`` (see the module docstring); raises SavedModelError for what cannot be described."""
+    description = Description({}, {}, {})
+    by_identity: dict[int, str] = {}
+    modules: dict[int, str] = {}
+    description.tree = _describe_module(model, "", description, by_identity, modules)
+    return description
+
+
+def build(tree: dict, tensors: dict[str, Tensor]) -> nn.Module:
+    """The module described by ``tree`` with ``tensors`` (by file key, already checked) as its state."""
+    built: dict[str, nn.Module] = {}
+    parameters: dict[str, nn.Parameter] = {}
+    return _build_module(tree, "", tensors, built, parameters)
+
+
+def _describe_module(
+    module: nn.Module, path: str, out: Description, by_identity: dict[int, str], modules: dict[int, str]
+) -> dict:
+    if id(module) in modules:
+        return {"same_as": modules[id(module)]}
+    modules[id(module)] = path
+    cls = type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)
+    name = type_name(cls)
+    if name not in _ALLOWED:
+        raise SavedModelError(
+            f"{_where(path)} is a {name}, which is not allow-listed for saving; if its whole state is its "
+            f"parameters, buffers, children and plain attributes, call geta.export.register_module({cls.__name__}) "
+            "before saving and loading"
+        )
+    attributes = {}
+    for attr, value in module.__dict__.items():
+        if attr not in _MODULE_INTERNALS:
+            attributes[attr] = _encode(value, f"{_where(path)}.{attr}")
+    record: dict = {"type": name, "training": module.training, "attributes": attributes}
+    record["parameters"] = {
+        attr: _tensor_key(module, attr, path, out, by_identity, parameter=True) for attr in module._parameters
+    }
+    if parametrize.is_parametrized(module):
+        for attr in module.parametrizations:
+            record["parameters"][attr] = _tensor_key(module, attr, path, out, by_identity, parameter=True)
+    record["buffers"] = {
+        attr: _tensor_key(module, attr, path, out, by_identity, parameter=False) for attr in module._buffers
+    }
+    record["non_persistent_buffers"] = sorted(module._non_persistent_buffers_set)
+    record["children"] = {}
+    for attr, child in module._modules.items():
+        if attr in ("parametrizations", INPUT_QUANTIZER):
+            continue
+        child_path = _join(path, attr)
+        record["children"][attr] = None if child is None else _describe_module(child, child_path, out, by_identity, modules)
+    quantizer = getattr(module, INPUT_QUANTIZER, None)
+    if isinstance(quantizer, Quantizer):
+        if quantizer.axis is not None:
+            raise SavedModelError(f"{_where(path)} has a per-channel input quantizer, which cannot be saved")
+        key = _join(path, INPUT_QUANTIZER)
+        out.input_quantizers[key] = quantizer
+        record["input_quantizer"] = {"key": key, "signed": quantizer.signed, "bits": int(quantizer.integer_bits())}
+    return record
+
+
+def _tensor_key(
+    module: nn.Module, attr: str, path: str, out: Description, by_identity: dict[int, str], parameter: bool
+) -> str | None:
+    """The file key of ``module.<attr>`` (the key of its first holder when shared); records the tensor."""
+    identity_tensor = original_parameter(module, attr) if parameter else module._buffers[attr]
+    if identity_tensor is None:
+        return None
+    if id(identity_tensor) in by_identity:
+        return by_identity[id(identity_tensor)]
+    key = _join(path, attr)
+    by_identity[id(identity_tensor)] = key
+    quantizer = None
+    if parametrize.is_parametrized(module, attr):
+        chain = module.parametrizations[attr]
+        if len(chain) != 1 or not isinstance(chain[0], Quantizer):
+            raise SavedModelError(
+                f"{_where(path)}.{attr} has parametrizations other than one geta weight quantizer; remove them "
+                "(torch.nn.utils.parametrize.remove_parametrizations) before saving"
+            )
+        quantizer = chain[0]
+    with torch.no_grad():
+        value = getattr(module, attr).detach()
+    out.tensors[key] = SavedTensor(key, value, quantizer)
+    return key
+
+
+def _build_module(
+    record: object, path: str, tensors: dict[str, Tensor], built: dict[str, nn.Module], parameters: dict[str, nn.Parameter]
+) -> nn.Module:
+    record = _check_record(record, path)
+    if "same_as" in record:
+        if record["same_as"] not in built:
+            raise SavedModelError(f"{_where(path)} refers to module {record['same_as']!r}, which is not defined before it")
+        return built[record["same_as"]]
+    name = record["type"]
+    if name not in _ALLOWED:
+        raise SavedModelError(
+            f"{_where(path)} has layer type {name!r}, which is not allow-listed; nothing was run. If you trust "
+            "the file and the class, import it and call geta.export.register_module(TheClass) before loading"
+        )
+    cls = _ALLOWED[name]
+    module = cls.__new__(cls)
+    nn.Module.__init__(module)
+    module.training = _expect(record["training"], bool, f"{_where(path)}.training")
+    for attr, encoded in _expect(record["attributes"], dict, f"{_where(path)} attributes").items():
+        _check_attribute_name(cls, attr, path)
+        object.__setattr__(module, attr, _decode(encoded, f"{_where(path)}.{attr}"))
+    for attr, key in _expect(record["parameters"], dict, f"{_where(path)} parameters").items():
+        _check_attribute_name(cls, attr, path)
+        module.register_parameter(attr, None if key is None else _parameter(key, tensors, parameters, path))
+    non_persistent = set(_expect(record["non_persistent_buffers"], list, f"{_where(path)} non-persistent buffers"))
+    for attr, key in _expect(record["buffers"], dict, f"{_where(path)} buffers").items():
+        _check_attribute_name(cls, attr, path)
+        module.register_buffer(attr, None if key is None else _tensor(key, tensors, path), persistent=attr not in non_persistent)
+    built[path] = module
+    for attr, child in _expect(record["children"], dict, f"{_where(path)} children").items():
+        _check_attribute_name(cls, attr, path, child=True)
+        module.add_module(attr, None if child is None else _build_module(child, _join(path, attr), tensors, built, parameters))
+    if "input_quantizer" in record:
+        _attach_input_quantizer(module, path, record["input_quantizer"], tensors)
+    return module
+
+
+def _attach_input_quantizer(module: nn.Module, path: str, entry: object, tensors: dict[str, Tensor]) -> None:
+    entry = _expect(entry, dict, f"{_where(path)} input quantizer")
+    spec = spec_for(module)
+    if spec is None or not spec.inputs:
+        raise SavedModelError(f"{_where(path)} has an input quantizer but is not a layer geta quantizes inputs of")
+    signed = _expect(entry.get("signed"), bool, f"{_where(path)} input quantizer 'signed'")
+    bits = _expect(entry.get("bits"), int, f"{_where(path)} input quantizer 'bits'")
+    if not 1 <= bits <= 32:
+        raise SavedModelError(f"{_where(path)} input quantizer has {bits} bits; expected 1 to 32")
+    layer = QuantizableLayer(path, module, type(module).__name__, spec, spec.weight_names(module))
+    attach_input_quantizers([layer], max(bits, 2), set() if signed else {path})
+    key = _join(path, INPUT_QUANTIZER)
+    with torch.no_grad():
+        for name in _QUANTIZER_PARAMETERS:
+            value = _tensor(f"{key}.{name}", tensors, path)
+            if value.shape != ():
+                raise SavedModelError(f"{key}.{name} has shape {tuple(value.shape)}; an input quantizer's is ()")
+            getattr(layer.input_quantizer, name).copy_(value)
+
+
+def _parameter(key: object, tensors: dict[str, Tensor], parameters: dict[str, nn.Parameter], path: str) -> nn.Parameter:
+    if key not in parameters:
+        parameters[key] = nn.Parameter(_tensor(key, tensors, path))  # type: ignore[index]
+    return parameters[key]  # type: ignore[index]
+
+
+def _tensor(key: object, tensors: dict[str, Tensor], path: str) -> Tensor:
+    if not isinstance(key, str) or key not in tensors:
+        raise SavedModelError(f"{_where(path)} refers to tensor {key!r}, which the file does not hold")
+    return tensors[key]
+
+
+def _check_record(record: object, path: str) -> dict:
+    record = _expect(record, dict, f"{_where(path)} record")
+    if "same_as" in record:
+        return record
+    missing = {"type", "training", "attributes", "parameters", "buffers", "non_persistent_buffers", "children"} - set(record)
+    if missing:
+        raise SavedModelError(f"{_where(path)}'s record lacks {', '.join(sorted(missing))}; the file is damaged")
+    return record
+
+
+def _check_attribute_name(cls: type, attr: object, path: str, child: bool = False) -> None:
+    """Attributes may only be plain identifiers (children also names like "0") that the class does not
+    define as methods or properties."""
+    plain = isinstance(attr, str) and (attr.isidentifier() or child and attr.isalnum()) and not keyword.iskeyword(attr)
+    if not plain or attr.startswith("__"):
+        raise SavedModelError(f"{_where(path)} has an attribute named {attr!r}, which is not a plain name")
+    if attr in _MODULE_INTERNALS or callable(getattr(cls, attr, None)) or isinstance(getattr(cls, attr, None), property):
+        raise SavedModelError(f"{_where(path)} sets {attr!r}, which {cls.__name__} defines itself; the file is damaged")
+
+
+def _expect(value: object, kind: type, what: str):
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SavedModelError(f"{what} should be a {kind.__name__}, got {type(value).__name__}; the file is damaged")
+    return value
+
+
+def _encode(value: object, where: str) -> object:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)):
+        return {type(value).__name__: [_encode(v, where) for v in value]}
+    for name, function in _FUNCTIONS.items():
+        if value is function:
+            return {"function": name}
+    raise SavedModelError(
+        f"{where} is a {type(value).__name__}, which cannot be saved: attributes must be numbers, strings, booleans, None, "
+        f"tuples or lists of them, or one of the functions {', '.join(_FUNCTIONS)}; tensors must be registered "
+        "as parameters or buffers"
+    )
+
+
+def _decode(value: object, where: str) -> object:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict) and len(value) == 1:
+        (tag, inner), = value.items()
+        if tag in ("tuple", "list") and isinstance(inner, list):
+            items = [_decode(v, where) for v in inner]
+            return tuple(items) if tag == "tuple" else items
+        if tag == "function" and inner in _FUNCTIONS:
+            return _FUNCTIONS[inner]
+    raise SavedModelError(f"{where} holds {value!r}, which is not a saved attribute value; the file is damaged")
+
+
+def _join(path: str, attr: str) -> str:
+    return f"{path}.{attr}" if path else attr
+
+
+def _where(path: str) -> str:
+    return f"module {path!r}" if path else "the root module"

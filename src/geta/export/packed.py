@@ -1,0 +1,268 @@
+"""``geta.save`` / ``geta.load``: a compact model as one safetensors file with packed integer weights.
+
+The file holds, for each quantized weight ``W`` (key ``k``), its levels ``W^Q / d`` as codes packed at
+the quantizer's integer bit width (``k.codes``, channel after channel when bits differ per channel,
+see ``packing.py``) and the quantizer's constrained ``d``, ``q_m``, ``t`` (``k.d``, ``k.q_m``,
+``k.t``); every other parameter and buffer as it is; and, in the safetensors metadata under
+``"geta"``, JSON with the architecture (``architecture.py``) and each tensor's kind, shape, dtype,
+bit widths, sign and axis. ``load`` checks every tensor against that JSON before rebuilding the
+module, and reproduces every quantized weight exactly as ``level * d``.
+
+The loaded model is for inference: its weights are plain tensors holding the quantized values (a
+weight quantizer applied again would not give them back when t != 1), and its layers keep their input
+quantizers, so its outputs equal the saved model's. Nothing in the file is executed: no pickle, no
+``torch.load``, only allow-listed module classes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from geta.errors import ModelError, SavedModelError
+from geta.export.architecture import SavedTensor, build, describe
+from geta.export.packing import level_offset, level_range, pack, packed_size, unpack
+
+FORMAT = "geta.packed"
+VERSION = 1
+_DTYPES = {str(dtype).removeprefix("torch."): dtype for dtype in (
+    torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64, torch.int32, torch.int16,
+    torch.int8, torch.uint8, torch.bool,
+)}
+_QUANTIZER_PARAMETERS = ("d", "q_m", "t")
+
+
+@dataclass
+class Levels:
+    """A quantized weight as integers: ``value == levels * scale`` (scale broadcast along ``axis``)."""
+
+    levels: Tensor  # int64, the weight's shape
+    scale: Tensor  # d: () or (channels,), in the weight's compute dtype
+    bits: list[int]  # per channel (one entry per tensor when axis is None)
+    signed: bool
+    axis: int | None
+
+
+def save(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``model`` (e.g. ``GETA.construct_subnet()``) to ``path`` as a packed safetensors file."""
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"geta.save expects a torch.nn.Module, got {type(model).__name__}")
+    description = describe(model)
+    tensors: dict[str, Tensor] = {}
+    entries: dict[str, dict] = {}
+    for key, saved in description.tensors.items():
+        if saved.quantizer is None:
+            tensors[key] = saved.value.detach().cpu().contiguous().clone()
+            entries[key] = {"kind": "float", "dtype": _dtype_name(saved.value), "shape": list(saved.value.shape)}
+            continue
+        levels = quantized_levels(saved)
+        tensors[f"{key}.codes"] = torch.from_numpy(_pack_channels(levels))
+        for name, value in zip(_QUANTIZER_PARAMETERS, saved.quantizer.constrained_parameters()):
+            tensors[f"{key}.{name}"] = value.detach().to(levels.scale.dtype).cpu().contiguous().clone()
+        entries[key] = {
+            "kind": "quantized", "dtype": _dtype_name(saved.value), "shape": list(saved.value.shape),
+            "bits": levels.bits, "signed": levels.signed, "axis": levels.axis,
+            "scale_dtype": _dtype_name(levels.scale),
+        }
+    for key, quantizer in description.input_quantizers.items():
+        for name in _QUANTIZER_PARAMETERS:
+            value = getattr(quantizer, name).detach().cpu().contiguous().clone()
+            tensors[f"{key}.{name}"] = value
+            entries[f"{key}.{name}"] = {"kind": "float", "dtype": _dtype_name(value), "shape": list(value.shape)}
+    header = {"format": FORMAT, "version": VERSION, "architecture": description.tree, "tensors": entries}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"geta": json.dumps(header)})
+    return path
+
+
+def load(path: str | os.PathLike) -> nn.Module:
+    """The module saved at ``path`` by :func:`save`, rebuilt with identical outputs.
+
+    Raises SavedModelError when the file is not a geta model, is truncated, or its JSON and tensors
+    disagree (shapes, dtypes, sizes, codes out of range, unknown layer types); nothing from the file is
+    executed.
+    """
+    header, stored = read(path)
+    tensors: dict[str, Tensor] = {}
+    expected_names: set[str] = set()
+    for key, entry in _expect_dict(header.get("tensors"), "the tensor table").items():
+        entry = _expect_dict(entry, f"the entry of {key!r}")
+        if entry.get("kind") == "float":
+            expected_names.add(key)
+            tensors[key] = _checked(stored, key, _dtype(entry, "dtype", key), _shape(entry, key))
+        elif entry.get("kind") == "quantized":
+            names = {f"{key}.codes"} | {f"{key}.{name}" for name in _QUANTIZER_PARAMETERS}
+            expected_names |= names
+            tensors[key] = _dequantize(key, entry, stored)
+        else:
+            raise SavedModelError(f"tensor {key!r} has kind {entry.get('kind')!r}; expected 'float' or 'quantized'")
+    unexpected = sorted(set(stored) - expected_names)
+    if unexpected:
+        raise SavedModelError(f"the file holds tensors its JSON does not describe: {', '.join(unexpected[:5])}")
+    return build(_expect_dict(header.get("architecture"), "the architecture"), tensors)
+
+
+def read(path: str | os.PathLike) -> tuple[dict, dict[str, Tensor]]:
+    """The JSON header and the raw tensors of a saved model, checked to be a geta file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SavedModelError(f"{path} does not exist or is not a file")
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+            stored = {name: file.get_tensor(name) for name in file.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise SavedModelError(f"{path} is not a readable safetensors file (truncated or damaged?): {error}") from error
+    return parse_header(metadata, path), stored
+
+
+def parse_header(metadata: dict[str, str], path: Path) -> dict:
+    """The geta JSON of a safetensors file's metadata, with its format and version checked."""
+    if "geta" not in metadata:
+        raise SavedModelError(f"{path} is a safetensors file but not a model saved by geta.save (no 'geta' metadata)")
+    try:
+        header = json.loads(metadata["geta"])
+    except json.JSONDecodeError as error:
+        raise SavedModelError(f"{path}: the geta JSON is not valid JSON ({error}); the file is damaged") from error
+    header = _expect_dict(header, "the geta JSON")
+    if header.get("format") != FORMAT or header.get("version") != VERSION:
+        raise SavedModelError(
+            f"{path} has format {header.get('format')!r} version {header.get('version')!r}; "
+            f"this geta reads {FORMAT!r} version {VERSION}"
+        )
+    return header
+
+
+def quantized_levels(saved: SavedTensor) -> Levels:
+    """The integer levels of a quantized weight, checked to give the weight back exactly."""
+    quantizer = saved.quantizer
+    value = saved.value.detach()
+    compute = torch.float32 if value.dtype in (torch.float16, torch.bfloat16) else value.dtype
+    d = quantizer.constrained_parameters()[0].detach().to(compute)
+    bits = [int(b) for b in quantizer.integer_bits().reshape(-1).tolist()]
+    scale = _broadcast(d, value.dim(), quantizer.axis)
+    levels = torch.round(value.to(compute) / scale).to(torch.int64)
+    if not torch.equal((levels.to(compute) * scale).to(value.dtype), value):
+        raise SavedModelError(f"{saved.key}: the quantized weight is not an integer multiple of its step d")
+    result = Levels(levels, d, bits, quantizer.signed, quantizer.axis)
+    for channel, (low, high) in enumerate(_channel_ranges(result)):
+        if low < level_range(bits[channel], quantizer.signed)[0] or high > level_range(bits[channel], quantizer.signed)[1]:
+            raise SavedModelError(f"{saved.key}: levels {low}..{high} do not fit in {bits[channel]} bits")
+    return result
+
+
+def _pack_channels(levels: Levels) -> np.ndarray:
+    """Codes of every channel packed at that channel's bits, channel after channel."""
+    rows = _rows(levels.levels, levels.axis).numpy()
+    parts = [pack(row + level_offset(b, levels.signed), b) for row, b in zip(rows, levels.bits)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
+
+
+def _dequantize(key: str, entry: dict, stored: dict[str, Tensor]) -> Tensor:
+    shape = _shape(entry, key)
+    dtype = _dtype(entry, "dtype", key)
+    scale_dtype = _dtype(entry, "scale_dtype", key)
+    signed = entry.get("signed")
+    axis = entry.get("axis")
+    if not isinstance(signed, bool):
+        raise SavedModelError(f"tensor {key!r}: 'signed' must be true or false")
+    if axis is not None and (not isinstance(axis, int) or isinstance(axis, bool) or not 0 <= axis < len(shape)):
+        raise SavedModelError(f"tensor {key!r}: axis {axis!r} is not a dimension of shape {shape}")
+    channels = 1 if axis is None else shape[axis]
+    bits = entry.get("bits")
+    if not isinstance(bits, list) or len(bits) != channels or not all(
+        isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 32 for b in bits
+    ):
+        raise SavedModelError(f"tensor {key!r}: 'bits' must list {channels} integers in 1..32")
+    parameter_shape = () if axis is None else (channels,)
+    d = _checked(stored, f"{key}.d", scale_dtype, parameter_shape)
+    for name in ("q_m", "t"):
+        _checked(stored, f"{key}.{name}", scale_dtype, parameter_shape)
+    if not bool(torch.isfinite(d).all()) or not bool((d > 0).all()):
+        raise SavedModelError(f"tensor {key!r}: the step d must be finite and positive")
+    per_channel = int(np.prod(shape, dtype=np.int64)) // channels if channels else 0
+    sizes = [packed_size(per_channel, b) for b in bits]
+    codes = _checked(stored, f"{key}.codes", torch.uint8, (sum(sizes),)).numpy()
+    rows, start = [], 0
+    for b, size in zip(bits, sizes):
+        row = unpack(codes[start : start + size], b, per_channel) - level_offset(b, signed)
+        low, high = level_range(b, signed)
+        if row.size and (row.min() < low or row.max() > high):
+            raise SavedModelError(f"tensor {key!r}: a code is outside the {b}-bit range; the file is damaged")
+        rows.append(row)
+        start += size
+    moved = [shape[axis]] + [s for i, s in enumerate(shape) if i != axis] if axis is not None else shape
+    levels = torch.from_numpy(np.stack(rows) if rows else np.zeros((0,), dtype=np.int64)).reshape(moved)
+    if axis is not None:
+        levels = levels.movedim(0, axis)
+    return (levels.to(scale_dtype) * _broadcast(d, len(shape), axis)).to(dtype).contiguous()
+
+
+def _rows(levels: Tensor, axis: int | None) -> Tensor:
+    if axis is None:
+        return levels.reshape(1, -1)
+    return levels.movedim(axis, 0).reshape(levels.shape[axis], -1)
+
+
+def _channel_ranges(levels: Levels) -> list[tuple[int, int]]:
+    rows = _rows(levels.levels, levels.axis)
+    if rows.shape[1] == 0:
+        return [(0, 0)] * rows.shape[0]
+    return list(zip(rows.amin(1).tolist(), rows.amax(1).tolist()))
+
+
+def _broadcast(d: Tensor, dims: int, axis: int | None) -> Tensor:
+    if axis is None:
+        return d.reshape(())
+    shape = [1] * dims
+    shape[axis] = -1
+    return d.reshape(shape)
+
+
+def _checked(stored: dict[str, Tensor], name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> Tensor:
+    if name not in stored:
+        raise SavedModelError(f"the file lacks tensor {name!r}, which its JSON describes; the file is damaged")
+    tensor = stored[name]
+    if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
+        raise SavedModelError(
+            f"tensor {name!r} is {str(tensor.dtype).removeprefix('torch.')} {tuple(tensor.shape)} in the file, "
+            f"but its JSON says {str(dtype).removeprefix('torch.')} {tuple(shape)}; the file was altered"
+        )
+    return tensor
+
+
+def _shape(entry: dict, key: str) -> tuple[int, ...]:
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+        raise SavedModelError(f"tensor {key!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
+    return tuple(shape)
+
+
+def _dtype(entry: dict, field: str, key: str) -> torch.dtype:
+    name = entry.get(field)
+    if name not in _DTYPES:
+        raise SavedModelError(f"tensor {key!r}: {field} {name!r} is not one of {', '.join(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def _dtype_name(tensor: Tensor) -> str:
+    name = str(tensor.dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise SavedModelError(f"tensors of dtype {name} cannot be saved; use one of {', '.join(_DTYPES)}")
+    return name
+
+
+def _expect_dict(value: object, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise SavedModelError(f"{what} should be a JSON object, got {type(value).__name__}; the file is damaged")
+    return value
+
