@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import typer
 
@@ -81,6 +83,72 @@ def demo(
                f"MACs {macs['compact']:.0f} vs {macs['dense']:.0f} dense ({macs['compact'] / macs['dense']:.1%}); "
                f"weights {params['compact']} vs {params['dense']} dense")
     typer.echo(f"done in {time.perf_counter() - start:.1f} s")
+
+
+@app.command()
+def recipes() -> None:
+    """List the recipes `geta compress` runs: name, expected run time on this machine, what it does."""
+    from geta.recipes import RECIPES
+
+    width = max(len(name) for name in RECIPES)
+    for recipe in RECIPES.values():
+        typer.echo(f"{recipe.name:<{width}}  {recipe.expected_time:<12}  {recipe.description}")
+
+
+@app.command()
+def compress(
+    recipe: str = typer.Argument(..., help="Recipe name; `geta recipes` lists them."),
+    epochs: int | None = typer.Option(None, help="Compression epochs (every method gets these after the dense stage)."),
+    dense_epochs: int | None = typer.Option(None, help="Epochs of the dense stage that compression starts from."),
+    sparsity: float | None = typer.Option(None, help="Fraction of the groups (channels, heads) to remove."),
+    weight_bits: tuple[int, int] | None = typer.Option(None, metavar="LO HI", help="Weight bit range."),
+    act_bits: tuple[int, int] | None = typer.Option(None, metavar="LO HI", help="Activation bit range."),
+    out: Path | None = typer.Option(None, help="Output folder (default: runs/RECIPE)."),
+    seed: int = typer.Option(0, help="Seed of the initialization and the batch order."),
+    baseline: list[str] = typer.Option(
+        ["geta"], metavar="METHOD", help="Method to run, repeatable: geta, dense, prune-then-ptq, quantize-only, or all."
+    ),
+    limit_batches: int | None = typer.Option(None, help="Cap on batches per epoch (quick trials)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; only the final lines."),
+) -> None:
+    """Train RECIPE's model densely, compress it with GETA (QASSO) or run a baseline, evaluate, and write report.json, report.md, PNG plots and the compact model into the output folder.
+
+    Every method starts from the same dense model and gets the same compression budget; unset options take the recipe's values (`geta recipes`). With several methods each gets its own subfolder and comparison.md sums them up.
+    """
+    from geta.errors import ConfigError, GetaError
+    from geta.recipes import get_recipe
+    from geta.run import METHODS, Display, Settings, run_methods
+    from geta.run.artifacts import write_comparison, write_run
+
+    try:
+        chosen = get_recipe(recipe)
+        methods = list(dict.fromkeys(m for name in baseline for m in (METHODS if name == "all" else (name,))))
+        settings = Settings(epochs=epochs, dense_epochs=dense_epochs, sparsity=sparsity, weight_bits=weight_bits,
+                            act_bits=act_bits, seed=seed, limit_batches=limit_batches)
+        settings.resolve(chosen)
+        if any(m not in METHODS for m in methods):
+            raise ConfigError(f"unknown method {next(m for m in methods if m not in METHODS)!r}; "
+                              f"choose from {', '.join(METHODS)} or all")
+    except ConfigError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    out = out or Path("runs") / recipe
+    display = Display(mode="quiet" if quiet else "live" if sys.stderr.isatty() else "plain")
+    try:
+        with display:
+            results = run_methods(chosen, settings, methods, display=display)
+    except GetaError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    for result in results:
+        folder = out if len(results) == 1 else out / result.method
+        paths = write_run(result, folder)
+        typer.echo(f"{result.method}: test accuracy {result.accuracy:.4f} (dense {result.accuracy_dense:.4f}), "
+                   f"rel. BOPs {100 * result.rel_bops:.3f}%, group sparsity {100 * result.group_sparsity:.1f}%, "
+                   f"{result.params:,} of {result.params_dense:,} params, {result.wall_s:.1f} s")
+        typer.echo(f"report: {paths['report_md']} (and {paths['report_json'].name}, plots, model in {folder})")
+    if len(results) > 1:
+        typer.echo(f"comparison: {write_comparison(results, out)['comparison_md']}")
 
 
 def _weight_count(model: object) -> int:

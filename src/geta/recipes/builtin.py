@@ -1,0 +1,117 @@
+"""The recipes that ship with geta: a CNN on digits, ResNet20 and VGG7 on Fashion-MNIST, MiniLM on BBC News.
+
+Expected times are for this project's 2-core CPU machine (one thread per process).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from geta.data.split import Split
+from geta.recipes.recipe import Recipe, register_recipe
+
+
+def _digits() -> tuple[nn.Module, Split]:
+    from geta.data.digits import load_digits
+    from geta.models.cnn import digits_cnn
+
+    return digits_cnn(), load_digits(seed=0)
+
+
+def _resnet20_fmnist() -> tuple[nn.Module, Split]:
+    from geta.data.fashion_mnist import load_fashion_mnist
+    from geta.models.cifar import ResNet20
+
+    return ResNet20(classes=10, in_channels=1), load_fashion_mnist(seed=0)
+
+
+def _vgg7_fmnist() -> tuple[nn.Module, Split]:
+    from geta.data.fashion_mnist import load_fashion_mnist
+    from geta.models.cifar import vgg7_bn
+
+    return vgg7_bn(classes=10, in_channels=1, image_size=28), load_fashion_mnist(seed=0)
+
+
+def _minilm_bbc() -> tuple[nn.Module, Split]:
+    from geta.data.bbc_news import load_bbc_news
+    from geta.data.text import tokenize_split
+    from geta.models.minilm import minilm_classifier
+
+    data = load_bbc_news(seed=0)
+    model, tokenizer = minilm_classifier(len(data.classes), max_length=128)
+    return model, tokenize_split(data, tokenizer)
+
+
+CNN_DIGITS = register_recipe(Recipe(
+    name="cnn-digits",
+    description="small CNN (14k weights) on sklearn digits; weights+activations, 50% of channels removed, 4-8 bits",
+    expected_time="about 1 min",
+    setup=_digits,
+    quantize="weights+activations",
+    dense_epochs=10,
+    epochs=25,
+    batch_size=64,
+    optimizer="sgd",
+    lr=0.05,
+    compress_lr=0.02,
+    optimizer_kwargs={"momentum": 0.9},
+    sparsity=0.5,
+    weight_bits=(4, 8),
+    act_bits=(4, 8),
+    skip=(),
+))
+
+RESNET20_FMNIST = register_recipe(Recipe(
+    name="resnet20-fmnist",
+    description="ResNet20 on Fashion-MNIST (paper Table 2); weights only, 40% of channels removed, 4-8 bits",
+    expected_time="about 1.5 h",
+    setup=_resnet20_fmnist,
+    quantize="weights",
+    dense_epochs=10,
+    epochs=10,
+    batch_size=128,
+    optimizer="sgd",
+    lr=0.1,
+    compress_lr=0.01,
+    optimizer_kwargs={"momentum": 0.9, "weight_decay": 5e-4},
+    sparsity=0.4,
+    weight_bits=(4, 8),
+    act_bits=(4, 8),
+))
+
+VGG7_FMNIST = register_recipe(Recipe(
+    name="vgg7-fmnist",
+    description="VGG7 on Fashion-MNIST (paper Table 3); weights+activations, 50% of channels removed, 4-8 bits",
+    expected_time="about 3 h",
+    setup=_vgg7_fmnist,
+    quantize="weights+activations",
+    dense_epochs=10,
+    epochs=10,
+    batch_size=128,
+    optimizer="sgd",
+    lr=0.05,
+    compress_lr=0.01,
+    optimizer_kwargs={"momentum": 0.9, "weight_decay": 5e-4},
+    sparsity=0.5,
+    weight_bits=(4, 8),
+    act_bits=(4, 8),
+))
+
+MINILM_BBC = register_recipe(Recipe(
+    name="minilm-bbc",
+    description="pretrained MiniLM-L6 fine-tuned on BBC News (paper Table 5); weights only, 50% of groups, 4-8 bits",
+    expected_time="about 1 h",
+    setup=_minilm_bbc,
+    quantize="weights",
+    dense_epochs=2,
+    epochs=4,
+    batch_size=32,
+    optimizer="adamw",
+    lr=1e-4,
+    compress_lr=5e-5,
+    optimizer_kwargs={"weight_decay": 0.01},
+    sparsity=0.5,
+    weight_bits=(4, 8),
+    act_bits=(4, 8),
+    pretrained=True,
+))

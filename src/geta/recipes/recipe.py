@@ -1,0 +1,58 @@
+"""The ``Recipe``: a model, its data and the settings ``geta compress`` trains and compresses it with."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from geta.data.split import Split
+from geta.errors import ConfigError
+from geta.quant.prepare import FIRST, LAST
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything needed to train a model densely and compress it with QASSO.
+
+    ``setup()`` returns the freshly built model (the harness seeds torch before calling it) and the
+    data split; it raises :class:`geta.GetaError` with what to do when the data is missing. The
+    dense stage trains ``dense_epochs`` with ``optimizer`` at ``lr`` (cosine decay); compression and
+    every baseline then get the same ``epochs`` at ``compress_lr`` from the dense weights.
+    """
+
+    name: str
+    description: str
+    expected_time: str
+    setup: Callable[[], tuple[nn.Module, Split]]
+    quantize: str
+    dense_epochs: int
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    compress_lr: float
+    sparsity: float
+    weight_bits: tuple[int, int]
+    act_bits: tuple[int, int]
+    optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    skip: tuple[object, ...] = (FIRST, LAST)
+    pretrained: bool = False
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(recipe: Recipe) -> Recipe:
+    """Add ``recipe`` to the registry under its name (replacing one of the same name)."""
+    RECIPES[recipe.name] = recipe
+    return recipe
+
+
+def get_recipe(name: str) -> Recipe:
+    """The registered recipe called ``name``; a :class:`ConfigError` listing the known ones otherwise."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)} (see `geta recipes`)")
+    return RECIPES[name]

@@ -1,0 +1,92 @@
+"""What ``geta compress`` writes: report.json, report.md, the plots and the compact model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from geta.data.split import Inputs
+from geta.run.plots import plot_curves, plot_layers
+from geta.run.result import RunResult
+
+MODEL_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"
+
+
+def write_run(result: RunResult, out_dir: Path) -> dict[str, Path]:
+    """Write every artifact of ``result`` into ``out_dir`` (created); returns them by name."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "layers_plot": plot_layers(result, out_dir / "layers.png"),
+        "curves_plot": plot_curves(result, out_dir / "curves.png"),
+        **save_model(result.model, result.example, out_dir),
+    }
+    data = result.to_dict()
+    data["files"] = {name: path.name for name, path in paths.items()}
+    paths["report_json"] = out_dir / "report.json"
+    paths["report_json"].write_text(json.dumps(data, indent=2) + "\n")
+    paths["report_md"] = out_dir / "report.md"
+    paths["report_md"].write_text(markdown(result, paths))
+    return paths
+
+
+def save_model(model: nn.Module, example: Inputs, out_dir: Path) -> dict[str, Path]:
+    """The compact model as packed integers (``geta.export.load`` rebuilds it) and as ONNX with Q/DQ."""
+    from geta.export import save
+    from geta.export.onnx import export_onnx
+
+    return {"model": save(model, out_dir / MODEL_FILE), "onnx": export_onnx(model, example, out_dir / ONNX_FILE)}
+
+
+def write_comparison(results: list[RunResult], out_dir: Path) -> dict[str, Path]:
+    """comparison.json and comparison.md: one row per method."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [{key: getattr(r, key) for key in ("method", "accuracy_dense", "accuracy", "rel_bops", "group_sparsity",
+                                             "params", "size_bits", "wall_s")} for r in results]
+    json_path = out_dir / "comparison.json"
+    json_path.write_text(json.dumps({"recipe": results[0].recipe, "methods": rows}, indent=2) + "\n")
+    budget = (f"Every method starts from the same dense model and gets the same compression budget "
+              f"({results[0].settings['epochs']} epochs, {results[0].settings['method_steps']} steps).")
+    lines = [f"# {results[0].recipe}: methods compared", "", budget, "",
+             "| method | test accuracy | dense accuracy | rel. BOPs | group sparsity | params | size (KiB) | wall (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.method} | {r.accuracy:.4f} | {r.accuracy_dense:.4f} | {_pct(r.rel_bops)} | {_pct(r.group_sparsity, 1)} "
+              f"| {r.params:,} | {r.size_bits / 8 / 1024:.2f} | {r.wall_s:.1f} |" for r in results]
+    md_path = out_dir / "comparison.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    return {"comparison_json": json_path, "comparison_md": md_path}
+
+
+def markdown(result: RunResult, files: dict[str, Path]) -> str:
+    """report.md: summary against the dense model, per-layer table, settings and plots."""
+    s = result.settings
+    budget = (f"Dense stage {s['dense_epochs']} epochs ({s['dense_steps']} steps), then {result.method} for "
+              f"{s['epochs']} epochs ({s['method_steps']} steps); wall time {result.wall_s:.1f} s "
+              f"(dense stage {result.wall_s_dense:.1f} s).")
+    lines = [
+        f"# {result.recipe}: {result.method}", "", budget,
+        "", "| | dense float | compressed |", "|---|---|---|",
+        f"| test accuracy | {result.accuracy_dense:.4f} | {result.accuracy:.4f} |",
+        f"| rel. BOPs (vs dense MACs x 32 x 32) | 100% | {_pct(result.rel_bops)} |",
+        f"| MACs per example | {result.macs_dense:,.0f} | {result.macs:,.0f} |",
+        f"| params | {result.params_dense:,} | {result.params:,} |",
+        f"| size | {result.size_bits_dense / 8 / 1024:.2f} KiB | {result.size_bits / 8 / 1024:.2f} KiB |",
+        f"| group sparsity | 0% | {_pct(result.group_sparsity, 1)} |",
+        "", "## Layers", "",
+        "| layer | kind | weight bits | act bits | kept width / dense | MACs | params | full precision |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['name'] or '<root>'} | {r['kind']} | {r['weight_bits']:g} | {r['act_bits']:g} | "
+              f"{r['out_width']} / {r['dense_width']} | {r['macs']:,.0f} | {r['params']:,} | {r['full_precision_reason']} |"
+              for r in result.layers]
+    lines += ["", "## Settings", "", "```json", json.dumps(s, indent=2), "```", "", "## Plots", ""]
+    lines += [f"![{name}]({path.name})" for name, path in files.items() if path.suffix == ".png"]
+    lines += ["", (f"Compact model: `{files['model'].name}` (packed integers; `geta.export.load(path)` rebuilds it) "
+                   f"and `{files['onnx'].name}` (ONNX with Q/DQ).")]
+    return "\n".join(lines) + "\n"
+
+
+def _pct(value: float, digits: int = 3) -> str:
+    return f"{100 * value:.{digits}f}%"

@@ -1,0 +1,125 @@
+"""Baselines under the same harness, data, model and budget as GETA (see ``harness``).
+
+* dense: the dense model trained on for the compression budget (float, rel. BOPs 1).
+* prune-then-ptq: the groups of the same search space ranked by the same saliency on the dense
+  model, the least salient ``sparsity`` share removed, the compact model fine-tuned for the budget,
+  then post-training quantization at uniform 8 and at 4 bits (same quantizers, fixed bits; weight
+  clip chosen by least squared error, activation ranges calibrated on training batches).
+* quantize-only: QASSO over the same bit ranges without pruning (``harness.compress`` with
+  sparsity 0).
+"""
+
+from __future__ import annotations
+
+import time
+from itertools import islice
+
+import torch
+
+import geta
+from geta.optim.qasso import BASE_OPTIMIZERS
+from geta.optim.saliency import DEFAULT_WEIGHTS, saliency
+from geta.quant.functional import quantize_reference
+from geta.run.costs import model_report
+from geta.run.harness import copy_of, make_result
+from geta.run.loop import logits, shuffled_batches, train
+from geta.run.progress import Display
+from geta.run.result import DenseModel, Recorder, RunResult, measure_every
+
+PTQ_BITS = (8, 4)
+SALIENCY_BATCHES = 8
+CLIP_CANDIDATES = torch.linspace(0.3, 1.0, 15)
+
+
+def dense_training(dense: DenseModel, *, display: Display | None = None) -> RunResult:
+    """The dense model trained on for the compression budget at the compression learning rate."""
+    display = display or Display()
+    start = time.perf_counter()
+    model = copy_of(dense.model)
+    display.message(f"dense: training on for {dense.settings.epochs} epochs ({dense.method_steps} steps)")
+    recorder = _fine_tune(dense, model, "dense", display)
+    model.eval()
+    report = model_report(model, dense.example)
+    return make_result(dense, "dense", model, report, dense.test_accuracy(model), recorder, start, group_sparsity=0.0)
+
+
+def prune_then_ptq(dense: DenseModel, *, display: Display | None = None) -> list[RunResult]:
+    """Prune by saliency, fine-tune for the budget, then quantize after training at each of :data:`PTQ_BITS`."""
+    recipe, settings = dense.recipe, dense.settings
+    display = display or Display()
+    start = time.perf_counter()
+    g = geta.GETA(dense.model, dense.example, quantize="none")
+    space = g.groups
+    _accumulate_gradients(g.model, dense)
+    scores = saliency(space, DEFAULT_WEIGHTS, torch.ones(len(space), dtype=torch.bool))
+    removed = space.select(torch.argsort(scores, stable=True), round(settings.sparsity * len(space)))
+    space.zero_(removed)
+    g.model.zero_grad(set_to_none=True)
+    pruned = g.construct_subnet()
+    sparsity = float(removed.float().mean()) if len(space) else 0.0
+    display.message(f"prune-then-ptq: removed {int(removed.sum())} of {len(space)} groups by saliency; fine-tuning "
+                    f"for {settings.epochs} epochs ({dense.method_steps} steps)")
+    recorder = _fine_tune(dense, pruned, "fine-tune", display)
+    tuned_at = time.perf_counter()
+    results = []
+    for bits in PTQ_BITS:
+        ptq_start = time.perf_counter()
+        q = geta.GETA(pruned, dense.example, quantize=recipe.quantize, skip=list(recipe.skip), weight_bits=bits,
+                      act_bits=bits, calibration_data=dense.calibration)
+        fit_weight_clips(q)
+        q.model.eval()
+        report = model_report(q.model, dense.example, dict(q.unquantized()), group_sparsity=sparsity)
+        result = make_result(dense, f"prune-then-ptq-{bits}bit", q.model, report, dense.test_accuracy(q.model),
+                             recorder, start, group_sparsity=sparsity, extra={"ptq_bits": bits})
+        result.wall_s -= ptq_start - tuned_at  # each result: prune + fine-tune + its own quantization
+        results.append(result)
+        display.message(f"prune-then-ptq at {bits} bits: test accuracy {result.accuracy:.4f}, "
+                        f"rel. BOPs {100 * result.rel_bops:.3f}%")
+    return results
+
+
+@torch.no_grad()
+def fit_weight_clips(g: geta.GETA) -> None:
+    """Set each weight quantizer's clip q_m (bits unchanged) to the candidate fraction of max |W| that
+    gives the least squared quantization error."""
+    for layer in g.layers:
+        quantizer = layer.weight_quantizer
+        if quantizer is None:
+            continue
+        weights = torch.cat([w.detach().flatten() for w in layer.weights()])
+        largest = weights.abs().max()
+        errors = []
+        for fraction in CLIP_CANDIDATES:
+            quantizer.init_range_(largest * fraction)
+            d, q_m, t = quantizer.constrained_parameters()
+            errors.append(float(((quantize_reference(weights, d, q_m, t, quantizer.signed) - weights) ** 2).sum()))
+        quantizer.init_range_(largest * CLIP_CANDIDATES[min(range(len(errors)), key=errors.__getitem__)])
+
+
+def _accumulate_gradients(model: torch.nn.Module, dense: DenseModel) -> None:
+    """Gradients of the training loss summed over a few batches (what the saliency criteria read)."""
+    batches = shuffled_batches(dense.split.train_inputs, dense.split.train_y, dense.recipe.batch_size,
+                               torch.Generator().manual_seed(dense.settings.seed + 2))
+    model.train()
+    model.zero_grad(set_to_none=True)
+    for x, y in islice(batches, SALIENCY_BATCHES):
+        torch.nn.functional.cross_entropy(logits(model, x), y).backward()
+
+
+def _fine_tune(dense: DenseModel, model: torch.nn.Module, stage: str, display: Display) -> Recorder:
+    """Train ``model`` for the compression budget with the base optimizer at ``compress_lr``."""
+    recipe = dense.recipe
+    optimizer = BASE_OPTIMIZERS[recipe.optimizer](model.parameters(), lr=recipe.compress_lr, **recipe.optimizer_kwargs)
+    batches = shuffled_batches(dense.split.train_inputs, dense.split.train_y, recipe.batch_size,
+                               torch.Generator().manual_seed(dense.settings.seed + 1), dense.settings.limit_batches)
+    recorder = Recorder(display, first_step=dense.steps)
+    steps = dense.method_steps
+    every = measure_every(steps)
+    sparsity = 0.0 if stage == "dense" else dense.settings.sparsity
+
+    def on_step(step: int, loss: float) -> None:
+        point = {"group_sparsity": sparsity}
+        recorder.record(stage, loss, (lambda: point) if step % every == 0 or step == steps else None)
+
+    train(model, optimizer, batches, steps, on_step=on_step)
+    return recorder

@@ -1,0 +1,196 @@
+"""The end-to-end harness: dense training, then GETA (QASSO) or a baseline from the dense weights.
+
+Compression starts from the trained dense model: the dense stage trains ``dense_epochs`` (cosine
+learning-rate decay), then every method gets the same ``epochs`` from those weights at the
+recipe's ``compress_lr`` with the same batch order: GETA (QASSO), continued dense training,
+prune-then-PTQ (fine-tuning) and quantize-only (QASSO without pruning). Rel. BOPs compare the
+final model with the dense float model (dense MACs x 32 x 32).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch
+
+import geta
+from geta.data.split import select
+from geta.errors import ConfigError
+from geta.graph.inputs import ExampleInputs
+from geta.metrics.cost import count_macs
+from geta.optim.qasso import BASE_OPTIMIZERS
+from geta.recipes.recipe import Recipe, get_recipe
+from geta.run.costs import dense_cost, estimated_rel_bops, layer_rows, model_report
+from geta.run.loop import accuracy, batches_per_epoch, shuffled_batches, train
+from geta.run.progress import Display
+from geta.run.result import DenseModel, Recorder, RunResult, measure_every
+from geta.run.settings import Settings
+
+BASELINES = ("dense", "prune-then-ptq", "quantize-only")
+METHODS = ("geta", *BASELINES)
+EXAMPLE_BATCH = 2
+CALIBRATION_BATCH = 256
+
+
+def run_recipe(
+    recipe: Recipe | str, settings: Settings | None = None, *, dense: DenseModel | None = None,
+    display: Display | None = None,
+) -> RunResult:
+    """Train the recipe's model densely (or reuse ``dense``), compress it with QASSO and evaluate the compact model."""
+    dense = dense or train_dense(recipe, settings, display=display)
+    return compress(dense, display=display)
+
+
+def run_baseline(
+    recipe: Recipe | str, settings: Settings | None, baseline: str, *, dense: DenseModel | None = None,
+    display: Display | None = None,
+) -> list[RunResult]:
+    """Run one baseline of :data:`BASELINES` under the same data, model and budget as :func:`run_recipe`.
+
+    prune-then-ptq gives two results (uniform 8 and 4 bits after the same pruning and fine-tuning);
+    the others give one."""
+    from geta.run import baselines
+
+    if baseline not in BASELINES:
+        raise ConfigError(f"unknown baseline {baseline!r}; choose from {', '.join(BASELINES)}")
+    dense = dense or train_dense(recipe, settings, display=display)
+    if baseline == "dense":
+        return [baselines.dense_training(dense, display=display)]
+    if baseline == "prune-then-ptq":
+        return baselines.prune_then_ptq(dense, display=display)
+    return [compress(dense, display=display, sparsity=0.0, method="quantize-only")]
+
+
+def run_methods(
+    recipe: Recipe | str, settings: Settings | None, methods: list[str], *, display: Display | None = None
+) -> list[RunResult]:
+    """Train densely once and run every method of ``methods`` (names of :data:`METHODS`) from it."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    dense = train_dense(recipe, settings, display=display, methods=len(methods))
+    results: list[RunResult] = []
+    for method in methods:
+        if method == "geta":
+            results.append(compress(dense, display=display))
+        else:
+            results += run_baseline(dense.recipe, dense.settings, method, dense=dense, display=display)
+    return results
+
+
+def train_dense(
+    recipe: Recipe | str, settings: Settings | None = None, *, display: Display | None = None, methods: int = 1
+) -> DenseModel:
+    """Build the recipe's model and data (seeded) and train it densely for ``dense_epochs``.
+
+    ``methods``: how many method stages will follow (for the display's time left)."""
+    recipe = _recipe(recipe)
+    resolved = (settings or Settings()).resolve(recipe)
+    display = display or Display()
+    start = time.perf_counter()
+    torch.manual_seed(resolved.seed)
+    model, split = recipe.setup()
+    per_epoch = batches_per_epoch(split.train_y, recipe.batch_size, resolved.limit_batches)
+    steps = resolved.dense_epochs * per_epoch
+    display.set_total(steps + methods * resolved.epochs * per_epoch)
+    display.message(f"{recipe.name}: {len(split.train_y)} training / {len(split.test_y)} test examples; "
+                    f"dense stage {resolved.dense_epochs} epochs ({steps} steps)")
+    optimizer = BASE_OPTIMIZERS[recipe.optimizer](
+        model.parameters(), lr=recipe.lr, **recipe.optimizer_kwargs
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    batches = shuffled_batches(split.train_inputs, split.train_y, recipe.batch_size,
+                               torch.Generator().manual_seed(resolved.seed), resolved.limit_batches)
+    recorder = Recorder(display)
+    every = measure_every(steps)
+
+    def on_step(step: int, loss: float) -> None:
+        dense_point = {"group_sparsity": 0.0, "rel_bops": 1.0}
+        recorder.record("dense", loss, (lambda: dense_point) if step % every == 0 or step == steps else None)
+
+    train(model, optimizer, batches, steps, scheduler=scheduler, on_step=on_step)
+    example = select(split.train_inputs, slice(0, EXAMPLE_BATCH))
+    dense_accuracy = accuracy(model, split.test_inputs, split.test_y)
+    display.message(f"dense model: test accuracy {dense_accuracy:.4f}")
+    return DenseModel(
+        recipe=recipe, settings=resolved, model=model, split=split, example=example,
+        calibration=[select(split.train_inputs, slice(0, CALIBRATION_BATCH))], accuracy=dense_accuracy,
+        cost=dense_cost(model, example), steps_per_epoch=per_epoch, curve=recorder.points,
+        wall_s=time.perf_counter() - start,
+    )
+
+
+def compress(
+    dense: DenseModel, *, display: Display | None = None, sparsity: float | None = None, method: str = "geta"
+) -> RunResult:
+    """QASSO from the dense weights for the compression budget, then the compact model, evaluated."""
+    recipe, settings = dense.recipe, dense.settings
+    sparsity = settings.sparsity if sparsity is None else sparsity
+    display = display or Display()
+    start = time.perf_counter()
+    g = geta.GETA(dense.model, dense.example, quantize=recipe.quantize, skip=list(recipe.skip),
+                  calibration_data=dense.calibration)
+    steps = dense.method_steps
+    optimizer = g.qasso(
+        recipe.optimizer, lr=recipe.compress_lr, target_sparsity=sparsity, total_steps=steps,
+        weight_bits=settings.weight_bits, act_bits=settings.act_bits, **recipe.optimizer_kwargs,
+    )
+    display.message(f"{method}: QASSO over {len(g.groups)} groups for {settings.epochs} epochs ({steps} steps), "
+                    f"target sparsity {sparsity:.2f}, weight bits {settings.weight_bits}, act bits {settings.act_bits}")
+    macs = count_macs(g.model, ExampleInputs.from_user(dense.example), g.layers)
+    recorder = Recorder(display, first_step=dense.steps)
+    every = measure_every(steps)
+    previous = [""]
+
+    def measure() -> dict[str, float | None]:
+        metrics = optimizer.metrics()
+        return {"group_sparsity": metrics.group_sparsity, "weight_bits": metrics.weight_bits_mean,
+                "act_bits": metrics.act_bits_mean, "rel_bops": estimated_rel_bops(g.layers, macs, dense.cost)}
+
+    def on_step(step: int, loss: float) -> None:
+        stage = optimizer.schedule.position(max(optimizer.steps_done - 1, 0)).stage.value
+        boundary = stage != previous[0] or step == steps or step % every == 0
+        previous[0] = stage
+        recorder.record(stage, loss, measure if boundary else None)
+
+    batches = shuffled_batches(dense.split.train_inputs, dense.split.train_y, recipe.batch_size,
+                               torch.Generator().manual_seed(settings.seed + 1), settings.limit_batches)
+    train(g.model, optimizer, batches, steps, on_step=on_step)
+    compact = g.construct_subnet().eval()
+    reasons = dict(g.unquantized())
+    report = model_report(compact, dense.example, reasons, group_sparsity=g.group_sparsity())
+    return make_result(dense, method, compact, report, dense.test_accuracy(compact), recorder, start,
+                       group_sparsity=g.group_sparsity())
+
+
+def make_result(
+    dense: DenseModel, method: str, model: torch.nn.Module, report: geta.Report, model_accuracy: float,
+    recorder: Recorder, start: float, *, group_sparsity: float, extra: dict[str, Any] | None = None,
+) -> RunResult:
+    """A :class:`RunResult` of ``model`` (evaluated, with its ``report``) against the dense model."""
+    settings = {"recipe": dense.recipe.name, "method": method, **dense.settings.to_dict(),
+                "quantize": dense.recipe.quantize, "batch_size": dense.recipe.batch_size,
+                "optimizer": dense.recipe.optimizer, "lr": dense.recipe.lr, "compress_lr": dense.recipe.compress_lr,
+                "optimizer_kwargs": dict(dense.recipe.optimizer_kwargs), "skip": [str(s) for s in dense.recipe.skip],
+                "steps_per_epoch": dense.steps_per_epoch, "dense_steps": dense.steps, "method_steps": dense.method_steps,
+                "threads": torch.get_num_threads(), **(extra or {})}
+    wall = time.perf_counter() - start
+    return RunResult(
+        recipe=dense.recipe.name, method=method, settings=settings, accuracy_dense=dense.accuracy,
+        accuracy=model_accuracy, rel_bops=report.bops / dense.cost.bops, group_sparsity=group_sparsity,
+        params=report.params, params_dense=dense.cost.params, size_bits=report.size_bits,
+        size_bits_dense=dense.cost.size_bits, macs=report.macs, macs_dense=dense.cost.macs,
+        wall_s=dense.wall_s + wall, wall_s_dense=dense.wall_s, layers=layer_rows(report, dense.cost),
+        curves=dense.curve + recorder.points, model=model, report=report, example=dense.example,
+    )
+
+
+def copy_of(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy (methods never change the shared dense model)."""
+    return copy.deepcopy(model)
+
+
+def _recipe(recipe: Recipe | str) -> Recipe:
+    return get_recipe(recipe) if isinstance(recipe, str) else recipe

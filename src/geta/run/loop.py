@@ -1,0 +1,70 @@
+"""Shuffled batches, the training loop and accuracy for image or tokenized-text inputs (``geta.data.split``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from geta.data.split import Inputs, call, select
+
+
+def logits(model: nn.Module, inputs: Inputs) -> Tensor:
+    """The model's logits for ``inputs`` (``.logits`` of a transformers output)."""
+    out = call(model, inputs)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def batches_per_epoch(labels: Tensor, batch_size: int, limit: int | None = None) -> int:
+    """Number of batches one epoch over ``labels`` takes (at most ``limit``)."""
+    count = -(-len(labels) // batch_size)
+    return count if limit is None else min(count, limit)
+
+
+def shuffled_batches(
+    inputs: Inputs, labels: Tensor, batch_size: int, generator: torch.Generator, limit: int | None = None
+) -> Iterator[tuple[Inputs, Tensor]]:
+    """Endless shuffled batches, epoch after epoch, each epoch cut after ``limit`` batches."""
+    per_epoch = batches_per_epoch(labels, batch_size, limit)
+    while True:
+        order = torch.randperm(len(labels), generator=generator)
+        for index in order.split(batch_size)[:per_epoch]:
+            yield select(inputs, index), labels[index]
+
+
+def train(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[tuple[Inputs, Tensor]],
+    steps: int,
+    *,
+    scheduler: Any = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> None:
+    """``steps`` steps of cross-entropy; ``on_step(step, loss)`` after each (steps counted from 1)."""
+    model.train()
+    for step in range(1, steps + 1):
+        x, y = next(batches)
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(logits(model, x), y)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if on_step is not None:
+            on_step(step, float(loss.detach()))
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, inputs: Inputs, labels: Tensor, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` in eval mode (its training mode is restored afterwards)."""
+    training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(labels), batch_size):
+        index = slice(start, start + batch_size)
+        correct += int((logits(model, select(inputs, index)).argmax(-1) == labels[index]).sum())
+    model.train(training)
+    return correct / len(labels)

@@ -1,0 +1,128 @@
+"""What a run produces: the trained dense model every method starts from, and one method's result."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from geta.data.split import Inputs, Split
+from geta.metrics.report import Report
+from geta.recipes.recipe import Recipe
+from geta.run.costs import DenseCost
+from geta.run.progress import Display, Point
+from geta.run.settings import Settings
+
+
+@dataclass
+class DenseModel:
+    """The dense float model after the dense stage, with its data and cost; shared by every method."""
+
+    recipe: Recipe
+    settings: Settings
+    model: nn.Module
+    split: Split
+    example: Inputs
+    calibration: list[Inputs]
+    accuracy: float
+    cost: DenseCost
+    steps_per_epoch: int
+    curve: list[Point]
+    wall_s: float
+
+    @property
+    def steps(self) -> int:
+        """Steps of the dense stage."""
+        return self.settings.dense_epochs * self.steps_per_epoch
+
+    @property
+    def method_steps(self) -> int:
+        """Steps every method gets after the dense stage (the compression budget)."""
+        return self.settings.epochs * self.steps_per_epoch
+
+    def test_accuracy(self, model: nn.Module) -> float:
+        """Top-1 accuracy of ``model`` on the test split."""
+        from geta.run.loop import accuracy
+
+        return accuracy(model, self.split.test_inputs, self.split.test_y)
+
+
+@dataclass
+class RunResult:
+    """One method's outcome. ``rel_bops`` = BOPs of ``model`` / (dense MACs x 32 x 32); ``wall_s``
+    includes the dense stage (``wall_s_dense``); ``curves`` cover the dense stage and the method."""
+
+    recipe: str
+    method: str
+    settings: dict[str, Any]
+    accuracy_dense: float
+    accuracy: float
+    rel_bops: float
+    group_sparsity: float
+    params: int
+    params_dense: int
+    size_bits: float
+    size_bits_dense: float
+    macs: float
+    macs_dense: float
+    wall_s: float
+    wall_s_dense: float
+    layers: list[dict[str, Any]]
+    curves: list[Point]
+    model: nn.Module = field(repr=False)
+    report: Report = field(repr=False)
+    example: Inputs = field(repr=False, default=None)  # type: ignore[assignment]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every metric, the settings, the per-layer rows and the curves as plain JSON-serializable data."""
+        data = {key: value for key, value in asdict(self).items() if key not in ("model", "report", "example", "curves")}
+        data["curves"] = [asdict(point) for point in self.curves]
+        data["stages"] = stage_spans(self.curves)
+        return data
+
+
+def stage_spans(points: list[Point]) -> list[dict[str, Any]]:
+    """Consecutive runs of one stage in ``points``: name, first and last step."""
+    spans: list[dict[str, Any]] = []
+    for point in points:
+        if spans and spans[-1]["stage"] == point.stage:
+            spans[-1]["end"] = point.step
+        else:
+            start = spans[-1]["end"] if spans else 0
+            spans.append({"stage": point.stage, "start": start, "end": point.step})
+    return spans
+
+
+class Recorder:
+    """Feeds the display every step and keeps curve points where the caller measures.
+
+    Steps count from ``first_step`` (a method's curve continues the dense stage's)."""
+
+    def __init__(self, display: Display, first_step: int = 0) -> None:
+        self.display = display
+        self.step_count = first_step
+        self.points: list[Point] = []
+        self._losses: list[float] = []
+        self._latest: dict[str, float | None] = {}
+        self._start = time.perf_counter()
+
+    def record(self, stage: str, loss: float, measure: Callable[[], dict[str, float | None]] | None = None) -> None:
+        """One step of ``stage`` with ``loss``; ``measure()`` (sparsity, bits, rel. BOPs) makes it a curve point."""
+        self.step_count += 1
+        self._losses.append(loss)
+        if measure is not None:
+            self._latest = measure()
+            mean_loss = sum(self._losses) / len(self._losses)
+            self.points.append(Point(self.step_count, stage, mean_loss, elapsed_s=time.perf_counter() - self._start,
+                                     **self._latest))
+            self._losses.clear()
+        self.display.update(Point(self.step_count, stage, loss, **self._latest))
+
+
+def measure_every(steps: int, points: int = 100) -> int:
+    """Measure every this many steps to get about ``points`` curve points."""
+    return max(1, steps // points)
+

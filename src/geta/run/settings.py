@@ -1,0 +1,55 @@
+"""The settings of one run: a recipe's defaults with the user's overrides, checked before any training."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from geta.errors import ConfigError
+from geta.quant.functional import check_bit_range
+from geta.recipes.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Overrides of a recipe's defaults (None keeps the recipe's value).
+
+    ``epochs`` is the compression budget, which every method gets after the shared dense stage of
+    ``dense_epochs``; ``limit_batches`` caps the batches per epoch (quick trials and tests).
+    """
+
+    epochs: int | None = None
+    dense_epochs: int | None = None
+    sparsity: float | None = None
+    weight_bits: tuple[int, int] | None = None
+    act_bits: tuple[int, int] | None = None
+    seed: int = 0
+    limit_batches: int | None = None
+
+    def resolve(self, recipe: Recipe) -> Settings:
+        """Every field filled from ``recipe`` where left None, and checked; raises :class:`ConfigError`."""
+        resolved = replace(
+            self,
+            epochs=recipe.epochs if self.epochs is None else self.epochs,
+            dense_epochs=recipe.dense_epochs if self.dense_epochs is None else self.dense_epochs,
+            sparsity=recipe.sparsity if self.sparsity is None else self.sparsity,
+            weight_bits=check_bit_range(self.weight_bits or recipe.weight_bits, "weight_bits"),
+            act_bits=check_bit_range(self.act_bits or recipe.act_bits, "act_bits"),
+        )
+        if resolved.epochs < 1:
+            raise ConfigError(f"epochs={resolved.epochs}: compression needs at least 1 epoch")
+        if resolved.dense_epochs < 0:
+            raise ConfigError(f"dense_epochs={resolved.dense_epochs} must be >= 0")
+        if not 0 <= resolved.sparsity < 1:
+            raise ConfigError(f"sparsity={resolved.sparsity} must lie in [0, 1) (the fraction of groups removed)")
+        if resolved.limit_batches is not None and resolved.limit_batches < 1:
+            raise ConfigError(f"limit_batches={resolved.limit_batches} must be >= 1")
+        return resolved
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serializable dict (bit ranges as lists)."""
+        data = asdict(self)
+        for key in ("weight_bits", "act_bits"):
+            if data[key] is not None:
+                data[key] = list(data[key])
+        return data
