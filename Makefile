@@ -5,7 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+
+.PHONY: demo test data
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -13,8 +15,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# Fashion-MNIST from Debian's dataset-fashion-mnist where apt-get can install it (as root, e.g. CI);
+# elsewhere the loader downloads it once into ~/.cache/geta/fashion-mnist.
+data:
+	@test -f $(FASHION_MNIST) || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
+
+demo: $(STAMP) data
 	$(VENV)/bin/geta demo
 
-test: $(STAMP)
+test: $(STAMP) data
 	$(VENV)/bin/python -m pytest -q
