@@ -22,6 +22,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 INTERNAL = "internal"  # a reason for dims that are not structures at all (kernel taps, vocabulary rows)
+SINGLETON = "size 1"  # a reason for a tensor's size-1 dims: broadcast, never a structure of their own
 
 
 @dataclass

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from geta.graph.atoms import INTERNAL, Atoms, Slot, Split
+from geta.graph.atoms import INTERNAL, SINGLETON, Atoms, Slot, Split
 from geta.graph.capture import module_path
 from geta.graph.rules import rule_for
 from geta.quant.quantizer import Quantizer
@@ -306,7 +306,7 @@ class DependencyAnalysis:
                 slots = self.tensor_slots[id(tensor)]
             else:
                 # a size-1 dim is broadcast, never a structure of its own
-                slots = [self.fresh(size, reason=INTERNAL if size == 1 else None) for size in shape]
+                slots = [self.fresh(size, reason=SINGLETON if size == 1 else None) for size in shape]
                 for dim, slot in enumerate(slots):
                     self.params.append(_ParamSlot(name, dim, slot, is_parameter))
                 if tensor is not None:
@@ -363,7 +363,10 @@ class DependencyAnalysis:
         keys: dict[tuple, int] = {}
         key_of_class = np.full(len(starts), -1)
         for k, (begin, stop) in enumerate(zip(starts, ends)):
-            why = reasons[int(cls[begin])] - {INTERNAL}
+            why = reasons[int(cls[begin])]
+            if INTERNAL in why:  # kernel taps and the like are not structures at all: nothing to list
+                continue
+            why = why - {SINGLETON}
             if why:
                 key = (tuple(sorted(set(slot[begin:stop].tolist()))), tuple(sorted(why)))
                 key_of_class[k] = keys.setdefault(key, len(keys))

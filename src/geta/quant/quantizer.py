@@ -86,7 +86,10 @@ class Quantizer(nn.Module):
     def project_bits_(self, low: int, high: int) -> None:
         """Project d onto [d(high), d(low)] so that the bit width lies in [low, high] (PPSG)."""
         low, high = F.check_bit_range((low, high), "bit range")
-        self.d.copy_(torch.maximum(torch.minimum(self.d, self.step_for_bits(low)), self.step_for_bits(high)))
+        _, q_m, t = self.constrained_parameters()
+        d_low = F.step_for_bits(low, q_m, t, signed=self.signed)
+        d_high = F.step_for_bits(high, q_m, t, signed=self.signed)
+        self.d.copy_(torch.maximum(torch.minimum(self.d, d_low), d_high))
 
     @torch.no_grad()
     def init_range_(self, max_abs: Tensor | float) -> None:
