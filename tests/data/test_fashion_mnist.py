@@ -8,13 +8,11 @@ import pytest
 import torch
 
 from geta.data import fashion_mnist
-from geta.data.fashion_mnist import DEBIAN_ROOT, SHA256, load_fashion_mnist
+from geta.data.fashion_mnist import DEBIAN_ROOT, SHA256, cache_root, load_fashion_mnist
 from geta.errors import ConfigError, GetaError
 
-pytestmark = pytest.mark.skipif(
-    not all((DEBIAN_ROOT / name).is_file() for name in SHA256),
-    reason="Fashion-MNIST files absent: apt-get install dataset-fashion-mnist",
-)
+SOURCE = next((f for f in (DEBIAN_ROOT, cache_root()) if all((f / name).is_file() for name in SHA256)), None)
+pytestmark = pytest.mark.skipif(SOURCE is None, reason="Fashion-MNIST absent: apt-get install dataset-fashion-mnist")
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +65,7 @@ def _serve(folder: Path, monkeypatch) -> None:
 
 def test_download_verifies_and_keeps_the_files(tmp_path, monkeypatch) -> None:
     source = tmp_path / "server"
-    shutil.copytree(DEBIAN_ROOT, source)
+    shutil.copytree(SOURCE, source)
     _serve(source, monkeypatch)
     split = load_fashion_mnist(tmp_path / "data", download=True)
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == sorted(SHA256)
@@ -76,7 +74,7 @@ def test_download_verifies_and_keeps_the_files(tmp_path, monkeypatch) -> None:
 
 def test_a_corrupt_download_is_rejected_and_not_kept(tmp_path, monkeypatch) -> None:
     source = tmp_path / "server"
-    shutil.copytree(DEBIAN_ROOT, source)
+    shutil.copytree(SOURCE, source)
     (source / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"not the labels"))
     _serve(source, monkeypatch)
     with pytest.raises(GetaError, match="t10k-labels-idx1-ubyte.gz .*SHA-256 mismatch"):

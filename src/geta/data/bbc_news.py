@@ -28,7 +28,7 @@ def load_bbc_news(*, test_fraction: float = 0.2, seed: int = 0) -> TextData:
     for label in range(len(classes)):
         members = labels.eq(label).nonzero().flatten()
         members = members[torch.randperm(len(members), generator=generator)]
-        n_test = int(round(test_fraction * len(members)))
+        n_test = round(test_fraction * len(members))
         test.append(members[:n_test])
         train.append(members[n_test:])
     train_index = _shuffled(torch.cat(train), generator)

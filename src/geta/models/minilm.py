@@ -10,6 +10,7 @@ import contextlib
 import importlib.util
 import os
 from collections.abc import Iterator
+from types import ModuleType
 
 import torch
 from torch import Tensor, nn
@@ -84,7 +85,7 @@ def _offline() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _quiet(transformers) -> Iterator[None]:  # noqa: ANN001 (the module)
+def _quiet(transformers: ModuleType) -> Iterator[None]:
     """transformers' warnings silenced for the block: the load report lists the unused pooler weights."""
     previous = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
@@ -94,7 +95,7 @@ def _quiet(transformers) -> Iterator[None]:  # noqa: ANN001 (the module)
         transformers.logging.set_verbosity(previous)
 
 
-def _import_transformers():  # noqa: ANN202 (the module)
+def _import_transformers() -> ModuleType:
     """transformers, importable even where torchvision's C extension does not match torch.
 
     transformers imports torchvision whenever it is installed, and torchvision's wheel for CUDA torch
