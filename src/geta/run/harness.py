@@ -21,6 +21,7 @@ from geta.errors import ConfigError
 from geta.graph.inputs import ExampleInputs
 from geta.metrics.cost import count_macs
 from geta.optim.qasso import BASE_OPTIMIZERS
+from geta.optim.schedule import Schedule
 from geta.recipes.recipe import Recipe, get_recipe
 from geta.run.costs import dense_cost, estimated_rel_bops, layer_rows, model_report
 from geta.run.loop import accuracy, batches_per_epoch, shuffled_batches, train
@@ -32,6 +33,7 @@ BASELINES = ("dense", "prune-then-ptq", "quantize-only")
 METHODS = ("geta", *BASELINES)
 EXAMPLE_BATCH = 2
 CALIBRATION_BATCH = 256
+INITIAL_BITS = 16  # quantizers start here; QASSO's projection brings them into the bit ranges
 
 
 def run_recipe(
@@ -93,6 +95,7 @@ def train_dense(
     torch.manual_seed(resolved.seed)
     model, split = recipe.setup()
     per_epoch = batches_per_epoch(split.train_y, recipe.batch_size, resolved.limit_batches)
+    _check_budget(resolved, per_epoch)
     steps = resolved.dense_epochs * per_epoch
     display.set_total(steps + methods * resolved.epochs * per_epoch)
     display.message(f"{recipe.name}: {len(split.train_y)} training / {len(split.test_y)} test examples; "
@@ -131,7 +134,7 @@ def compress(
     display = display or Display()
     start = time.perf_counter()
     g = geta.GETA(dense.model, dense.example, quantize=recipe.quantize, skip=list(recipe.skip),
-                  calibration_data=dense.calibration)
+                  weight_bits=INITIAL_BITS, act_bits=INITIAL_BITS, calibration_data=dense.calibration)
     steps = dense.method_steps
     optimizer = g.qasso(
         recipe.optimizer, lr=recipe.compress_lr, target_sparsity=sparsity, total_steps=steps,
@@ -190,6 +193,18 @@ def make_result(
 def copy_of(model: torch.nn.Module) -> torch.nn.Module:
     """A deep copy (methods never change the shared dense model)."""
     return copy.deepcopy(model)
+
+
+def _check_budget(settings: Settings, per_epoch: int) -> None:
+    """Fail before the dense stage when the compression budget cannot hold QASSO's stages."""
+    steps = settings.epochs * per_epoch
+    try:
+        Schedule.from_budget(steps, bits_to_drop=INITIAL_BITS - min(settings.weight_bits[1], settings.act_bits[1]))
+    except ConfigError as error:
+        raise ConfigError(
+            f"a compression budget of {settings.epochs} epochs x {per_epoch} batches = {steps} steps is too short for "
+            f"QASSO's stages ({error}); raise the epochs"
+        ) from error
 
 
 def _recipe(recipe: Recipe | str) -> Recipe:

@@ -1,0 +1,111 @@
+"""The harness end to end on a tiny budget of the cnn-digits recipe: GETA and every baseline from one
+dense model, their metrics against the dense float model, and every artifact written."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+import geta.export
+from geta.errors import ConfigError
+from geta.data.split import select
+from geta.run import METHODS, Display, RunResult, Settings, run_methods, run_recipe, train_dense
+from geta.run.artifacts import write_comparison, write_run
+from geta.run.loop import logits
+
+TINY = Settings(dense_epochs=1, epochs=2, limit_batches=10, seed=0)
+REPORT_KEYS = {"accuracy_dense", "accuracy", "rel_bops", "group_sparsity", "params", "size_bits", "layers",
+               "wall_s", "settings", "curves", "stages"}
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, RunResult]:
+    return {result.method: result for result in run_methods("cnn-digits", TINY, list(METHODS))}
+
+
+def test_every_method_starts_from_the_same_dense_model_with_the_same_budget(results: dict[str, RunResult]) -> None:
+    assert set(results) == {"geta", "dense", "prune-then-ptq-8bit", "prune-then-ptq-4bit", "quantize-only"}
+    assert len({r.accuracy_dense for r in results.values()}) == 1
+    assert len({r.wall_s_dense for r in results.values()}) == 1
+    for result in results.values():
+        assert result.settings["dense_steps"] == 10 and result.settings["method_steps"] == 20
+        assert result.curves[0].stage == "dense" and result.curves[-1].step == 30
+        assert [p.step for p in result.curves] == sorted({p.step for p in result.curves})
+        assert result.wall_s > result.wall_s_dense > 0
+        assert 0 <= result.accuracy <= 1
+
+
+def test_geta_prunes_exactly_and_its_rel_bops_are_against_the_dense_float_model(results: dict[str, RunResult]) -> None:
+    result = results["geta"]
+    assert result.group_sparsity == 0.5
+    assert result.params < result.params_dense and result.macs < result.macs_dense
+    assert result.rel_bops == pytest.approx(result.report.bops / (result.macs_dense * 32 * 32))
+    for row in result.layers:
+        assert 4 <= row["weight_bits"] <= 8 and 4 <= row["act_bits"] <= 8
+        assert row["out_width"] <= row["dense_width"]
+    # every layer of cnn-digits is quantized: at most 8 x 8 bits on the compact MACs
+    assert result.rel_bops <= result.macs / result.macs_dense * 64 / 1024 + 1e-12
+
+
+def test_baselines(results: dict[str, RunResult]) -> None:
+    dense = results["dense"]
+    assert dense.rel_bops == 1.0 and dense.params == dense.params_dense and dense.group_sparsity == 0.0
+    ptq8, ptq4 = results["prune-then-ptq-8bit"], results["prune-then-ptq-4bit"]
+    assert ptq8.group_sparsity == ptq4.group_sparsity == 0.5 and ptq8.macs == ptq4.macs < ptq8.macs_dense
+    assert ptq8.rel_bops == pytest.approx(ptq8.macs / ptq8.macs_dense * 8 * 8 / 1024)
+    assert ptq4.rel_bops == pytest.approx(ptq4.macs / ptq4.macs_dense * 4 * 4 / 1024)
+    quantized = results["quantize-only"]
+    assert quantized.group_sparsity == 0.0 and quantized.macs == quantized.macs_dense
+    assert all(4 <= row["weight_bits"] <= 8 for row in quantized.layers)
+
+
+def test_every_artifact_is_written_and_the_saved_model_runs(results: dict[str, RunResult], tmp_path: Path) -> None:
+    result = results["geta"]
+    paths = write_run(result, tmp_path / "geta")
+    data = json.loads(paths["report_json"].read_text())
+    assert REPORT_KEYS <= set(data)
+    assert data["settings"]["sparsity"] == 0.5 and data["settings"]["weight_bits"] == [4, 8]
+    assert {"name", "weight_bits", "act_bits", "out_width", "dense_width"} <= set(data["layers"][0])
+    for name in ("layers_plot", "curves_plot"):
+        assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        from PIL import Image
+
+        with Image.open(paths[name]) as image:
+            image.verify()
+    assert "| test accuracy |" in paths["report_md"].read_text()
+    loaded = geta.export.load(paths["model"]).eval()
+    x = select(result.example, slice(0, 2))
+    with torch.no_grad():
+        torch.testing.assert_close(logits(loaded, x), logits(result.model, x))
+    assert paths["onnx"].stat().st_size > 0
+    comparison = write_comparison(list(results.values()), tmp_path)
+    assert "prune-then-ptq-4bit" in comparison["comparison_md"].read_text()
+
+
+def test_compression_leaves_the_dense_model_untouched() -> None:
+    dense = train_dense("cnn-digits", Settings(dense_epochs=1, epochs=2, limit_batches=10))
+    before = {k: v.clone() for k, v in dense.model.state_dict().items()}
+    run_recipe("cnn-digits", dense=dense)
+    after = dense.model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_plain_progress_shows_stage_loss_sparsity_bits_and_time_left() -> None:
+    buffer = io.StringIO()
+    display = Display(mode="plain", console=Console(file=buffer, width=200))
+    with display:
+        run_recipe("cnn-digits", Settings(dense_epochs=1, epochs=2, limit_batches=10), display=display)
+    text = buffer.getvalue()
+    for stage in ("dense", "warmup", "projection", "joint", "cooldown"):
+        assert f"\n{stage} " in text or text.startswith(stage)
+    assert "loss" in text and "sparsity" in text and "w bits" in text and "rel. BOPs" in text and "left ~" in text
+
+
+def test_a_budget_too_short_for_the_stages_fails_before_training() -> None:
+    with pytest.raises(ConfigError, match="2 steps is too short.*raise the epochs"):
+        train_dense("cnn-digits", Settings(dense_epochs=50, epochs=1, limit_batches=2))
