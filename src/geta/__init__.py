@@ -1,7 +1,8 @@
 """geta: joint structured pruning and quantization-aware training for any PyTorch model."""
 
 from geta.api import GETA
-from geta.errors import ConfigError, GetaError, ModelError
+from geta.errors import ConfigError, GetaError, ModelError, SavedModelError
+from geta.export import export_onnx, load, save
 from geta.metrics.report import LayerReport, Report
 from geta.optim.qasso import QASSO, QassoMetrics
 from geta.optim.schedule import Stage
@@ -18,11 +19,15 @@ __all__ = [
     "LayerReport",
     "LayerSpec",
     "ModelError",
+    "SavedModelError",
     "QASSO",
     "QassoMetrics",
     "Quantizer",
     "Report",
     "Stage",
+    "export_onnx",
+    "load",
     "register_layer",
+    "save",
 ]
 __version__ = "0.1.0"

@@ -151,6 +151,19 @@ def compress(
         typer.echo(f"comparison: {write_comparison(results, out)['comparison_md']}")
 
 
+@app.command()
+def inspect(path: Path = typer.Argument(..., help="A model saved by geta.save (model.safetensors).")) -> None:
+    """Print a saved model's layers (weight shape, weight and activation bits, width, bytes) and its size."""
+    from geta.errors import SavedModelError
+    from geta.export.inspect import format_summary, summarize
+
+    try:
+        typer.echo(format_summary(summarize(path), path))
+    except SavedModelError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+
+
 def _weight_count(model: object) -> int:
     """Parameters of ``model`` other than its quantizers' d, q_m, t."""
     import geta

@@ -219,7 +219,7 @@ def _lower_placeholders(model: onnx.ModelProto) -> None:
 
 def _lower_weight(node: onnx.NodeProto, initializers: dict, graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    levels_name, scale_name = node.input
+    levels_name, scale_name = (_constant_source(name, graph, initializers) for name in node.input)
     if levels_name not in initializers or scale_name not in initializers:
         raise SavedModelError(f"the levels of weight node {node.name} were not exported as constants")
     levels = numpy_helper.to_array(initializers[levels_name])
@@ -230,6 +230,14 @@ def _lower_weight(node: onnx.NodeProto, initializers: dict, graph: onnx.GraphPro
     initializers[scale_name].CopyFrom(numpy_helper.from_array(scale, scale_name))
     extra = {"axis": int(attrs["axis"])} if int(attrs["axis"]) >= 0 else {}
     return [helper.make_node("DequantizeLinear", [levels_name, scale_name], list(node.output), name=node.name, **extra)]
+
+
+def _constant_source(name: str, graph: onnx.GraphProto, initializers: dict) -> str:
+    """The initializer behind ``name``, through the Identity nodes the exporter uses to share equal constants."""
+    producers = {output: node for node in graph.node for output in node.output}
+    while name not in initializers and name in producers and producers[name].op_type == "Identity":
+        name = producers[name].input[0]
+    return name
 
 
 def _lower_activation(node: onnx.NodeProto, prefix: str, graph: onnx.GraphProto) -> list[onnx.NodeProto]:

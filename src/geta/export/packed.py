@@ -80,7 +80,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     header = {"format": FORMAT, "version": VERSION, "architecture": description.tree, "tensors": entries}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"geta": json.dumps(header)})
+    save_file(tensors, str(path), metadata={"geta": json.dumps(header, separators=(",", ":"))})
     return path
 
 
