@@ -1,5 +1,5 @@
 # Two entry points, each doing its own set-up in .venv:
-#   make demo   - prepare a real model on real data and print its report
+#   make demo   - compress a real model on real data (geta compress cnn-digits) and print where the report is
 #   make test   - run the default test suite
 PYTHON ?= python3
 VENV := .venv
@@ -22,7 +22,7 @@ data:
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
 
 demo: $(STAMP) data
-	$(VENV)/bin/geta demo
+	$(VENV)/bin/geta compress cnn-digits
 
 test: $(STAMP) data
 	$(VENV)/bin/python -m pytest -q

@@ -9,12 +9,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from rich.console import Console
 
 import geta.export
-from geta.errors import ConfigError
 from geta.data.split import select
-from geta.run import METHODS, Display, RunResult, Settings, run_methods, run_recipe, train_dense
+from geta.errors import ConfigError
+from geta.run import (
+    METHODS,
+    Display,
+    RunResult,
+    Settings,
+    run_methods,
+    run_recipe,
+    train_dense,
+)
 from geta.run.artifacts import write_comparison, write_run
 from geta.run.loop import logits
 
@@ -73,12 +82,10 @@ def test_every_artifact_is_written_and_the_saved_model_runs(results: dict[str, R
     assert {"name", "weight_bits", "act_bits", "out_width", "dense_width"} <= set(data["layers"][0])
     for name in ("layers_plot", "curves_plot"):
         assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        from PIL import Image
-
         with Image.open(paths[name]) as image:
             image.verify()
     assert "| test accuracy |" in paths["report_md"].read_text()
-    loaded = geta.export.load(paths["model"]).eval()
+    loaded = geta.export.load(paths["safetensors"]).eval()
     x = select(result.example, slice(0, 2))
     with torch.no_grad():
         torch.testing.assert_close(logits(loaded, x), logits(result.model, x))

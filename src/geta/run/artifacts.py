@@ -1,18 +1,14 @@
-"""What ``geta compress`` writes: report.json, report.md, the plots and the compact model."""
+"""What ``geta compress`` writes: report.json, report.md, the plots and the compact model
+(``model.safetensors`` with packed integers and ``model.onnx``, by ``geta.export.write_artifacts``)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from torch import nn
-
-from geta.data.split import Inputs
+from geta.export import write_artifacts
 from geta.run.plots import plot_curves, plot_layers
 from geta.run.result import RunResult
-
-MODEL_FILE = "model.safetensors"
-ONNX_FILE = "model.onnx"
 
 
 def write_run(result: RunResult, out_dir: Path) -> dict[str, Path]:
@@ -21,7 +17,7 @@ def write_run(result: RunResult, out_dir: Path) -> dict[str, Path]:
     paths = {
         "layers_plot": plot_layers(result, out_dir / "layers.png"),
         "curves_plot": plot_curves(result, out_dir / "curves.png"),
-        **save_model(result.model, result.example, out_dir),
+        **write_artifacts(result.model, result.example, out_dir),
     }
     data = result.to_dict()
     data["files"] = {name: path.name for name, path in paths.items()}
@@ -30,14 +26,6 @@ def write_run(result: RunResult, out_dir: Path) -> dict[str, Path]:
     paths["report_md"] = out_dir / "report.md"
     paths["report_md"].write_text(markdown(result, paths))
     return paths
-
-
-def save_model(model: nn.Module, example: Inputs, out_dir: Path) -> dict[str, Path]:
-    """The compact model as packed integers (``geta.export.load`` rebuilds it) and as ONNX with Q/DQ."""
-    from geta.export import save
-    from geta.export.onnx import export_onnx
-
-    return {"model": save(model, out_dir / MODEL_FILE), "onnx": export_onnx(model, example, out_dir / ONNX_FILE)}
 
 
 def write_comparison(results: list[RunResult], out_dir: Path) -> dict[str, Path]:
@@ -83,7 +71,7 @@ def markdown(result: RunResult, files: dict[str, Path]) -> str:
               for r in result.layers]
     lines += ["", "## Settings", "", "```json", json.dumps(s, indent=2), "```", "", "## Plots", ""]
     lines += [f"![{name}]({path.name})" for name, path in files.items() if path.suffix == ".png"]
-    lines += ["", (f"Compact model: `{files['model'].name}` (packed integers; `geta.export.load(path)` rebuilds it) "
+    lines += ["", (f"Compact model: `{files['safetensors'].name}` (packed integers; `geta.export.load(path)` rebuilds it) "
                    f"and `{files['onnx'].name}` (ONNX with Q/DQ).")]
     return "\n".join(lines) + "\n"
 

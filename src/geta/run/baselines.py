@@ -48,6 +48,7 @@ def prune_then_ptq(dense: DenseModel, *, display: Display | None = None) -> list
     recipe, settings = dense.recipe, dense.settings
     display = display or Display()
     start = time.perf_counter()
+    display.set_stage("setup")
     g = geta.GETA(dense.model, dense.example, quantize="none")
     space = g.groups
     _accumulate_gradients(g.model, dense)
@@ -62,6 +63,7 @@ def prune_then_ptq(dense: DenseModel, *, display: Display | None = None) -> list
     recorder = _fine_tune(dense, pruned, "fine-tune", display)
     tuned_at = time.perf_counter()
     results = []
+    display.set_stage("ptq")
     for bits in PTQ_BITS:
         ptq_start = time.perf_counter()
         q = geta.GETA(pruned, dense.example, quantize=recipe.quantize, skip=list(recipe.skip), weight_bits=bits,

@@ -133,6 +133,7 @@ def compress(
     sparsity = settings.sparsity if sparsity is None else sparsity
     display = display or Display()
     start = time.perf_counter()
+    display.set_stage("setup")
     g = geta.GETA(dense.model, dense.example, quantize=recipe.quantize, skip=list(recipe.skip),
                   weight_bits=INITIAL_BITS, act_bits=INITIAL_BITS, calibration_data=dense.calibration)
     steps = dense.method_steps

@@ -61,7 +61,7 @@ class Display:
                 console=self.console, transient=False,
             )
             self._progress.start()
-            self._task = self._progress.add_task("run", total=self.total_steps, stage="", info="")
+            self._task = self._progress.add_task("run", total=self.total_steps, stage="setup", info="")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -74,6 +74,11 @@ class Display:
         self.total_steps = max(total_steps, 1)
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, total=self.total_steps)
+
+    def set_stage(self, stage: str) -> None:
+        """Show ``stage`` (e.g. "setup" while a model is prepared) until the next step."""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, stage=stage)
 
     def message(self, text: str) -> None:
         """A line of text above the live display (or on its own line)."""
