@@ -81,7 +81,8 @@ def summarize(path: str | os.PathLike) -> SizeSummary:
                     summary.buffer_bytes += size
                     continue
                 summary.parameter_bits += _parameter_bits(entry)
-                row.shape = row.shape or tuple(entry.get("shape", ()))
+                if quantized or not row.shape:
+                    row.shape = tuple(entry.get("shape", ()))
                 if quantized:
                     low, high = min(entry["bits"]), max(entry["bits"])
                     row.bits = (low, high) if row.bits is None else (min(low, row.bits[0]), max(high, row.bits[1]))
