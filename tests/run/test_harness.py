@@ -116,3 +116,27 @@ def test_plain_progress_shows_stage_loss_sparsity_bits_and_time_left() -> None:
 def test_a_budget_too_short_for_the_stages_fails_before_training() -> None:
     with pytest.raises(ConfigError, match="2 steps is too short.*raise the epochs"):
         train_dense("cnn-digits", Settings(dense_epochs=50, epochs=1, limit_batches=2))
+
+
+@pytest.mark.slow
+def test_the_default_cnn_digits_recipe_compresses_near_dense_accuracy() -> None:
+    result = run_recipe("cnn-digits")
+    assert result.group_sparsity == 0.5 and result.rel_bops < 0.02
+    assert result.accuracy >= result.accuracy_dense - 0.02, (result.accuracy, result.accuracy_dense)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["resnet20-fmnist", "vgg7-fmnist", "minilm-bbc"])
+def test_the_larger_recipes_run_end_to_end_on_a_few_batches(recipe: str, tmp_path: Path) -> None:
+    result = run_recipe(recipe, Settings(dense_epochs=0, epochs=1, limit_batches=20))
+    assert 0 < result.rel_bops < 1 and 0 < result.group_sparsity < 1 and result.params < result.params_dense
+    paths = write_run(result, tmp_path)
+    assert json.loads(paths["report_json"].read_text())["recipe"] == recipe
+
+
+def test_one_dense_model_serves_runs_with_other_method_settings() -> None:
+    dense = train_dense("cnn-digits", Settings(dense_epochs=1, epochs=2, limit_batches=10))
+    quarter = run_recipe("cnn-digits", Settings(dense_epochs=1, epochs=2, limit_batches=10, sparsity=0.25), dense=dense)
+    assert quarter.group_sparsity == 0.25 and quarter.settings["sparsity"] == 0.25
+    with pytest.raises(ConfigError, match="trained with seed=0"):
+        run_recipe("cnn-digits", Settings(dense_epochs=1, epochs=2, limit_batches=10, seed=1), dense=dense)

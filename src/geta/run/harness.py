@@ -40,8 +40,11 @@ def run_recipe(
     recipe: Recipe | str, settings: Settings | None = None, *, dense: DenseModel | None = None,
     display: Display | None = None,
 ) -> RunResult:
-    """Train the recipe's model densely (or reuse ``dense``), compress it with QASSO and evaluate the compact model."""
-    dense = dense or train_dense(recipe, settings, display=display)
+    """Train the recipe's model densely, compress it with QASSO and evaluate the compact model.
+
+    ``dense`` (from :func:`train_dense`) skips the dense stage: compression starts from it with the
+    method settings (epochs, sparsity, bits) of ``settings``, so that several runs share one dense model."""
+    dense = dense.with_settings(settings) if dense is not None else train_dense(recipe, settings, display=display)
     return compress(dense, display=display)
 
 
@@ -52,12 +55,12 @@ def run_baseline(
     """Run one baseline of :data:`BASELINES` under the same data, model and budget as :func:`run_recipe`.
 
     prune-then-ptq gives two results (uniform 8 and 4 bits after the same pruning and fine-tuning);
-    the others give one."""
+    the others give one. ``dense`` skips the dense stage as in :func:`run_recipe`."""
     from geta.run import baselines
 
     if baseline not in BASELINES:
         raise ConfigError(f"unknown baseline {baseline!r}; choose from {', '.join(BASELINES)}")
-    dense = dense or train_dense(recipe, settings, display=display)
+    dense = dense.with_settings(settings) if dense is not None else train_dense(recipe, settings, display=display)
     if baseline == "dense":
         return [baselines.dense_training(dense, display=display)]
     if baseline == "prune-then-ptq":

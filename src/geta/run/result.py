@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from torch import nn
 
 from geta.data.split import Inputs, Split
+from geta.errors import ConfigError
 from geta.metrics.report import Report
 from geta.recipes.recipe import Recipe
 from geta.run.costs import DenseCost
@@ -42,6 +43,22 @@ class DenseModel:
     def method_steps(self) -> int:
         """Steps every method gets after the dense stage (the compression budget)."""
         return self.settings.epochs * self.steps_per_epoch
+
+    def with_settings(self, settings: Settings | None) -> DenseModel:
+        """This dense model with the method settings (epochs, sparsity, bit ranges) of ``settings``.
+
+        The dense stage is not repeated, so ``settings`` must agree with the one it was trained with on
+        ``dense_epochs``, ``seed`` and ``limit_batches``; raises :class:`ConfigError` otherwise."""
+        if settings is None:
+            return self
+        resolved = settings.resolve(self.recipe)
+        for name in ("dense_epochs", "seed", "limit_batches"):
+            if getattr(resolved, name) != getattr(self.settings, name):
+                raise ConfigError(
+                    f"this dense model was trained with {name}={getattr(self.settings, name)!r}, the settings ask for "
+                    f"{getattr(resolved, name)!r}; train another with train_dense or leave {name} as it was"
+                )
+        return replace(self, settings=resolved)
 
     def test_accuracy(self, model: nn.Module) -> float:
         """Top-1 accuracy of ``model`` on the test split."""
@@ -78,7 +95,8 @@ class RunResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Every metric, the settings, the per-layer rows and the curves as plain JSON-serializable data."""
-        data = {key: value for key, value in asdict(self).items() if key not in ("model", "report", "example", "curves")}
+        skipped = ("model", "report", "example", "curves")
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skipped}
         data["curves"] = [asdict(point) for point in self.curves]
         data["stages"] = stage_spans(self.curves)
         return data
