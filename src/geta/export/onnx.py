@@ -74,6 +74,24 @@ def export_onnx(model: nn.Module, example_inputs: object, path: str | os.PathLik
     return path
 
 
+def inference_session(path: str | os.PathLike, threads: int | None = None):
+    """An onnxruntime CPU session for an exported model that computes in float32.
+
+    onnxruntime's default graph optimizations turn DequantizeLinear(weights) -> MatMul into MatMulNBits
+    and, by default (``session.qdq_matmulnbits_accuracy_level`` 4), quantize that matmul's input to int8
+    on the fly, an extra error of about half a percent that the torch model does not have; this session
+    sets the accuracy level to float32. ``threads`` sets intra-op threads (default: onnxruntime's).
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class _DequantizeWeight(torch.autograd.Function):
     """levels * scale in torch; a placeholder node (later DequantizeLinear) in the exported graph."""
 
