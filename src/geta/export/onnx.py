@@ -65,7 +65,7 @@ def export_onnx(model: nn.Module, example_inputs: object, path: str | os.PathLik
         torch.onnx.export(
             exportable, inputs.args, str(path), kwargs=inputs.kwargs or None, dynamo=False, opset_version=20,
             input_names=names, dynamic_axes={name: {0: "batch"} for name in names},
-            custom_opsets={_DOMAIN: 1}, do_constant_folding=True,
+            custom_opsets={_DOMAIN: 1} if _has_quantizers(description) else None, do_constant_folding=True,
         )
     graph_model = onnx.load(str(path))
     _lower_placeholders(graph_model)
@@ -178,6 +178,10 @@ def _exportable(description: Description) -> nn.Module:
         if isinstance(quantizer, Quantizer):
             setattr(module, INPUT_QUANTIZER, _ActivationQuantizer(quantizer))
     return model
+
+
+def _has_quantizers(description: Description) -> bool:
+    return bool(description.input_quantizers) or any(s.quantizer is not None for s in description.tensors.values())
 
 
 def _holders(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
