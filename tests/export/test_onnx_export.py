@@ -29,7 +29,8 @@ def _run_both(model: nn.Module, x: torch.Tensor, path: Path) -> tuple[np.ndarray
 
 def _weight_types(graph: onnx.GraphProto) -> list[int]:
     initializers = {i.name: i for i in graph.initializer}
-    return [initializers[n.input[0]].data_type for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in initializers]
+    weights = [n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in initializers]
+    return [initializers[name].data_type for name in weights]
 
 
 MODELS = {
@@ -93,10 +94,11 @@ def _away_from_boundaries(d: float, q_m: float, t: float, top: int, signed: bool
 
 
 @pytest.mark.parametrize(("t", "signed", "bits"), [(1.0, True, 8), (0.7, True, 5), (1.3, False, 6), (1.0, False, 3),
-                                                   (1.0, True, 12), (0.9, True, 20)])
+                                                   (0.8, True, 4), (1.0, True, 12), (0.9, True, 20)])
 def test_activation_pattern_is_the_quantizer(t: float, signed: bool, bits: int, tmp_path: Path) -> None:
     """One quantized input feeding an identity weight: onnxruntime equals torch away from level boundaries,
-    for t == 1 and t != 1, signed and unsigned, INT8, INT16 and (beyond 16 bits) plain float ops."""
+    for t == 1 and t != 1, signed and unsigned, INT4/UINT4, INT8/UINT8, INT16 and (beyond 16 bits) plain
+    float ops."""
     layer = nn.Linear(64, 64, bias=False)
     with torch.no_grad():
         layer.weight.copy_(torch.eye(64))
@@ -115,4 +117,8 @@ def test_activation_pattern_is_the_quantizer(t: float, signed: bool, bits: int, 
     ref, out, graph_model = _run_both(model, x, path)
     ops = [n.op_type for n in graph_model.graph.node]
     assert ("QuantizeLinear" in ops) == (bits <= 16) and ("Exp" in ops) == (t != 1.0)
+    zero_points = [i.data_type for i in graph_model.graph.initializer if i.name.endswith("zero_point")]
+    expected = {3: TensorProto.UINT4, 4: TensorProto.INT4, 5: TensorProto.INT8, 6: TensorProto.UINT8, 8: TensorProto.INT8,
+                12: TensorProto.INT16}
+    assert zero_points == ([expected[bits]] if bits in expected else [])
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())

@@ -11,8 +11,8 @@ N d)`` (unsigned: Clip(0, N d)); the clip is needed because N is usually below t
 limit. With t != 1 the levels are uniform in c^t, not in x, so the pair is applied to the warped input
 ``sign(x) * exp(t * log(min(|x|, q_m)))`` (unsigned: ``relu`` in place of ``|x|`` and no sign), which is
 the quantizer's formula; onnxruntime's exp/log may differ from torch's in the last bit, which can move
-an element to the neighbouring level. Activations take INT8/UINT8 up to 8 bits and INT16/UINT16 up to
-16; a quantizer of more than 16 bits (no such QuantizeLinear type) is exported as the same arithmetic
+an element to the neighbouring level. Activations take INT4/UINT4 up to 4 bits, INT8/UINT8 up to 8
+and INT16/UINT16 up to 16; a quantizer of more than 16 bits (no such QuantizeLinear type) is exported as the same arithmetic
 (Div, Round, Clip, Mul) without Q/DQ.
 
 The model is traced by torch's TorchScript exporter (opset 20) with the quantizers as placeholder
@@ -42,6 +42,7 @@ from geta.quant.prepare import INPUT_QUANTIZER
 from geta.quant.quantizer import Quantizer
 
 OPSET = 21
+IR_VERSION = 10  # the first with INT4 / UINT4 (onnx 1.16); opset 21 belongs to it
 _DOMAIN = "geta"
 
 
@@ -209,12 +210,12 @@ def _weight_container(bits: int) -> tuple[int, torch.dtype]:
     return TensorProto.INT32, torch.int32
 
 
-def _activation_container(bits: int, signed: bool) -> tuple[int, type] | None:
-    """The ONNX integer type and numpy type of an activation's levels, or None beyond 16 bits."""
-    if bits <= 8:
-        return (TensorProto.INT8, np.int8) if signed else (TensorProto.UINT8, np.uint8)
-    if bits <= 16:
-        return (TensorProto.INT16, np.int16) if signed else (TensorProto.UINT16, np.uint16)
+def _activation_container(bits: int, signed: bool) -> int | None:
+    """The ONNX integer type of an activation's levels, or None beyond 16 bits (no QuantizeLinear type)."""
+    for limit, types in ((4, (TensorProto.INT4, TensorProto.UINT4)), (8, (TensorProto.INT8, TensorProto.UINT8)),
+                         (16, (TensorProto.INT16, TensorProto.UINT16))):
+        if bits <= limit:
+            return types[0] if signed else types[1]
     return None
 
 
@@ -237,6 +238,7 @@ def _lower_placeholders(model: onnx.ModelProto) -> None:
     opsets = [o for o in model.opset_import if o.domain not in ("", "ai.onnx", _DOMAIN)]
     del model.opset_import[:]
     model.opset_import.extend([helper.make_opsetid("", OPSET), *opsets])
+    model.ir_version = max(model.ir_version, IR_VERSION)
 
 
 def _lower_weight(node: onnx.NodeProto, initializers: dict, graph: onnx.GraphProto) -> list[onnx.NodeProto]:
@@ -292,7 +294,8 @@ def _lower_activation(node: onnx.NodeProto, prefix: str, graph: onnx.GraphProto)
         levels = add("Round", [add("Div", [warped, scale], "ratio")], "levels")
         dequantized = add("Mul", [levels, scale], "dequantized")
     else:
-        zero = constant("zero_point", np.zeros((), dtype=container[1]))
+        graph.initializer.append(helper.make_tensor(f"{prefix}_zero_point", container, [], [0]))
+        zero = f"{prefix}_zero_point"
         quantized = add("QuantizeLinear", [warped, scale, zero], "quantized")
         dequantized = add("DequantizeLinear", [quantized, scale, zero], "dequantized")
     nodes.append(helper.make_node("Clip", [dequantized, low, high], [y], name=f"{prefix}_clip"))
