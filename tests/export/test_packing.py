@@ -39,3 +39,10 @@ def test_a_code_too_wide_or_data_of_the_wrong_size_is_refused() -> None:
         pack(np.array([8]), 3)
     with pytest.raises(ValueError, match="need 2 bytes"):
         unpack(np.zeros(1, dtype=np.uint8), 4, 4)
+
+
+def test_streams_longer_than_a_chunk_round_trip() -> None:
+    codes = np.random.default_rng(0).integers(0, 1 << 5, size=(1 << 20) + 13)
+    packed = pack(codes, 5)
+    assert packed.size == packed_size(codes.size, 5)
+    np.testing.assert_array_equal(unpack(packed, 5, codes.size), codes)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 MAX_BITS = 32
+_CHUNK = 1 << 20  # codes per chunk: a multiple of 8, so every chunk starts on a byte
 
 
 def packed_size(count: int, bits: int) -> int:
@@ -28,8 +29,11 @@ def pack(codes: np.ndarray, bits: int) -> np.ndarray:
     if flat.size and int(flat.max()) >= 1 << bits:
         raise ValueError(f"a code is {int(flat.max())}, which does not fit in {bits} bits")
     shifts = np.arange(bits, dtype=np.uint64)
-    bit_matrix = ((flat[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
-    return np.packbits(bit_matrix.reshape(-1), bitorder="little")
+    parts = []
+    for start in range(0, flat.size, _CHUNK):  # chunks of whole bytes keep the bit matrix small
+        bit_matrix = ((flat[start : start + _CHUNK, None] >> shifts) & np.uint64(1)).astype(np.uint8)
+        parts.append(np.packbits(bit_matrix.reshape(-1), bitorder="little"))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
 
 
 def unpack(data: np.ndarray, bits: int, count: int) -> np.ndarray:
@@ -39,9 +43,14 @@ def unpack(data: np.ndarray, bits: int, count: int) -> np.ndarray:
         raise ValueError(
             f"{count} codes of {bits} bits need {packed_size(count, bits)} bytes, got {data.size} ({data.dtype})"
         )
-    bit_matrix = np.unpackbits(data, bitorder="little", count=count * bits).reshape(count, bits)
     weights = np.left_shift(np.int64(1), np.arange(bits, dtype=np.int64))
-    return bit_matrix.astype(np.int64) @ weights
+    parts = []
+    for start in range(0, count, _CHUNK):
+        n = min(_CHUNK, count - start)
+        chunk = data[start * bits // 8 : start * bits // 8 + packed_size(n, bits)]
+        bit_matrix = np.unpackbits(chunk, bitorder="little", count=n * bits).reshape(n, bits)
+        parts.append(bit_matrix.astype(np.int64) @ weights)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def level_offset(bits: int, signed: bool) -> int:
