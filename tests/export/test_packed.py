@@ -147,6 +147,8 @@ TAMPERING = {
     "unknown value tag": (lambda h: _set(h["architecture"]["children"]["conv"]["attributes"], "stride", {"pickle": "x"}),
                           None, "not a saved attribute value"),
     "bits out of range": (lambda h: _set(h["tensors"][_first_quantized(h)], "bits", [99]), None, "'bits' must list"),
+    "name clash": (lambda h: _set(h["architecture"]["children"]["conv"]["buffers"], "weight", "bn.running_mean"),
+                   None, "cannot be rebuilt"),
     "negative step": (None, lambda t: _set(t, "conv.weight.d", -t["conv.weight.d"]), "finite and positive"),
 }
 

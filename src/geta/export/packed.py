@@ -108,7 +108,13 @@ def load(path: str | os.PathLike) -> nn.Module:
     unexpected = sorted(set(stored) - expected_names)
     if unexpected:
         raise SavedModelError(f"the file holds tensors its JSON does not describe: {', '.join(unexpected[:5])}")
-    return build(_expect_dict(header.get("architecture"), "the architecture"), tensors)
+    try:
+        return build(_expect_dict(header.get("architecture"), "the architecture"), tensors)
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as error:
+        if isinstance(error, SavedModelError):
+            raise
+        raise SavedModelError(f"{path}: the architecture cannot be rebuilt ({type(error).__name__}: {error}); "
+                              "the file is damaged") from error
 
 
 def read(path: str | os.PathLike) -> tuple[dict, dict[str, Tensor]]:
@@ -131,7 +137,7 @@ def parse_header(metadata: dict[str, str], path: Path) -> dict:
         raise SavedModelError(f"{path} is a safetensors file but not a model saved by geta.save (no 'geta' metadata)")
     try:
         header = json.loads(metadata["geta"])
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, RecursionError) as error:
         raise SavedModelError(f"{path}: the geta JSON is not valid JSON ({error}); the file is damaged") from error
     header = _expect_dict(header, "the geta JSON")
     if header.get("format") != FORMAT or header.get("version") != VERSION:
