@@ -253,9 +253,10 @@ def _check_record(record: object, path: str) -> dict:
 
 
 def _check_attribute_name(cls: type, attr: object, path: str, child: bool = False) -> None:
-    """Attributes may only be plain identifiers (children also names like "0") that the class does not
-    define as methods or properties."""
-    plain = isinstance(attr, str) and (attr.isidentifier() or child and attr.isalnum()) and not keyword.iskeyword(attr)
+    """Attributes may only be plain identifiers (children any name without a dot, like "0") that the class
+    does not define as methods or properties."""
+    plain = isinstance(attr, str) and (attr.isidentifier() and not keyword.iskeyword(attr)
+                                       or child and attr != "" and "." not in attr)
     if not plain or attr.startswith("__"):
         raise SavedModelError(f"{_where(path)} has an attribute named {attr!r}, which is not a plain name")
     if attr in _MODULE_INTERNALS or callable(getattr(cls, attr, None)) or isinstance(getattr(cls, attr, None), property):
