@@ -14,7 +14,7 @@ from rich.console import Console
 
 import geta.export
 from geta.data.split import select
-from geta.errors import ConfigError
+from geta.errors import ConfigError, SavedModelError
 from geta.run import (
     METHODS,
     Display,
@@ -140,3 +140,17 @@ def test_one_dense_model_serves_runs_with_other_method_settings() -> None:
     assert quarter.group_sparsity == 0.25 and quarter.settings["sparsity"] == 0.25
     with pytest.raises(ConfigError, match="trained with seed=0"):
         run_recipe("cnn-digits", Settings(dense_epochs=1, epochs=2, limit_batches=10, seed=1), dense=dense)
+
+
+def test_a_model_geta_export_cannot_save_is_written_as_a_state_dict(
+    results: dict[str, RunResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_args: object) -> None:
+        raise SavedModelError("the root module is a Custom, which is not allow-listed for saving")
+
+    monkeypatch.setattr("geta.run.artifacts.write_artifacts", refuse)
+    paths = write_run(results["geta"], tmp_path)
+    data = json.loads(paths["report_json"].read_text())
+    assert "not allow-listed" in data["export_error"] and data["files"]["state_dict"] == "model_state_dict.pt"
+    assert torch.load(paths["state_dict"]).keys() == results["geta"].model.state_dict().keys()
+    assert "not allow-listed" in paths["report_md"].read_text()

@@ -6,25 +6,38 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
+from geta.errors import SavedModelError
 from geta.export import write_artifacts
 from geta.run.plots import plot_curves, plot_layers
 from geta.run.result import RunResult
 
+STATE_DICT_FILE = "model_state_dict.pt"
+
 
 def write_run(result: RunResult, out_dir: Path) -> dict[str, Path]:
-    """Write every artifact of ``result`` into ``out_dir`` (created); returns them by name."""
+    """Write every artifact of ``result`` into ``out_dir`` (created); returns them by name.
+
+    A model that ``geta.export`` cannot save (a class outside its allow-list) is written as a
+    ``torch.save``'d state dict instead, and report.json says why under ``export_error``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "layers_plot": plot_layers(result, out_dir / "layers.png"),
         "curves_plot": plot_curves(result, out_dir / "curves.png"),
-        **write_artifacts(result.model, result.example, out_dir),
     }
     data = result.to_dict()
+    try:
+        paths.update(write_artifacts(result.model, result.example, out_dir))
+    except SavedModelError as error:
+        data["export_error"] = str(error)
+        paths["state_dict"] = out_dir / STATE_DICT_FILE
+        torch.save(result.model.state_dict(), paths["state_dict"])
     data["files"] = {name: path.name for name, path in paths.items()}
     paths["report_json"] = out_dir / "report.json"
     paths["report_json"].write_text(json.dumps(data, indent=2) + "\n")
     paths["report_md"] = out_dir / "report.md"
-    paths["report_md"].write_text(markdown(result, paths))
+    paths["report_md"].write_text(markdown(result, paths, data.get("export_error", "")))
     return paths
 
 
@@ -47,7 +60,7 @@ def write_comparison(results: list[RunResult], out_dir: Path) -> dict[str, Path]
     return {"comparison_json": json_path, "comparison_md": md_path}
 
 
-def markdown(result: RunResult, files: dict[str, Path]) -> str:
+def markdown(result: RunResult, files: dict[str, Path], export_error: str = "") -> str:
     """report.md: summary against the dense model, per-layer table, settings and plots."""
     s = result.settings
     budget = (f"Dense stage {s['dense_epochs']} epochs ({s['dense_steps']} steps), then {result.method} for "
@@ -71,8 +84,12 @@ def markdown(result: RunResult, files: dict[str, Path]) -> str:
               for r in result.layers]
     lines += ["", "## Settings", "", "```json", json.dumps(s, indent=2), "```", "", "## Plots", ""]
     lines += [f"![{name}]({path.name})" for name, path in files.items() if path.suffix == ".png"]
-    lines += ["", (f"Compact model: `{files['safetensors'].name}` (packed integers; `geta.export.load(path)` rebuilds it) "
-                   f"and `{files['onnx'].name}` (ONNX with Q/DQ).")]
+    if "safetensors" in files:
+        lines += ["", (f"Compact model: `{files['safetensors'].name}` (packed integers; `geta.export.load(path)` "
+                       f"rebuilds it) and `{files['onnx'].name}` (ONNX with Q/DQ).")]
+    else:
+        lines += ["", (f"Compact model: `{files['state_dict'].name}` (a state dict; geta.export cannot save this "
+                       f"model: {export_error}).")]
     return "\n".join(lines) + "\n"
 
 
