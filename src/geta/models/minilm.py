@@ -7,7 +7,6 @@ are loaded offline: nothing is downloaded.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 from collections.abc import Iterator
 from types import ModuleType
@@ -17,8 +16,6 @@ from torch import Tensor, nn
 
 from geta.data.text import Tokenizer
 from geta.errors import GetaError
-
-_TORCHVISION_SCHEMAS: list[torch.library.Library] = []
 
 
 class MiniLMClassifier(nn.Module):
@@ -96,27 +93,18 @@ def _quiet(transformers: ModuleType) -> Iterator[None]:
 
 
 def _import_transformers() -> ModuleType:
-    """transformers, importable even where torchvision's C extension does not match torch.
-
-    transformers imports torchvision whenever it is installed, and torchvision's wheel for CUDA torch
-    fails on CPU torch while registering fake kernels for two ops its extension did not load. Declaring
-    those two op schemas first (nothing else of torchvision is used) lets the import go through.
-    """
-    if importlib.util.find_spec("torchvision") is not None and not _has_torchvision_ops():
-        library = torch.library.Library("torchvision", "DEF")
-        library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        library.define("qnms(Tensor dets, Tensor scores, float iou_threshold, float scale, int zero_point) -> Tensor")
-        _TORCHVISION_SCHEMAS.append(library)
+    """transformers, or a one-line error saying what to install or repair."""
     try:
         import transformers
-    except ImportError as error:
-        raise GetaError("the MiniLM model needs transformers: pip install transformers") from error
+        from transformers import BertModel  # noqa: F401  (imports torchvision when it is installed)
+    except (ImportError, RuntimeError) as error:
+        cause = error.__cause__ or error.__context__ or error  # transformers wraps the original import error
+        if "torchvision" in str(cause):
+            raise GetaError(
+                f"transformers cannot be imported: the installed torchvision does not match torch ({cause}); "
+                "install the torchvision build made for this torch, or uninstall it"
+            ) from error
+        if isinstance(error, ImportError):
+            raise GetaError("the MiniLM model needs transformers: pip install transformers") from error
+        raise
     return transformers
-
-
-def _has_torchvision_ops() -> bool:
-    try:
-        torch.ops.torchvision.nms  # noqa: B018
-    except (AttributeError, RuntimeError):
-        return False
-    return True
