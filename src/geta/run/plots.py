@@ -54,12 +54,14 @@ def plot_curves(result: RunResult, path: Path) -> Path:
     for axis, (label, lines) in zip(axes, series):
         for span in stage_spans(points):
             axis.axvspan(span["start"], span["end"], color=STAGE_COLORS.get(span["stage"], "#eeeeee"), lw=0)
+        plotted = 0
         for name, values in lines:
             known = [(s, v) for s, v in zip(steps, values) if v is not None]
             if known:
                 axis.plot([s for s, _ in known], [v for _, v in known], label=name)
+                plotted += 1
         axis.set_ylabel(label)
-        if len(lines) > 1:
+        if plotted > 1:
             axis.legend(loc="upper right")
     axes[-1].set_yscale("log")
     axes[-1].set_xlabel("step")
