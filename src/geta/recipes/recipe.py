@@ -21,6 +21,8 @@ class Recipe:
     data split; it raises :class:`geta.GetaError` with what to do when the data is missing. The
     dense stage trains ``dense_epochs`` with ``optimizer`` at ``lr`` (cosine decay); compression and
     every baseline then get the same ``epochs`` at ``compress_lr`` from the dense weights.
+    ``pretrained``: ``setup()`` returns pretrained weights, which the dense stage fine-tunes.
+    ``skip``: layers kept at full precision (``geta.FIRST`` / ``geta.LAST``, names, globs).
     """
 
     name: str

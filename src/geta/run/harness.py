@@ -101,8 +101,9 @@ def train_dense(
     _check_budget(resolved, per_epoch)
     steps = resolved.dense_epochs * per_epoch
     display.set_total(steps + methods * resolved.epochs * per_epoch)
+    start_from = "fine-tuning the pretrained model" if recipe.pretrained else "training from scratch"
     display.message(f"{recipe.name}: {len(split.train_y)} training / {len(split.test_y)} test examples; "
-                    f"dense stage {resolved.dense_epochs} epochs ({steps} steps)")
+                    f"dense stage {resolved.dense_epochs} epochs ({steps} steps), {start_from}")
     optimizer = BASE_OPTIMIZERS[recipe.optimizer](
         model.parameters(), lr=recipe.lr, **recipe.optimizer_kwargs
     )
@@ -178,7 +179,8 @@ def make_result(
 ) -> RunResult:
     """A :class:`RunResult` of ``model`` (evaluated, with its ``report``) against the dense model."""
     settings = {"recipe": dense.recipe.name, "method": method, **dense.settings.to_dict(),
-                "quantize": dense.recipe.quantize, "batch_size": dense.recipe.batch_size,
+                "quantize": dense.recipe.quantize, "pretrained": dense.recipe.pretrained,
+                "batch_size": dense.recipe.batch_size,
                 "optimizer": dense.recipe.optimizer, "lr": dense.recipe.lr, "compress_lr": dense.recipe.compress_lr,
                 "optimizer_kwargs": dict(dense.recipe.optimizer_kwargs), "skip": [str(s) for s in dense.recipe.skip],
                 "steps_per_epoch": dense.steps_per_epoch, "dense_steps": dense.steps, "method_steps": dense.method_steps,
