@@ -1,6 +1,8 @@
 """The recipes that ship with geta: a CNN on digits, ResNet20 and VGG7 on Fashion-MNIST, MiniLM on BBC News.
 
-Expected times are for this project's 2-core CPU machine (one thread per process).
+Expected times were measured on this project's 2-core CPU machine with one thread (OMP_NUM_THREADS=1):
+cnn-digits whole; the others from runs of one dense and one compression epoch (or a few batches),
+scaled to the default epochs.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def _minilm_bbc() -> tuple[nn.Module, Split]:
 CNN_DIGITS = register_recipe(Recipe(
     name="cnn-digits",
     description="small CNN (14k weights) on sklearn digits; weights+activations, 50% of channels removed, 4-8 bits",
-    expected_time="about 1 min",
+    expected_time="under 1 min",
     setup=_digits,
     quantize="weights+activations",
     dense_epochs=10,
@@ -82,7 +84,7 @@ RESNET20_FMNIST = register_recipe(Recipe(
 VGG7_FMNIST = register_recipe(Recipe(
     name="vgg7-fmnist",
     description="VGG7 on Fashion-MNIST (paper Table 3); weights+activations, 50% of channels removed, 4-8 bits",
-    expected_time="about 3 h",
+    expected_time="about 4 h",
     setup=_vgg7_fmnist,
     quantize="weights+activations",
     dense_epochs=10,
@@ -100,7 +102,7 @@ VGG7_FMNIST = register_recipe(Recipe(
 MINILM_BBC = register_recipe(Recipe(
     name="minilm-bbc",
     description="pretrained MiniLM-L6 fine-tuned on BBC News (paper Table 5); weights only, 50% of groups, 4-8 bits",
-    expected_time="about 1 h",
+    expected_time="about 25 min",
     setup=_minilm_bbc,
     quantize="weights",
     dense_epochs=2,
