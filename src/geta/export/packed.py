@@ -151,9 +151,9 @@ def parse_header(metadata: dict[str, str], path: Path) -> dict:
 def quantized_levels(saved: SavedTensor) -> Levels:
     """The integer levels of a quantized weight, checked to give the weight back exactly."""
     quantizer = saved.quantizer
-    value = saved.value.detach()
+    value = saved.value.detach().cpu()
     compute = torch.float32 if value.dtype in (torch.float16, torch.bfloat16) else value.dtype
-    d = quantizer.constrained_parameters()[0].detach().to(compute)
+    d = quantizer.constrained_parameters()[0].detach().cpu().to(compute)
     bits = [int(b) for b in quantizer.integer_bits().reshape(-1).tolist()]
     scale = _broadcast(d, value.dim(), quantizer.axis)
     levels = torch.round(value.to(compute) / scale).to(torch.int64)
