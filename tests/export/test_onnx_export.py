@@ -122,3 +122,14 @@ def test_activation_pattern_is_the_quantizer(t: float, signed: bool, bits: int, 
                 12: TensorProto.INT16}
     assert zero_points == ([expected[bits]] if bits in expected else [])
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+
+
+def test_encoder_with_all_heads_exports_off_the_fused_kernels(tmp_path: Path) -> None:
+    """Unpruned nn.TransformerEncoderLayer / nn.MultiheadAttention take fused inference kernels without
+    grad; the export traces them in grad mode so that their ONNX form exists."""
+    model = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2).eval()
+    x = torch.randn(2, 5, 16)
+    compact_model = geta.GETA(model, x, quantize="weights+activations").construct_subnet().eval()
+    path = geta.export_onnx(compact_model, x, tmp_path / "m.onnx")
+    ref, out, _ = _run_both(compact_model, torch.randn(3, 5, 16), path)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

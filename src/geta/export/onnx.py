@@ -61,7 +61,9 @@ def export_onnx(model: nn.Module, example_inputs: object, path: str | os.PathLik
     names = [f"input_{i}" for i in range(len(inputs.args))] + list(inputs.kwargs)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings(), torch.no_grad():
+    # grad mode (parameters require grad) keeps torch's fused inference kernels (nn.TransformerEncoderLayer's,
+    # nn.MultiheadAttention's), which have no ONNX form, out of the trace
+    with warnings.catch_warnings(), torch.enable_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
             exportable, inputs.args, str(path), kwargs=inputs.kwargs or None, dynamo=False, opset_version=20,
