@@ -192,3 +192,18 @@ def test_foreign_files_raise_a_clear_error(tmp_path: Path) -> None:
     torch.save(nn.Linear(2, 2), pickled)
     with pytest.raises(geta.SavedModelError):
         geta.load(pickled)
+
+
+def test_loading_never_unpickles(saved_resnet: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("load must not unpickle")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    model = geta.load(saved_resnet)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), built("resnet20-weights+activations")(x))
