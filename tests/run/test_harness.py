@@ -140,6 +140,8 @@ def test_one_dense_model_serves_runs_with_other_method_settings() -> None:
     assert quarter.group_sparsity == 0.25 and quarter.settings["sparsity"] == 0.25
     with pytest.raises(ConfigError, match="trained with seed=0"):
         run_recipe("cnn-digits", Settings(dense_epochs=1, epochs=2, limit_batches=10, seed=1), dense=dense)
+    with pytest.raises(ConfigError, match="comes from the recipe 'cnn-digits', not 'resnet20-fmnist'"):
+        run_recipe("resnet20-fmnist", dense=dense)
 
 
 def test_a_model_geta_export_cannot_save_is_written_as_a_state_dict(

@@ -44,7 +44,7 @@ def run_recipe(
 
     ``dense`` (from :func:`train_dense`) skips the dense stage: compression starts from it with the
     method settings (epochs, sparsity, bits) of ``settings``, so that several runs share one dense model."""
-    dense = dense.with_settings(settings) if dense is not None else train_dense(recipe, settings, display=display)
+    dense = _dense_for(recipe, settings, dense, display)
     return compress(dense, display=display)
 
 
@@ -60,7 +60,7 @@ def run_baseline(
 
     if baseline not in BASELINES:
         raise ConfigError(f"unknown baseline {baseline!r}; choose from {', '.join(BASELINES)}")
-    dense = dense.with_settings(settings) if dense is not None else train_dense(recipe, settings, display=display)
+    dense = _dense_for(recipe, settings, dense, display)
     if baseline == "dense":
         return [baselines.dense_training(dense, display=display)]
     if baseline == "prune-then-ptq":
@@ -199,6 +199,18 @@ def make_result(
 def copy_of(model: torch.nn.Module) -> torch.nn.Module:
     """A deep copy (methods never change the shared dense model)."""
     return copy.deepcopy(model)
+
+
+def _dense_for(
+    recipe: Recipe | str, settings: Settings | None, dense: DenseModel | None, display: Display | None
+) -> DenseModel:
+    """``dense`` with ``settings`` when given (it must come from ``recipe``), else a newly trained one."""
+    if dense is None:
+        return train_dense(recipe, settings, display=display)
+    name = recipe if isinstance(recipe, str) else recipe.name
+    if name != dense.recipe.name:
+        raise ConfigError(f"the dense model comes from the recipe {dense.recipe.name!r}, not {name!r}")
+    return dense.with_settings(settings)
 
 
 def _check_budget(settings: Settings, per_epoch: int) -> None:
