@@ -3,8 +3,9 @@
 For ResNet20 and VGG7 (batch norm, 3x32x32 inputs, random weights) the compact models remove 30%,
 50% and 70% of the pruning groups (``GETA(..., quantize="none").zero_random_groups``, then
 ``construct_subnet``): plain float models, so that what is timed is the effect of the removed
-channels. Each model is timed in torch eager mode (``torch.no_grad``, eval) at batch 1 and 64, and in
-onnxruntime (``geta.export_onnx``, CPU provider) at batch 64. Candidates are interleaved: every round
+channels. Each model is timed in torch eager mode (``torch.no_grad``, eval) at batch 1 and 64, at
+batch 64 also with model and input in channels-last memory format, and in onnxruntime
+(``geta.export_onnx``, CPU provider) at batch 64. Candidates are interleaved: every round
 runs each of them ``--calls`` times, in an order rotated from round to round, after one untimed
 warm-up call; the table gives the median over rounds of the time per call.
 
@@ -20,6 +21,7 @@ thread here; OMP_NUM_THREADS=1 keeps other pools at one too):
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -39,7 +41,8 @@ from geta.quant.prepare import find_layers
 
 MODELS: dict[str, Callable[[], nn.Module]] = {"resnet20": ResNet20, "vgg7": vgg7_bn}
 SPARSITIES = (0.3, 0.5, 0.7)
-SETTINGS = ("eager b1", "eager b64", "ort b64")
+SETTINGS = ("eager b1", "eager b64", "eager-cl b64", "ort b64")
+BATCH64 = ("eager b64", "eager-cl b64", "ort b64")
 TARGET = 0.7
 
 
@@ -65,14 +68,16 @@ def _callables(model: nn.Module, path: Path) -> dict[str, Callable[[], object]]:
     one, batch = torch.randn(1, 3, 32, 32), torch.randn(64, 3, 32, 32)
     session = inference_session(path, threads=1)
     batch_np = batch.numpy()
+    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
 
-    def eager(x: torch.Tensor) -> Callable[[], object]:
+    def eager(net: nn.Module, x: torch.Tensor) -> Callable[[], object]:
         def call() -> object:
             with torch.no_grad():
-                return model(x)
+                return net(x)
         return call
 
-    return {"eager b1": eager(one), "eager b64": eager(batch),
+    return {"eager b1": eager(model, one), "eager b64": eager(model, batch),
+            "eager-cl b64": eager(channels_last, batch.to(memory_format=torch.channels_last)),
             "ort b64": lambda: session.run(None, {"input_0": batch_np})}
 
 
@@ -107,8 +112,9 @@ def main() -> None:
         medians = measure(built, args.rounds, args.calls)
     print(f"torch {torch.__version__}, 1 thread, {args.rounds} interleaved rounds x {args.calls} calls, median per call")
     print("| model | groups removed | MACs (M) | MACs ratio | eager b1 ms (speedup) | eager b64 ms (speedup) "
-          "| ort b64 ms (speedup) | b64 speedup / MACs ratio (eager, ort) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| eager channels-last b64 ms (speedup) | ort b64 ms (speedup) "
+          "| b64 speedup / MACs ratio (eager, channels-last, ort) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     verdicts = []
     for model, variants in built.items():
         dense_macs = variants["dense"]["macs"]
@@ -119,11 +125,11 @@ def main() -> None:
                 ms = medians[(model, label, setting)] * 1e3
                 speedup = medians[(model, "dense", setting)] / medians[(model, label, setting)]
                 cells.append(f"{ms:.2f} ({speedup:.2f}x)")
-            fractions = [medians[(model, "dense", s)] / medians[(model, label, s)] / ratio for s in ("eager b64", "ort b64")]
+            fractions = [medians[(model, "dense", s)] / medians[(model, label, s)] / ratio for s in BATCH64]
             if label != "dense":
                 verdicts += [f >= TARGET for f in fractions]
             print(f"| {model} | {label if label != 'dense' else 'dense'} | {entry['macs'] / 1e6:.2f} | {ratio:.2f}x | "
-                  + " | ".join(cells) + f" | {fractions[0]:.2f}, {fractions[1]:.2f} |")
+                  + " | ".join(cells) + " | " + ", ".join(f"{f:.2f}" for f in fractions) + " |")
     print(f"target: batch-64 speedup >= {TARGET} x MACs ratio: {sum(verdicts)} of {len(verdicts)} met; "
           f"wall time {time.perf_counter() - start:.0f} s")
 
