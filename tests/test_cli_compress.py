@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from geta.cli import app
@@ -36,6 +37,7 @@ def test_compress_help_explains_the_options() -> None:
         (["compress", "resnet99"], "unknown recipe 'resnet99'; known recipes: cnn-digits"),
         (["compress", "cnn-digits", "--weight-bits", "8", "4"], "inverted"),
         (["compress", "cnn-digits", "--baseline", "magic"], "unknown method 'magic'"),
+        (["compress", "cnn-digits", "--threads", "0"], "--threads 0"),
     ],
 )
 def test_a_wrong_argument_is_one_line_and_exit_code_2(arguments: list[str], message: str) -> None:
@@ -58,9 +60,11 @@ def test_missing_data_is_one_line_and_exit_code_1(monkeypatch: pytest.MonkeyPatc
 
 def test_compress_runs_and_ends_by_printing_where_the_report_is(tmp_path: Path) -> None:
     out = tmp_path / "run"
+    threads = torch.get_num_threads()
     result = runner.invoke(app, ["compress", "cnn-digits", "--dense-epochs", "1", "--epochs", "2", "--limit-batches",
                                  "10", "--sparsity", "0.25", "--out", str(out)])
     assert result.exit_code == 0, result.output
+    assert torch.get_num_threads() == threads  # the recipe's one thread is given back
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("report: ") and str(out / "report.md") in last
     report = json.loads((out / "report.json").read_text())

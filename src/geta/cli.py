@@ -109,6 +109,7 @@ def compress(
         ["geta"], metavar="METHOD", help="Method to run, repeatable: geta, dense, prune-then-ptq, quantize-only, or all."
     ),
     limit_batches: int | None = typer.Option(None, help="Cap on batches per epoch (quick trials)."),
+    threads: int | None = typer.Option(None, help="CPU threads of torch (default: the recipe's, else torch's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; only the final lines."),
 ) -> None:
     """Train RECIPE's model densely, compress it with GETA (QASSO) or run a baseline, evaluate, and write report.json, report.md, PNG plots and the compact model into the output folder.
@@ -126,13 +127,19 @@ def compress(
         settings = Settings(epochs=epochs, dense_epochs=dense_epochs, sparsity=sparsity, weight_bits=weight_bits,
                             act_bits=act_bits, seed=seed, limit_batches=limit_batches)
         settings.resolve(chosen)
+        if threads is not None and threads < 1:
+            raise ConfigError(f"--threads {threads}: give at least 1")
         if any(m not in METHODS for m in methods):
             raise ConfigError(f"unknown method {next(m for m in methods if m not in METHODS)!r}; "
                               f"choose from {', '.join(METHODS)} or all")
     except ConfigError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
+    import torch
+
     out = out or Path("runs") / recipe
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or chosen.threads or previous_threads)
     display = Display(mode="quiet" if quiet else "live" if sys.stderr.isatty() else "plain")
     try:
         with display:
@@ -140,6 +147,8 @@ def compress(
     except GetaError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
+    finally:
+        torch.set_num_threads(previous_threads)
     for result in results:
         folder = out if len(results) == 1 else out / result.method
         paths = write_run(result, folder)

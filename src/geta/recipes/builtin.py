@@ -61,6 +61,7 @@ CNN_DIGITS = register_recipe(Recipe(
     weight_bits=(4, 8),
     act_bits=(4, 8),
     skip=(),
+    threads=1,
 ))
 
 RESNET20_FMNIST = register_recipe(Recipe(

@@ -23,6 +23,8 @@ class Recipe:
     every baseline then get the same ``epochs`` at ``compress_lr`` from the dense weights.
     ``pretrained``: ``setup()`` returns pretrained weights, which the dense stage fine-tunes.
     ``skip``: layers kept at full precision (``geta.FIRST`` / ``geta.LAST``, names, globs).
+    ``threads``: CPU threads ``geta compress`` gives torch (None: torch's default); a small model's
+    tensors are too small for several threads to pay off.
     """
 
     name: str
@@ -42,6 +44,7 @@ class Recipe:
     optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
     skip: tuple[object, ...] = (FIRST, LAST)
     pretrained: bool = False
+    threads: int | None = None
 
 
 RECIPES: dict[str, Recipe] = {}
