@@ -108,6 +108,8 @@ def compress(
     baseline: list[str] = typer.Option(
         ["geta"], metavar="METHOD", help="Method to run, repeatable: geta, dense, prune-then-ptq, quantize-only, or all."
     ),
+    lr: float | None = typer.Option(None, help="Learning rate of the dense stage (default: the recipe's)."),
+    compress_lr: float | None = typer.Option(None, help="Learning rate of every method after it (default: the recipe's)."),
     limit_batches: int | None = typer.Option(None, help="Cap on batches per epoch (quick trials)."),
     threads: int | None = typer.Option(None, help="CPU threads of torch (default: the recipe's, else torch's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; only the final lines."),
@@ -125,7 +127,7 @@ def compress(
         chosen = get_recipe(recipe)
         methods = list(dict.fromkeys(m for name in baseline for m in (METHODS if name == "all" else (name,))))
         settings = Settings(epochs=epochs, dense_epochs=dense_epochs, sparsity=sparsity, weight_bits=weight_bits,
-                            act_bits=act_bits, seed=seed, limit_batches=limit_batches)
+                            act_bits=act_bits, seed=seed, limit_batches=limit_batches, lr=lr, compress_lr=compress_lr)
         settings.resolve(chosen)
         if threads is not None and threads < 1:
             raise ConfigError(f"--threads {threads}: give at least 1")

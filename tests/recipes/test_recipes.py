@@ -29,6 +29,7 @@ def test_settings_take_the_recipe_defaults_where_unset() -> None:
     assert resolved.dense_epochs == recipe.dense_epochs and resolved.sparsity == recipe.sparsity
     assert resolved.act_bits == recipe.act_bits
     assert resolved.to_dict()["weight_bits"] == [2, 6]
+    assert resolved.lr == recipe.lr and resolved.compress_lr == recipe.compress_lr
 
 
 @pytest.mark.parametrize(
@@ -39,6 +40,8 @@ def test_settings_take_the_recipe_defaults_where_unset() -> None:
         (Settings(act_bits=(1, 8)), r"act_bits\[0\]=1"),
         (Settings(epochs=0), "at least 1 epoch"),
         (Settings(limit_batches=0), "limit_batches"),
+        (Settings(compress_lr=0.0), "learning rates must be positive"),
+        (Settings(qasso={"target_sparsity": 0.1}), "may not set"),
     ],
 )
 def test_bad_settings_are_rejected_before_any_training(settings: Settings, message: str) -> None:

@@ -136,8 +136,10 @@ def test_the_larger_recipes_run_end_to_end_on_a_few_batches(recipe: str, tmp_pat
 
 def test_one_dense_model_serves_runs_with_other_method_settings() -> None:
     dense = train_dense("cnn-digits", Settings(dense_epochs=1, epochs=2, limit_batches=10))
-    quarter = run_recipe("cnn-digits", Settings(dense_epochs=1, epochs=2, limit_batches=10, sparsity=0.25), dense=dense)
+    quarter = run_recipe("cnn-digits", Settings(dense_epochs=1, epochs=2, limit_batches=10, sparsity=0.25,
+                                                compress_lr=0.01, qasso={"lr_quant": 1e-4}), dense=dense)
     assert quarter.group_sparsity == 0.25 and quarter.settings["sparsity"] == 0.25
+    assert quarter.settings["compress_lr"] == 0.01 and quarter.settings["qasso"] == {"lr_quant": 1e-4}
     with pytest.raises(ConfigError, match="trained with seed=0"):
         run_recipe("cnn-digits", Settings(dense_epochs=1, epochs=2, limit_batches=10, seed=1), dense=dense)
     with pytest.raises(ConfigError, match="comes from the recipe 'cnn-digits', not 'resnet20-fmnist'"):

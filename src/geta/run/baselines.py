@@ -111,7 +111,8 @@ def _accumulate_gradients(model: torch.nn.Module, dense: DenseModel) -> None:
 def _fine_tune(dense: DenseModel, model: torch.nn.Module, stage: str, display: Display) -> Recorder:
     """Train ``model`` for the compression budget with the base optimizer at ``compress_lr``."""
     recipe = dense.recipe
-    optimizer = BASE_OPTIMIZERS[recipe.optimizer](model.parameters(), lr=recipe.compress_lr, **recipe.optimizer_kwargs)
+    optimizer = BASE_OPTIMIZERS[recipe.optimizer](model.parameters(), lr=dense.settings.compress_lr,
+                                                 **recipe.optimizer_kwargs)
     batches = shuffled_batches(dense.split.train_inputs, dense.split.train_y, recipe.batch_size,
                                torch.Generator().manual_seed(dense.settings.seed + 1), dense.settings.limit_batches)
     recorder = Recorder(display, first_step=dense.steps)

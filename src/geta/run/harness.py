@@ -2,7 +2,7 @@
 
 Compression starts from the trained dense model: the dense stage trains ``dense_epochs`` (cosine
 learning-rate decay), then every method gets the same ``epochs`` from those weights at the
-recipe's ``compress_lr`` with the same batch order: GETA (QASSO), continued dense training,
+``compress_lr`` (the recipe's unless set) with the same batch order: GETA (QASSO), continued dense training,
 prune-then-PTQ (fine-tuning) and quantize-only (QASSO without pruning). Rel. BOPs compare the
 final model with the dense float model (dense MACs x 32 x 32).
 """
@@ -105,7 +105,7 @@ def train_dense(
     display.message(f"{recipe.name}: {len(split.train_y)} training / {len(split.test_y)} test examples; "
                     f"dense stage {resolved.dense_epochs} epochs ({steps} steps), {start_from}")
     optimizer = BASE_OPTIMIZERS[recipe.optimizer](
-        model.parameters(), lr=recipe.lr, **recipe.optimizer_kwargs
+        model.parameters(), lr=resolved.lr, **recipe.optimizer_kwargs
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
     batches = shuffled_batches(split.train_inputs, split.train_y, recipe.batch_size,
@@ -142,8 +142,8 @@ def compress(
                   weight_bits=INITIAL_BITS, act_bits=INITIAL_BITS, calibration_data=dense.calibration)
     steps = dense.method_steps
     optimizer = g.qasso(
-        recipe.optimizer, lr=recipe.compress_lr, target_sparsity=sparsity, total_steps=steps,
-        weight_bits=settings.weight_bits, act_bits=settings.act_bits, **recipe.optimizer_kwargs,
+        recipe.optimizer, lr=settings.compress_lr, target_sparsity=sparsity, total_steps=steps,
+        weight_bits=settings.weight_bits, act_bits=settings.act_bits, **{**recipe.optimizer_kwargs, **settings.qasso},
     )
     display.message(f"{method}: QASSO over {len(g.groups)} groups for {settings.epochs} epochs ({steps} steps), "
                     f"target sparsity {sparsity:.2f}, weight bits {settings.weight_bits}, act bits {settings.act_bits}")
@@ -181,7 +181,7 @@ def make_result(
     settings = {"recipe": dense.recipe.name, "method": method, **dense.settings.to_dict(),
                 "quantize": dense.recipe.quantize, "pretrained": dense.recipe.pretrained,
                 "batch_size": dense.recipe.batch_size,
-                "optimizer": dense.recipe.optimizer, "lr": dense.recipe.lr, "compress_lr": dense.recipe.compress_lr,
+                "optimizer": dense.recipe.optimizer,
                 "optimizer_kwargs": dict(dense.recipe.optimizer_kwargs), "skip": [str(s) for s in dense.recipe.skip],
                 "steps_per_epoch": dense.steps_per_epoch, "dense_steps": dense.steps, "method_steps": dense.method_steps,
                 "threads": torch.get_num_threads(), **(extra or {})}

@@ -48,11 +48,11 @@ class DenseModel:
         """This dense model with the method settings (epochs, sparsity, bit ranges) of ``settings``.
 
         The dense stage is not repeated, so ``settings`` must agree with the one it was trained with on
-        ``dense_epochs``, ``seed`` and ``limit_batches``; raises :class:`ConfigError` otherwise."""
+        ``dense_epochs``, ``seed``, ``limit_batches`` and ``lr``; raises :class:`ConfigError` otherwise."""
         if settings is None:
             return self
         resolved = settings.resolve(self.recipe)
-        for name in ("dense_epochs", "seed", "limit_batches"):
+        for name in ("dense_epochs", "seed", "limit_batches", "lr"):
             if getattr(resolved, name) != getattr(self.settings, name):
                 raise ConfigError(
                     f"this dense model was trained with {name}={getattr(self.settings, name)!r}, the settings ask for "

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from geta.errors import ConfigError
@@ -15,7 +16,10 @@ class Settings:
     """Overrides of a recipe's defaults (None keeps the recipe's value).
 
     ``epochs`` is the compression budget, which every method gets after the shared dense stage of
-    ``dense_epochs``; ``limit_batches`` caps the batches per epoch (quick trials and tests).
+    ``dense_epochs``; ``limit_batches`` caps the batches per epoch (quick trials and tests). ``lr`` and
+    ``compress_lr`` are the base optimizer's learning rates in the dense stage and in every method;
+    ``qasso`` holds further arguments of :meth:`geta.GETA.qasso` (``lr_quant``, stage lengths,
+    ``saliency_weights``, ...) for GETA and quantize-only.
     """
 
     epochs: int | None = None
@@ -25,6 +29,9 @@ class Settings:
     act_bits: tuple[int, int] | None = None
     seed: int = 0
     limit_batches: int | None = None
+    lr: float | None = None
+    compress_lr: float | None = None
+    qasso: Mapping[str, Any] = field(default_factory=dict)
 
     def resolve(self, recipe: Recipe) -> Settings:
         """Every field filled from ``recipe`` where left None, and checked; raises :class:`ConfigError`."""
@@ -35,6 +42,9 @@ class Settings:
             sparsity=recipe.sparsity if self.sparsity is None else self.sparsity,
             weight_bits=check_bit_range(self.weight_bits or recipe.weight_bits, "weight_bits"),
             act_bits=check_bit_range(self.act_bits or recipe.act_bits, "act_bits"),
+            lr=recipe.lr if self.lr is None else self.lr,
+            compress_lr=recipe.compress_lr if self.compress_lr is None else self.compress_lr,
+            qasso=dict(self.qasso),
         )
         if resolved.epochs < 1:
             raise ConfigError(f"epochs={resolved.epochs}: compression needs at least 1 epoch")
@@ -42,6 +52,11 @@ class Settings:
             raise ConfigError(f"dense_epochs={resolved.dense_epochs} must be >= 0")
         if not 0 <= resolved.sparsity < 1:
             raise ConfigError(f"sparsity={resolved.sparsity} must lie in [0, 1) (the fraction of groups removed)")
+        if not (resolved.lr > 0 and resolved.compress_lr > 0):
+            raise ConfigError(f"learning rates must be positive, got lr={resolved.lr}, compress_lr={resolved.compress_lr}")
+        reserved = {"lr", "target_sparsity", "total_steps", "weight_bits", "act_bits", "callback"} & set(resolved.qasso)
+        if reserved:
+            raise ConfigError(f"qasso={{...}} may not set {sorted(reserved)}: use the Settings fields instead")
         if resolved.limit_batches is not None and resolved.limit_batches < 1:
             raise ConfigError(f"limit_batches={resolved.limit_batches} must be >= 1")
         return resolved
@@ -49,6 +64,7 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serializable dict (bit ranges as lists)."""
         data = asdict(self)
+        data["qasso"] = dict(self.qasso)
         for key in ("weight_bits", "act_bits"):
             if data[key] is not None:
                 data[key] = list(data[key])
