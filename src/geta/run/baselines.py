@@ -23,7 +23,7 @@ from geta.quant.functional import quantize_reference
 from geta.run.costs import model_report
 from geta.run.harness import copy_of, make_result
 from geta.run.loop import logits, shuffled_batches, train
-from geta.run.progress import Display
+from geta.run.progress import Display, Point
 from geta.run.result import DenseModel, Recorder, RunResult, measure_every
 
 PTQ_BITS = (8, 4)
@@ -37,7 +37,7 @@ def dense_training(dense: DenseModel, *, display: Display | None = None) -> RunR
     start = time.perf_counter()
     model = copy_of(dense.model)
     display.message(f"dense: training on for {dense.settings.epochs} epochs ({dense.method_steps} steps)")
-    recorder = _fine_tune(dense, model, "dense", display)
+    recorder = _fine_tune(dense, model, "dense", display, {"group_sparsity": 0.0, "rel_bops": 1.0})
     model.eval()
     report = model_report(model, dense.example)
     return make_result(dense, "dense", model, report, dense.test_accuracy(model), recorder, start, group_sparsity=0.0)
@@ -60,7 +60,8 @@ def prune_then_ptq(dense: DenseModel, *, display: Display | None = None) -> list
     sparsity = float(removed.float().mean()) if len(space) else 0.0
     display.message(f"prune-then-ptq: removed {int(removed.sum())} of {len(space)} groups by saliency; fine-tuning "
                     f"for {settings.epochs} epochs ({dense.method_steps} steps)")
-    recorder = _fine_tune(dense, pruned, "fine-tune", display)
+    pruned_rel_bops = model_report(pruned, dense.example).bops / dense.cost.bops
+    recorder = _fine_tune(dense, pruned, "fine-tune", display, {"group_sparsity": sparsity, "rel_bops": pruned_rel_bops})
     tuned_at = time.perf_counter()
     results = []
     display.set_stage("ptq")
@@ -74,6 +75,9 @@ def prune_then_ptq(dense: DenseModel, *, display: Display | None = None) -> list
         result = make_result(dense, f"prune-then-ptq-{bits}bit", q.model, report, dense.test_accuracy(q.model),
                              recorder, start, group_sparsity=sparsity, extra={"ptq_bits": bits})
         result.wall_s -= ptq_start - tuned_at  # each result: prune + fine-tune + its own quantization
+        act_bits = bits if recipe.quantize == "weights+activations" else None
+        result.curves = [*result.curves, Point(result.curves[-1].step, "ptq", result.curves[-1].loss, sparsity, bits,
+                                               act_bits, result.rel_bops, time.perf_counter() - tuned_at)]
         results.append(result)
         display.message(f"prune-then-ptq at {bits} bits: test accuracy {result.accuracy:.4f}, "
                         f"rel. BOPs {100 * result.rel_bops:.3f}%")
@@ -108,8 +112,11 @@ def _accumulate_gradients(model: torch.nn.Module, dense: DenseModel) -> None:
         torch.nn.functional.cross_entropy(logits(model, x), y).backward()
 
 
-def _fine_tune(dense: DenseModel, model: torch.nn.Module, stage: str, display: Display) -> Recorder:
-    """Train ``model`` for the compression budget with the base optimizer at ``compress_lr``."""
+def _fine_tune(
+    dense: DenseModel, model: torch.nn.Module, stage: str, display: Display, point: dict[str, float]
+) -> Recorder:
+    """Train ``model`` for the compression budget with the base optimizer at ``compress_lr``; ``point``
+    (sparsity, rel. BOPs) goes with every curve point."""
     recipe = dense.recipe
     optimizer = BASE_OPTIMIZERS[recipe.optimizer](model.parameters(), lr=dense.settings.compress_lr,
                                                  **recipe.optimizer_kwargs)
@@ -118,10 +125,8 @@ def _fine_tune(dense: DenseModel, model: torch.nn.Module, stage: str, display: D
     recorder = Recorder(display, first_step=dense.steps)
     steps = dense.method_steps
     every = measure_every(steps)
-    sparsity = 0.0 if stage == "dense" else dense.settings.sparsity
 
     def on_step(step: int, loss: float) -> None:
-        point = {"group_sparsity": sparsity}
         recorder.record(stage, loss, (lambda: point) if step % every == 0 or step == steps else None)
 
     train(model, optimizer, batches, steps, on_step=on_step)

@@ -14,7 +14,7 @@ from geta.run.result import RunResult, stage_spans
 
 STAGE_COLORS = {
     "dense": "#dddddd", "warmup": "#fde0c5", "projection": "#c6dbef", "joint": "#c7e9c0", "cooldown": "#e5d8ef",
-    "fine-tune": "#f2f0c4",
+    "fine-tune": "#f2f0c4", "ptq": "#f4cccc",
 }
 
 
@@ -58,7 +58,7 @@ def plot_curves(result: RunResult, path: Path) -> Path:
         for name, values in lines:
             known = [(s, v) for s, v in zip(steps, values) if v is not None]
             if known:
-                axis.plot([s for s, _ in known], [v for _, v in known], label=name)
+                axis.plot([s for s, _ in known], [v for _, v in known], label=name, marker="o" if len(known) == 1 else None)
                 plotted += 1
         axis.set_ylabel(label)
         if plotted > 1:
