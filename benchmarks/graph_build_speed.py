@@ -63,7 +63,6 @@ import argparse
 import contextlib
 import copy
 import gc
-import importlib.util
 import io
 import os
 import platform
@@ -77,28 +76,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+import torchvision_shim  # noqa: F401  (before transformers and torchvision)
 
-# --- torchvision import shim (copied from tests/conftest.py) ---------------------------------------
-# torchvision 0.28's C extension cannot load with the CPU build of torch 2.13, and importing it
-# (which transformers does) fails while registering fake kernels for two ops it cannot find.
-# Declaring the two op schemas first makes its pure-Python models importable.
-def _torchvision_ops_missing() -> bool:
-    try:
-        torch.ops.torchvision.nms  # noqa: B018
-    except (AttributeError, RuntimeError):
-        return True
-    return False
-
-
-if importlib.util.find_spec("torchvision") is not None and _torchvision_ops_missing():
-    _TORCHVISION_SHIM = torch.library.Library("torchvision", "DEF")
-    _TORCHVISION_SHIM.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _TORCHVISION_SHIM.define(
-        "qnms(Tensor dets, Tensor scores, float iou_threshold, float scale, int zero_point) -> Tensor"
-    )
-# ---------------------------------------------------------------------------------------------------
-
-import geta  # noqa: E402
+import geta
 
 MODELS = ("resnet50", "bert")
 GETA_MODES = ("none", "weights", "weights+activations")
