@@ -27,7 +27,7 @@ from dataclasses import replace
 
 import torchvision_shim  # noqa: F401  (minilm-bbc imports transformers, which imports torchvision)
 
-from geta.run import RunResult, Settings, run_baseline, run_recipe, train_dense
+from geta.run import Display, RunResult, Settings, run_baseline, run_recipe, train_dense
 
 RECIPES = {2: "resnet20-fmnist", 3: "vgg7-fmnist", 5: "minilm-bbc"}
 
@@ -58,18 +58,19 @@ def main() -> None:
         sparsity=args.sparsity, weight_bits=tuple(args.weight_bits) if args.weight_bits else None,
         act_bits=tuple(args.act_bits) if args.act_bits else None,
     )
-    dense = train_dense(recipe, base, methods=2 * len(args.sparsities) if args.table == 5 else 3)
-    rows: list[tuple[str, RunResult]] = []
-    if args.table == 5:
-        for sparsity in args.sparsities:
-            settings = replace(base, sparsity=sparsity)
-            rows.append((f"{sparsity:.0%}", run_recipe(recipe, settings, dense=dense)))
-            for result in run_baseline(recipe, settings, "prune-then-ptq", dense=dense):
-                rows.append((f"{sparsity:.0%}", result))
-    else:
-        rows.append(("", run_recipe(recipe, base, dense=dense)))
-        for baseline in ("dense", "prune-then-ptq"):
-            rows += [("", result) for result in run_baseline(recipe, base, baseline, dense=dense)]
+    with Display(mode="plain") as display:  # a line per stage and per tenth of the run, on stderr
+        dense = train_dense(recipe, base, methods=2 * len(args.sparsities) if args.table == 5 else 3, display=display)
+        rows: list[tuple[str, RunResult]] = []
+        if args.table == 5:
+            for sparsity in args.sparsities:
+                settings = replace(base, sparsity=sparsity)
+                rows.append((f"{sparsity:.0%}", run_recipe(recipe, settings, dense=dense, display=display)))
+                for result in run_baseline(recipe, settings, "prune-then-ptq", dense=dense, display=display):
+                    rows.append((f"{sparsity:.0%}", result))
+        else:
+            rows.append(("", run_recipe(recipe, base, dense=dense, display=display)))
+            for baseline in ("dense", "prune-then-ptq"):
+                rows += [("", result) for result in run_baseline(recipe, base, baseline, dense=dense, display=display)]
     settings = rows[0][1].settings
     print(f"\nTable {args.table} at this machine's scale: {recipe}, dense stage {settings['dense_epochs']} epochs, "
           f"then {settings['epochs']} epochs per method (limit_batches={settings['limit_batches']}), "
