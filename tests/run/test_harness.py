@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from PIL import Image
 from rich.console import Console
@@ -157,6 +158,6 @@ def test_a_model_geta_export_cannot_save_is_written_as_a_state_dict(
     monkeypatch.setattr("geta.run.artifacts.write_artifacts", refuse)
     paths = write_run(results["geta"], tmp_path)
     data = json.loads(paths["report_json"].read_text())
-    assert "not allow-listed" in data["export_error"] and data["files"]["state_dict"] == "model_state_dict.pt"
-    assert torch.load(paths["state_dict"]).keys() == results["geta"].model.state_dict().keys()
+    assert "not allow-listed" in data["export_error"] and data["files"]["state_dict"] == "model_state_dict.safetensors"
+    assert safetensors.torch.load_file(paths["state_dict"]).keys() == results["geta"].model.state_dict().keys()
     assert "not allow-listed" in paths["report_md"].read_text()

@@ -6,21 +6,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
+import safetensors.torch
 
 from geta.errors import SavedModelError
 from geta.export import write_artifacts
 from geta.run.plots import plot_curves, plot_layers
 from geta.run.result import RunResult
 
-STATE_DICT_FILE = "model_state_dict.pt"
+STATE_DICT_FILE = "model_state_dict.safetensors"
 
 
 def write_run(result: RunResult, out_dir: Path) -> dict[str, Path]:
     """Write every artifact of ``result`` into ``out_dir`` (created); returns them by name.
 
-    A model that ``geta.export`` cannot save (a class outside its allow-list) is written as a
-    ``torch.save``'d state dict instead, and report.json says why under ``export_error``."""
+    A model that ``geta.export`` cannot save (a class outside its allow-list) is written as its state
+    dict in safetensors instead (no pickle; tied tensors once), and report.json says why under
+    ``export_error``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "layers_plot": plot_layers(result, out_dir / "layers.png"),
@@ -32,7 +33,7 @@ def write_run(result: RunResult, out_dir: Path) -> dict[str, Path]:
     except SavedModelError as error:
         data["export_error"] = str(error)
         paths["state_dict"] = out_dir / STATE_DICT_FILE
-        torch.save(result.model.state_dict(), paths["state_dict"])
+        safetensors.torch.save_model(result.model, str(paths["state_dict"]))
     data["files"] = {name: path.name for name, path in paths.items()}
     paths["report_json"] = out_dir / "report.json"
     paths["report_json"].write_text(json.dumps(data, indent=2) + "\n")
