@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from geta.optim.rules import cosine, forget_rate, step_size
-from geta.quant.functional import top_level
+from geta.quant.functional import levels_ratio, step_for_bits, top_level
 from geta.quant.kernel import fused
 from geta.quant.quantizer import Quantizer
 
@@ -113,15 +113,11 @@ class Forgetting:
         self.slot_unit = torch.tensor(slot_unit, dtype=torch.long, device=device)
         self.per_channel = rows > len(self.quantizers)
         self.row_of = torch.cat(row_of).to(device) if row_of else torch.zeros(0, dtype=torch.long)
-        self.row_unit = torch.tensor(
-            [u for u, q in enumerate(self.quantizers) for _ in range(_row_count(q))], dtype=torch.long, device=device
-        )
-        self.quantized_rows = torch.tensor(
-            [q is not None for q in self.quantizers for _ in range(_row_count(q))], dtype=torch.bool, device=device
-        )
-        self.signed_rows = torch.tensor(
-            [q is None or q.signed for q in self.quantizers for _ in range(_row_count(q))], dtype=torch.bool, device=device
-        )
+        row_units = [u for u, q in enumerate(self.quantizers) for _ in range(_row_count(q))]
+        self.row_unit = torch.tensor(row_units, dtype=torch.long, device=device)
+        row_quantizers = [self.quantizers[u] for u in row_units]
+        self.quantized_rows = torch.tensor([q is not None for q in row_quantizers], dtype=torch.bool, device=device)
+        self.signed_rows = torch.tensor([q is None or q.signed for q in row_quantizers], dtype=torch.bool, device=device)
         self.row_count = torch.zeros(rows, device=device).index_add_(0, self.row_of, torch.ones(len(self.row_of), device=device))
         self.unit_count = torch.zeros(len(self.quantizers), device=device).index_add_(0, self.row_unit, self.row_count)
         self.before: Tensor | None = None
@@ -155,8 +151,8 @@ class Forgetting:
         self.before = None
         now = self._gather()
         d_rows, q_rows, t_rows = self._rows()
-        levels = q_rows**t_rows
-        terms = _terms_kernel(x, now, self.row_of, d_rows, q_rows, t_rows, top_level(levels / d_rows), self.quantized_rows)
+        top_rows = top_level(levels_ratio(d_rows, q_rows, t_rows))
+        terms = _terms_kernel(x, now, self.row_of, d_rows, q_rows, t_rows, top_rows, self.quantized_rows)
         slot_sums = torch.stack([terms[slot.span].sum(0) for slot in self.slots])
         units = torch.zeros(len(self.quantizers), 6, dtype=terms.dtype, device=terms.device)
         units.index_add_(0, self.slot_unit, slot_sums)
@@ -170,21 +166,23 @@ class Forgetting:
             step_norm, clip_norm, steps_left=steps_left, eps=eps, eta=eta,
         )
         gamma_rows = gamma[self.row_unit]
-        d_rows = self._set_steps(d_rows, levels, sums, gamma_rows, bits=bits, eta=eta, xi=xi)
-        values = _forgotten_kernel(x, now, self.row_of, d_rows, q_rows, t_rows, top_level(levels / d_rows),
+        d_rows = self._set_steps(d_rows, q_rows, t_rows, sums, gamma_rows, bits=bits, eta=eta, xi=xi)
+        top_rows = top_level(levels_ratio(d_rows, q_rows, t_rows))  # with the new d
+        values = _forgotten_kernel(x, now, self.row_of, d_rows, q_rows, t_rows, top_rows,
                                    self.quantized_rows, self.signed_rows, gamma_rows)
         for slot in self.slots:
             slot.tensor.put_(slot.index, values[slot.span].to(slot.tensor.dtype))
         return gamma
 
-    def _set_steps(self, d_rows: Tensor, levels: Tensor, sums: Tensor, gamma_rows: Tensor, *, bits: tuple[int, int],
-                   eta: float, xi: float) -> Tensor:
+    def _set_steps(self, d_rows: Tensor, q_rows: Tensor, t_rows: Tensor, sums: Tensor, gamma_rows: Tensor, *,
+                   bits: tuple[int, int], eta: float, xi: float) -> Tensor:
         """Eq. 14 per quantizer row with redundant positions (unit gamma > 0), kept inside [d(b_u), d(b_l)];
         writes d back into the quantizers and returns every row's d."""
         low, high = bits
-        magnitude_bits = torch.where(self.signed_rows, 1.0, 0.0)  # d(b) = q_m^t / (2^(b - 1) - 1) when signed
-        d_low = levels / (2.0 ** (low - magnitude_bits) - 1)
-        d_high = levels / (2.0 ** (high - magnitude_bits) - 1)
+        # a signed quantizer's step at b bits is an unsigned one's at b - 1 (one bit holds the sign)
+        sign_bit = self.signed_rows.to(q_rows.dtype)
+        d_low = step_for_bits(low - sign_bit, q_rows, t_rows, signed=False)
+        d_high = step_for_bits(high - sign_bit, q_rows, t_rows, signed=False)
         rows_step = sums[:, _STEP_SQ].sqrt()
         rows_residual = sums[:, _RESIDUAL_SQ].sqrt()
         new = step_size(

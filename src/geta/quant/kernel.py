@@ -85,8 +85,8 @@ def _run(name: str, *args: object):
         except Exception as error:  # compilation failed: the same kernels as eager ops
             _state["compile"] = False
             warnings.warn(
-                f"geta: the fused quantization kernel could not be compiled ({type(error).__name__}: {error}); "
-                "running it as eager torch ops instead (same results, slower).",
+                f"geta: the fused kernel {name!r} could not be compiled ({type(error).__name__}: {error}); "
+                "running geta's fused kernels as eager torch ops instead (same results, slower).",
                 RuntimeWarning,
                 stacklevel=3,
             )
