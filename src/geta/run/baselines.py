@@ -21,8 +21,8 @@ from geta.optim.qasso import BASE_OPTIMIZERS
 from geta.optim.saliency import DEFAULT_WEIGHTS, saliency
 from geta.quant.functional import quantize_reference
 from geta.run.costs import model_report
-from geta.run.harness import copy_of, make_result
-from geta.run.loop import logits, shuffled_batches, train
+from geta.run.harness import copy_of, decay_start, make_result
+from geta.run.loop import constant_then_cosine, logits, shuffled_batches, train
 from geta.run.progress import Display, Point
 from geta.run.result import DenseModel, Recorder, RunResult, measure_every
 
@@ -32,7 +32,7 @@ CLIP_CANDIDATES = torch.linspace(0.3, 1.0, 15)
 
 
 def dense_training(dense: DenseModel, *, display: Display | None = None) -> RunResult:
-    """The dense model trained on for the compression budget at the compression learning rate."""
+    """The dense model trained on for the compression budget at the compression learning rates."""
     display = display or Display()
     start = time.perf_counter()
     model = copy_of(dense.model)
@@ -115,8 +115,9 @@ def _accumulate_gradients(model: torch.nn.Module, dense: DenseModel) -> None:
 def _fine_tune(
     dense: DenseModel, model: torch.nn.Module, stage: str, display: Display, point: dict[str, float]
 ) -> Recorder:
-    """Train ``model`` for the compression budget with the base optimizer at ``compress_lr``; ``point``
-    (sparsity, rel. BOPs) goes with every curve point."""
+    """Train ``model`` for the compression budget with the base optimizer at GETA's learning rates
+    (``compress_lr``, decayed from where QASSO's cool-down starts); ``point`` (sparsity, rel. BOPs)
+    goes with every curve point."""
     recipe = dense.recipe
     optimizer = BASE_OPTIMIZERS[recipe.optimizer](model.parameters(), lr=dense.settings.compress_lr,
                                                  **recipe.optimizer_kwargs)
@@ -129,5 +130,6 @@ def _fine_tune(
     def on_step(step: int, loss: float) -> None:
         recorder.record(stage, loss, (lambda: point) if step % every == 0 or step == steps else None)
 
-    train(model, optimizer, batches, steps, on_step=on_step)
+    scheduler = constant_then_cosine(optimizer, decay_start(dense.settings, steps), steps)
+    train(model, optimizer, batches, steps, scheduler=scheduler, on_step=on_step)
     return recorder

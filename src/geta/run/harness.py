@@ -1,9 +1,10 @@
 """The end-to-end harness: dense training, then GETA (QASSO) or a baseline from the dense weights.
 
 Compression starts from the trained dense model: the dense stage trains ``dense_epochs`` (cosine
-learning-rate decay), then every method gets the same ``epochs`` from those weights at the
-``compress_lr`` (the recipe's unless set) with the same batch order: GETA (QASSO), continued dense training,
-prune-then-PTQ (fine-tuning) and quantize-only (QASSO without pruning). Rel. BOPs compare the
+learning-rate decay), then every method gets the same ``epochs`` from those weights with the same
+batch order and the same learning rates: ``compress_lr`` (the recipe's unless set) until QASSO's
+cool-down starts, then a cosine decay to zero. The methods are GETA (QASSO), continued dense
+training, prune-then-PTQ (fine-tuning) and quantize-only (QASSO without pruning). Rel. BOPs compare the
 final model with the dense float model (dense MACs x 32 x 32).
 """
 
@@ -24,7 +25,7 @@ from geta.optim.qasso import BASE_OPTIMIZERS
 from geta.optim.schedule import Schedule
 from geta.recipes.recipe import Recipe, get_recipe
 from geta.run.costs import dense_cost, estimated_rel_bops, layer_rows, model_report
-from geta.run.loop import accuracy, batches_per_epoch, shuffled_batches, train
+from geta.run.loop import accuracy, batches_per_epoch, constant_then_cosine, shuffled_batches, train
 from geta.run.progress import Display
 from geta.run.result import DenseModel, Recorder, RunResult, measure_every
 from geta.run.settings import Settings
@@ -34,6 +35,7 @@ METHODS = ("geta", *BASELINES)
 EXAMPLE_BATCH = 2
 CALIBRATION_BATCH = 256
 INITIAL_BITS = 16  # quantizers start here; QASSO's projection brings them into the bit ranges
+STAGE_ARGUMENTS = ("warmup_steps", "projection_periods", "projection_steps", "pruning_periods", "pruning_steps")
 
 
 def run_recipe(
@@ -165,7 +167,8 @@ def compress(
 
     batches = shuffled_batches(dense.split.train_inputs, dense.split.train_y, recipe.batch_size,
                                torch.Generator().manual_seed(settings.seed + 1), settings.limit_batches)
-    train(g.model, optimizer, batches, steps, on_step=on_step)
+    scheduler = constant_then_cosine(optimizer, optimizer.schedule.cooldown_start, steps)
+    train(g.model, optimizer, batches, steps, scheduler=scheduler, on_step=on_step)
     compact = g.construct_subnet().eval()
     reasons = dict(g.unquantized())
     report = model_report(compact, dense.example, reasons, group_sparsity=g.group_sparsity())
@@ -213,11 +216,20 @@ def _dense_for(
     return dense.with_settings(settings)
 
 
+def decay_start(settings: Settings, steps: int) -> int:
+    """The step at which QASSO's cool-down starts in a budget of ``steps`` (where every method's
+    learning rate starts to decay), with the stage lengths of ``settings.qasso``."""
+    stages = {key: settings.qasso[key] for key in STAGE_ARGUMENTS if key in settings.qasso}
+    return Schedule.from_budget(
+        steps, bits_to_drop=INITIAL_BITS - min(settings.weight_bits[1], settings.act_bits[1]), **stages
+    ).cooldown_start
+
+
 def _check_budget(settings: Settings, per_epoch: int) -> None:
     """Fail before the dense stage when the compression budget cannot hold QASSO's stages."""
     steps = settings.epochs * per_epoch
     try:
-        Schedule.from_budget(steps, bits_to_drop=INITIAL_BITS - min(settings.weight_bits[1], settings.act_bits[1]))
+        decay_start(settings, steps)
     except ConfigError as error:
         raise ConfigError(
             f"a compression budget of {settings.epochs} epochs x {per_epoch} batches = {steps} steps is too short for "

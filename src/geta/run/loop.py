@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -32,6 +34,21 @@ def shuffled_batches(
         order = torch.randperm(len(labels), generator=generator)
         for index in order.split(batch_size)[:per_epoch]:
             yield select(inputs, index), labels[index]
+
+
+def constant_then_cosine(optimizer: torch.optim.Optimizer, decay_start: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Keep the learning rate until step ``decay_start``, then decay it to zero along a cosine by step ``steps``.
+
+    The compression methods share it: GETA decays only in QASSO's cool-down (its structure and bit
+    widths are final there), and the baselines get the same learning rates step for step."""
+    span = max(steps - decay_start, 1)
+
+    def factor(step: int) -> float:
+        if step < decay_start:
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - decay_start, span) / span))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def train(
