@@ -147,23 +147,18 @@ def _is_zero(group) -> bool:
     return all(bool((s.tensor.detach().index_select(s.dim, s.indices) == 0).all()) for s in _trainable(group))
 
 
-def _name(s) -> str:
-    """A slice's tensor name, with a quantized layer's ``parametrizations.weight.original`` read as ``weight``."""
-    return s.name.replace(".parametrizations.weight.original", ".weight")
-
-
 def _is_head(group) -> bool:
     """A group holding several output rows of a query projection (GPT-2: columns of the fused c_attn)."""
     return any(
         len(s.indices) > 1
-        and ((_QUERY.search(_name(s)) and s.dim == 0) or (_name(s).endswith("c_attn.weight") and s.dim == 1))
+        and ((_QUERY.search(s.name) and s.dim == 0) or (s.name.endswith("c_attn.weight") and s.dim == 1))
         for s in group.slices
     )
 
 
 def _is_ffn(group) -> bool:
     """A group holding one hidden unit of a feed-forward block (GPT-2: a column of the Conv1D c_fc)."""
-    return any((_FFN_IN.search(_name(s)) and s.dim == 0) or (_name(s).endswith("c_fc.weight") and s.dim == 1)
+    return any((_FFN_IN.search(s.name) and s.dim == 0) or (s.name.endswith("c_fc.weight") and s.dim == 1)
                for s in group.slices)
 
 
@@ -230,7 +225,7 @@ def test_search_space(name: str) -> None:
         assert len(ffn) == expected_ffn
     if name == "qwen2" or name.endswith("gqa"):  # each KV head goes with its query heads
         for group in heads:
-            width = {_name(s).rsplit(".", 2)[-2]: len(s.indices) for s in group.slices if s.dim == 0}
+            width = {s.name.rsplit(".", 2)[-2]: len(s.indices) for s in group.slices if s.dim == 0}
             assert width["q_proj"] == 2 * width["k_proj"] == 2 * width["v_proj"]
     if name == "swin":  # a head found as a group must take its column of the relative position bias table
         for group in heads:

@@ -10,6 +10,7 @@ from torch import nn
 
 from geta.errors import ModelError
 from geta.graph.inputs import ExampleInputs
+from geta.quant.quantizer import Quantizer
 
 
 @contextlib.contextmanager
@@ -24,9 +25,51 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
+@contextlib.contextmanager
+def without_stack_traces() -> Iterator[None]:
+    """Tell FX not to record a Python stack trace on every node for the block.
+
+    geta reads shapes and module stacks, never stack traces, and extracting one per node took 10 to
+    30% of an export (ResNet50 and BERT-base, plain and quantization-aware)."""
+    previous = torch.fx.config.do_not_emit_stack_traces
+    torch.fx.config.do_not_emit_stack_traces = True
+    try:
+        yield
+    finally:
+        torch.fx.config.do_not_emit_stack_traces = previous
+
+
+@contextlib.contextmanager
+def quantizers_as_calls(model: nn.Module) -> Iterator[None]:
+    """Trace every :class:`Quantizer` of ``model`` as one ``geta::quantizer_call`` node without its
+    parameters for the block.
+
+    Dependency analysis needs where a quantizer runs and on which tensor (its module identity comes
+    with the node's ``nn_module_stack``), not its arithmetic; how its parameters tie to channels it
+    reads off the quantizer itself. Export's cost grows with every traced op and lifted parameter:
+    a quantizer's kernel and its three parameters made BERT-base's weights+activations capture
+    about twice as long as the plain model's. The parameters are taken off the quantizers and put
+    back, the same objects in the same order, when the block ends.
+    """
+    quantizers = [m for m in model.modules() if isinstance(m, Quantizer)]
+    stashed = [(q, dict(q.named_parameters(recurse=False))) for q in quantizers]
+    try:
+        for quantizer, parameters in stashed:
+            for name in parameters:
+                delattr(quantizer, name)
+            quantizer.traced_as_call = True
+        yield
+    finally:
+        for quantizer, parameters in stashed:
+            quantizer.traced_as_call = False
+            for name, parameter in parameters.items():
+                quantizer.register_parameter(name, parameter)
+
+
 def capture(model: nn.Module, inputs: ExampleInputs) -> torch.export.ExportedProgram:
-    """Export ``model`` on ``inputs`` in eval mode; raise ModelError naming the fix if it cannot be traced."""
-    with eval_mode(model):
+    """Export ``model`` on ``inputs`` in eval mode, geta's quantizers traced as calls (see
+    :func:`quantizers_as_calls`); raise ModelError naming the fix if it cannot be traced."""
+    with eval_mode(model), without_stack_traces(), quantizers_as_calls(model):
         try:
             return torch.export.export(model, inputs.args, kwargs=inputs.kwargs, strict=False)
         except Exception as error:

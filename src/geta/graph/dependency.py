@@ -1,9 +1,10 @@
 """Quantization-aware dependency analysis (the paper's Algorithm 1) over a ``torch.export`` graph.
 
 1. Quantizer branches are found by module identity (``nn_module_stack`` entries that resolve to a
-   :class:`~geta.quant.quantizer.Quantizer`) and collapsed: a branch's output takes the positions of
-   the tensor it quantizes (the layer's weight for an attached branch, the activation for an
-   inserted one), and per-channel quantizer parameters are tied to that tensor's channel axis.
+   :class:`~geta.quant.quantizer.Quantizer`; capture traces each call as one node, see
+   ``capture.quantizers_as_calls``) and collapsed: a branch's output takes the positions of the
+   tensor it quantizes (the layer's weight for an attached branch, the activation for an inserted
+   one), and a per-channel quantizer's parameters are tied to that tensor's channel axis.
 2. Every other op ties dimensions through its rule (``rules.py``).
 3. Connected atoms form classes; a class that owns parameter positions is a structure: removable
    (a group) unless it touches a model input or output or an op that forbids it, with the reason.
@@ -20,6 +21,7 @@ from torch import fx, nn
 from geta.graph.atoms import INTERNAL, SINGLETON, Atoms, Slot, Split
 from geta.graph.capture import module_path
 from geta.graph.rules import rule_for
+from geta.quant.prepare import public_name
 from geta.quant.quantizer import Quantizer
 
 MODEL_INPUT = "touches a model input"
@@ -28,7 +30,7 @@ MODEL_OUTPUT = "touches a model output"
 
 @dataclass(frozen=True)
 class TensorSlice:
-    """Positions ``indices`` along ``dim`` of the model's parameter or buffer named ``name``."""
+    """Positions ``indices`` along ``dim`` of the model's parameter or buffer ``name`` (its state-dict key)."""
 
     name: str
     dim: int
@@ -73,6 +75,7 @@ class DependencyAnalysis:
     live: set[fx.Node] = field(default_factory=set)
     state_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     tensor_slots: dict[int, list[Slot]] = field(default_factory=dict)
+    parameter_names: dict[int, str] = field(default_factory=dict)
 
     def run(self) -> tuple[GroupTable, list[Structure]]:
         """(removable structures as a table, unprunable structures with their reasons)."""
@@ -82,7 +85,8 @@ class DependencyAnalysis:
         parameter_placeholders = set(signature.inputs_to_parameters)
         self.state_tensors = {**dict(self.model.named_buffers(remove_duplicate=False)),
                               **dict(self.model.named_parameters(remove_duplicate=False))}
-        branches = _quantizer_branches(self.program.graph, self.model, self.state_names)
+        self.parameter_names = {id(p): name for name, p in self.model.named_parameters()}
+        branches = _quantizer_branches(self.program.graph, self.model)
         self.live = _live_nodes(self.program.graph)
         for node in self.program.graph.nodes:
             if node.op == "placeholder":
@@ -305,16 +309,28 @@ class DependencyAnalysis:
             if tensor is not None and id(tensor) in self.tensor_slots:  # one tensor lifted under several names
                 slots = self.tensor_slots[id(tensor)]
             else:
-                # a size-1 dim is broadcast, never a structure of its own
-                slots = [self.fresh(size, reason=SINGLETON if size == 1 else None) for size in shape]
-                for dim, slot in enumerate(slots):
-                    self.params.append(_ParamSlot(name, dim, slot, is_parameter))
-                if tensor is not None:
-                    self.tensor_slots[id(tensor)] = slots
+                slots = self._new_state_slots(name, shape, is_parameter, tensor)
             self.set(node, slots)
             self.weight_nodes.add(node)
         elif self._tensor_value(node):
             self.set(node, [self.fresh(size, reason=MODEL_INPUT) for size in shape])
+
+    def _state_slots(self, parameter: nn.Parameter) -> list[Slot]:
+        """The slots of a parameter the graph does not hold (a quantizer's), made on first use."""
+        if id(parameter) not in self.tensor_slots:
+            self._new_state_slots(self.parameter_names[id(parameter)], tuple(parameter.shape), True, parameter)
+        return self.tensor_slots[id(parameter)]
+
+    def _new_state_slots(
+        self, name: str, shape: tuple[int, ...], is_parameter: bool, tensor: torch.Tensor | None
+    ) -> list[Slot]:
+        # a size-1 dim is broadcast, never a structure of its own
+        slots = [self.fresh(size, reason=SINGLETON if size == 1 else None) for size in shape]
+        for dim, slot in enumerate(slots):
+            self.params.append(_ParamSlot(name, dim, slot, is_parameter))
+        if tensor is not None:
+            self.tensor_slots[id(tensor)] = slots
+        return slots
 
     def _branch_node(self, node: fx.Node, branches: _Branches) -> None:
         branch = branches.members[node]
@@ -326,8 +342,8 @@ class DependencyAnalysis:
             self.weight_nodes.add(node)
         quantizer = branch.quantizer
         if quantizer.axis is not None:
-            for parameter_node in branch.parameters:
-                self.tie(source[quantizer.axis], self.slots(parameter_node)[0], node)
+            for parameter in quantizer.parameters():
+                self.tie(source[quantizer.axis], self._state_slots(parameter)[0], node)
 
     def _tensor_value(self, node: fx.Node) -> bool:
         return isinstance(node.meta.get("val"), torch.Tensor)
@@ -379,7 +395,7 @@ class DependencyAnalysis:
             slices = []
             for k in np.unique(row_slot).tolist():
                 param = self.params[k]
-                slices.append(TensorSlice(param.name, param.dim, tuple(row_position[row_slot == k].tolist())))
+                slices.append(TensorSlice(public_name(param.name), param.dim, tuple(row_position[row_slot == k].tolist())))
             records.append(Structure(tuple(slices), key[1], int(counts[number])))
         return records
 
@@ -423,7 +439,6 @@ class _Branch:
     nodes: set[fx.Node] = field(default_factory=set)
     source: fx.Node | None = None
     outputs: set[fx.Node] = field(default_factory=set)
-    parameters: list[fx.Node] = field(default_factory=list)
 
 
 @dataclass
@@ -431,7 +446,7 @@ class _Branches:
     members: dict[fx.Node, _Branch]
 
 
-def _quantizer_branches(graph: fx.Graph, model: nn.Module, state_names: dict[str, str]) -> _Branches:
+def _quantizer_branches(graph: fx.Graph, model: nn.Module) -> _Branches:
     """Each call of a Quantizer module in the graph: its nodes, the tensor it quantizes, its outputs."""
     modules = dict(model.named_modules(remove_duplicate=False))  # a quantizer shared by q, k, v weights has 3 names
     by_call: dict[str, _Branch] = {}
@@ -446,16 +461,9 @@ def _quantizer_branches(graph: fx.Graph, model: nn.Module, state_names: dict[str
                 members[node] = branch
                 break
     for branch in by_call.values():
-        own = {id(p) for p in branch.quantizer.parameters()}
         for node in branch.nodes:
             for arg in node.all_input_nodes:
-                if arg in branch.nodes:
-                    continue
-                name = state_names.get(arg.name)
-                if name is not None and id(model.get_parameter(name) if _is_parameter(model, name) else None) in own:
-                    if arg not in branch.parameters:
-                        branch.parameters.append(arg)
-                elif isinstance(arg.meta.get("val"), torch.Tensor) and arg.meta["val"].dim() > 0:
+                if arg not in branch.nodes and isinstance(arg.meta.get("val"), torch.Tensor) and arg.meta["val"].dim() > 0:
                     branch.source = arg
             if any(user not in branch.nodes for user in node.users):
                 branch.outputs.add(node)
@@ -474,14 +482,6 @@ def _live_nodes(graph: fx.Graph) -> set[fx.Node]:
             live.add(node)
             live.update(node.all_input_nodes)
     return live
-
-
-def _is_parameter(model: nn.Module, name: str) -> bool:
-    try:
-        model.get_parameter(name)
-    except AttributeError:
-        return False
-    return True
 
 
 def _flatten(value: object) -> list[object]:

@@ -17,12 +17,14 @@ from torch import Tensor, nn
 
 from geta.errors import GetaError
 from geta.graph.dependency import GroupTable
+from geta.quant.prepare import public_name
 from geta.quant.quantizer import Quantizer
 
 
 @dataclass(frozen=True)
 class Member:
-    """One tensor dimension that groups cut: ``positions[k]`` along ``dim`` belongs to ``groups[k]``."""
+    """One tensor dimension that groups cut: ``positions[k]`` along ``dim`` belongs to ``groups[k]``.
+    ``name`` is the tensor's state-dict key (for display; the tensor itself is ``tensor``)."""
 
     name: str
     tensor: Tensor
@@ -40,7 +42,7 @@ class Member:
 
 @dataclass(frozen=True)
 class GroupSlice:
-    """Positions ``indices`` along ``dim`` of ``tensor`` (the model's parameter or buffer ``name``)."""
+    """Positions ``indices`` along ``dim`` of ``tensor`` (the model's parameter or buffer, state-dict key ``name``)."""
 
     name: str
     tensor: Tensor
@@ -78,7 +80,7 @@ class SearchSpace(Sequence[Group]):
                 continue
             tensor = tensors[name]
             self.members.append(Member(
-                name, tensor, dim, torch.from_numpy(table.position[rows]), torch.from_numpy(table.group[rows]),
+                public_name(name), tensor, dim, torch.from_numpy(table.position[rows]), torch.from_numpy(table.group[rows]),
                 id(tensor) in parameters, id(tensor) in quantizer_tensors,
             ))
         self._by_group: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None

@@ -19,21 +19,22 @@ def construct_subnet(model: nn.Module, space: SearchSpace, removed: Tensor) -> n
     Every tensor slice of every removed group is cut out (all aliases of a tied tensor follow), then
     each module's width attributes are updated from its new tensors.
     """
-    cuts: dict[str, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
+    cuts: dict[int, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
+    names: dict[int, str] = {}
     for member in space.members:
-        cuts[member.name][member.dim].update(member.positions[removed[member.groups]].tolist())
-    compact = copy.deepcopy(model)
+        cuts[id(member.tensor)][member.dim].update(member.positions[removed[member.groups]].tolist())
+        names[id(member.tensor)] = member.name
+    copies: dict[int, object] = {}
+    compact = copy.deepcopy(model, copies)  # copies[id(tensor)] is the copy of each of model's tensors
     holders = _holders(compact)
-    tensors = {**dict(compact.named_parameters(remove_duplicate=False)),
-               **dict(compact.named_buffers(remove_duplicate=False))}
-    for name, dims in cuts.items():
-        old = tensors[name]
+    for key, dims in cuts.items():
+        old = copies[key]
         new = old.detach()
         for dim, positions in dims.items():
             keep = [i for i in range(new.shape[dim]) if i not in positions]
             if not keep:
                 raise GetaError(
-                    f"removing the zeroed groups would leave {name} with no positions along dim {dim}; "
+                    f"removing the zeroed groups would leave {names[key]} with no positions along dim {dim}; "
                     "keep at least one of the groups that span it"
                 )
             new = new.index_select(dim, torch.tensor(keep, dtype=torch.long, device=new.device))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -183,11 +184,20 @@ def _covered(layers: list[QuantizableLayer], predicate) -> set[str]:
 _PARAMETRIZED = "parametrizations."
 
 
+_ORIGINAL = re.compile(r"(^|\.)parametrizations\.(\w+)\.original$")
+_QUANTIZER = re.compile(r"(^|\.)parametrizations\.(\w+)\.0\.")
+
+
+def public_name(name: str) -> str:
+    """The state-dict key of a parameter that parametrize names internally:
+    ``conv.parametrizations.weight.original`` is ``conv.weight`` and
+    ``conv.parametrizations.weight.0.d`` is ``conv.weight_quantizer.d``; other names are unchanged."""
+    return _QUANTIZER.sub(r"\1\2_quantizer.", _ORIGINAL.sub(r"\1\2", name), count=1)
+
+
 def _rename_saved_keys(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
     for key in [k for k in state_dict if k.startswith(prefix + _PARAMETRIZED)]:
-        name, rest = key[len(prefix + _PARAMETRIZED) :].split(".", 1)
-        new = f"{prefix}{name}" if rest == "original" else f"{prefix}{name}_quantizer.{rest.split('.', 1)[1]}"
-        state_dict[new] = state_dict.pop(key)
+        state_dict[prefix + public_name(key[len(prefix):])] = state_dict.pop(key)
 
 
 def _rename_loaded_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:

@@ -11,6 +11,18 @@ from geta.quant import functional as F
 from geta.quant.kernel import quantize
 
 
+@torch.library.custom_op("geta::quantizer_call", mutates_args=())
+def quantizer_call(x: Tensor) -> Tensor:
+    """Where a quantizer runs, as graph capture records it: one node, the quantized tensor in and
+    a tensor of its shape out (a copy when run). See :meth:`Quantizer.traced_as_call`."""
+    return x.clone()
+
+
+@quantizer_call.register_fake
+def _quantizer_call_fake(x: Tensor) -> Tensor:
+    return torch.empty_like(x)
+
+
 class Quantizer(nn.Module):
     """Quantizes a tensor with learnable step ``d``, clip ``q_m`` and exponent ``t`` (Sec. 3).
 
@@ -34,6 +46,7 @@ class Quantizer(nn.Module):
         self.d = nn.Parameter(F.step_for_bits(float(bits), self.q_m.detach(), self.t.detach(), signed))
         self.observing = False
         self.observed_max: Tensor | None = None
+        self.traced_as_call = False  # graph capture: forward is one quantizer_call node (see capture.py)
 
     def extra_repr(self) -> str:
         granularity = "per-tensor" if self.axis is None else f"per-channel(axis={self.axis}, channels={self.d.numel()})"
@@ -41,6 +54,8 @@ class Quantizer(nn.Module):
         return f"{'signed' if self.signed else 'unsigned'}, {granularity}, bits={mean_bits:.2f}"
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.traced_as_call:
+            return quantizer_call(x)
         if self.observing:
             self._observe(x)
             return x
