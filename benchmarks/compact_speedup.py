@@ -3,7 +3,9 @@
 For ResNet20 and VGG7 (batch norm, 3x32x32 inputs, random weights) the compact models remove 30%,
 50% and 70% of the pruning groups (``GETA(..., quantize="none").zero_random_groups``, then
 ``construct_subnet``): plain float models, so that what is timed is the effect of the removed
-channels. Each model is timed in torch eager mode (``torch.no_grad``, eval) at batch 1 and 64, at
+channels. ``--round-to N`` removes groups in whole chunks so that every width that is a multiple of N
+stays one (``zero_random_groups(..., round_to=N)``); then up to 30/50/70% are removed and the table
+gives the share actually removed. Each model is timed in torch eager mode (``torch.no_grad``, eval) at batch 1 and 64, at
 batch 64 also with model and input in channels-last memory format, and in onnxruntime
 (``geta.export_onnx``, CPU provider) at batch 64. Candidates are interleaved: every round
 runs each of them ``--calls`` times, in an order rotated from round to round, after one untimed
@@ -15,7 +17,7 @@ speedup = dense time / compact time (same runtime and batch); MACs ratio = dense
 Run from the repository root with one thread (torch and onnxruntime are both set to one intra-op
 thread here; OMP_NUM_THREADS=1 keeps other pools at one too):
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compact_speedup.py [--rounds N] [--calls N]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compact_speedup.py [--rounds N] [--calls N] [--round-to N]
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ BATCH64 = ("eager b64", "eager-cl b64", "ort b64")
 TARGET = 0.7
 
 
-def build(name: str, folder: Path) -> dict[str, dict]:
+def build(name: str, folder: Path, round_to: int = 1) -> dict[str, dict]:
     """The dense model and its compact versions, each with MACs and its three timed callables."""
     torch.manual_seed(0)
     dense = MODELS[name]().eval()
@@ -54,12 +56,13 @@ def build(name: str, folder: Path) -> dict[str, dict]:
     variants = {"dense": dense}
     for sparsity in SPARSITIES:
         g = geta.GETA(dense, example, quantize="none")
-        g.zero_random_groups(sparsity, seed=0)
-        variants[f"{sparsity:.0%}"] = g.construct_subnet().eval()
+        removed = len(g.zero_random_groups(sparsity, seed=0, round_to=round_to)) / len(g.groups)
+        label = f"{sparsity:.0%}" if round_to == 1 else f"{removed:.0%} (asked {sparsity:.0%})"
+        variants[label] = g.construct_subnet().eval()
     built = {}
-    for label, model in variants.items():
+    for number, (label, model) in enumerate(variants.items()):
         macs = count_macs(model, ExampleInputs.from_user(example), find_layers(model)).total
-        path = geta.export_onnx(model, torch.randn(2, 3, 32, 32), folder / f"{name}-{label}.onnx")
+        path = geta.export_onnx(model, torch.randn(2, 3, 32, 32), folder / f"{name}-{number}.onnx")
         built[label] = {"macs": macs, "calls": _callables(model, path)}
     return built
 
@@ -103,14 +106,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=2, help="calls per candidate per round")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--round-to", type=int, default=1, help="keep widths that are multiples of N so")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        built = {name: build(name, Path(folder)) for name in args.models}
+        built = {name: build(name, Path(folder), args.round_to) for name in args.models}
         medians = measure(built, args.rounds, args.calls)
-    print(f"torch {torch.__version__}, 1 thread, {args.rounds} interleaved rounds x {args.calls} calls, median per call")
+    print(f"torch {torch.__version__}, 1 thread, {args.rounds} interleaved rounds x {args.calls} calls, median per call, "
+          f"round_to {args.round_to}")
     print("| model | groups removed | MACs (M) | MACs ratio | eager b1 ms (speedup) | eager b64 ms (speedup) "
           "| eager channels-last b64 ms (speedup) | ort b64 ms (speedup) "
           "| b64 speedup / MACs ratio (eager, channels-last, ort) |")

@@ -139,16 +139,18 @@ class GETA:
         groups = self.groups
         return float(groups.zero_mask().float().mean()) if len(groups) else 0.0
 
-    def zero_random_groups(self, fraction: float, seed: int = 0) -> list[Group]:
+    def zero_random_groups(self, fraction: float, seed: int = 0, round_to: int = 1) -> list[Group]:
         """Zero a random ``fraction`` of the groups (a testing aid); returns the zeroed groups.
 
-        Groups are drawn in random order, passing over any that would empty a tensor dimension."""
+        Groups are drawn in random order, passing over any that would empty a tensor dimension.
+        ``round_to`` > 1 zeroes whole chunks only, so that widths stay multiples of it (see
+        ``SearchSpace.select``); then up to ``fraction`` of the groups are zeroed."""
         if not 0 <= fraction <= 1:
             raise ConfigError(f"fraction={fraction} must lie in [0, 1]")
         groups = self.groups
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(groups), generator=generator)
-        mask = groups.select(order, round(fraction * len(groups)))
+        mask = groups.select(order, round(fraction * len(groups)), round_to)
         groups.zero_(mask)
         return [groups[i] for i in mask.nonzero().flatten().tolist()]
 
@@ -180,8 +182,10 @@ class GETA:
             settings: overrides of ``warmup_steps``, ``projection_periods`` (B), ``projection_steps``
                 (K_b), ``bit_reduction`` (b_r), ``pruning_periods`` (P), ``pruning_steps`` (K_p),
                 ``eps``, ``eta``, ``xi`` (Eq. 13 and 14), ``saliency_weights`` (criterion -> weight, see
-                ``geta.optim.saliency``) and ``callback`` (called with ``QassoMetrics`` after each step),
-                plus the base optimizer's own arguments.
+                ``geta.optim.saliency``), ``round_to`` (remove groups in whole chunks so that every
+                width that is a multiple of it stays one, e.g. 16 for a CPU's vector width; the
+                target count becomes what whole chunks reach) and ``callback`` (called with
+                ``QassoMetrics`` after each step), plus the base optimizer's own arguments.
         """
         return QASSO(
             self, optimizer, lr=lr, target_sparsity=target_sparsity, total_steps=total_steps, lr_quant=lr_quant,

@@ -111,6 +111,10 @@ def compress(
     lr: float | None = typer.Option(None, help="Learning rate of the dense stage (default: the recipe's)."),
     compress_lr: float | None = typer.Option(None, help="Learning rate of every method after it (default: the recipe's)."),
     limit_batches: int | None = typer.Option(None, help="Cap on batches per epoch (quick trials)."),
+    round_to: int | None = typer.Option(
+        None, help="Keep every width that is a multiple of N one (e.g. 16, a CPU's vector width): groups are removed "
+                   "in whole chunks by GETA and prune-then-ptq, and the target rounds to what chunks reach."
+    ),
     threads: int | None = typer.Option(None, help="CPU threads of torch (default: the recipe's, else torch's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; only the final lines."),
 ) -> None:
@@ -127,7 +131,8 @@ def compress(
         chosen = get_recipe(recipe)
         methods = list(dict.fromkeys(m for name in baseline for m in (METHODS if name == "all" else (name,))))
         settings = Settings(epochs=epochs, dense_epochs=dense_epochs, sparsity=sparsity, weight_bits=weight_bits,
-                            act_bits=act_bits, seed=seed, limit_batches=limit_batches, lr=lr, compress_lr=compress_lr)
+                            act_bits=act_bits, seed=seed, limit_batches=limit_batches, lr=lr, compress_lr=compress_lr,
+                            qasso={} if round_to is None else {"round_to": round_to})
         settings.resolve(chosen)
         if threads is not None and threads < 1:
             raise ConfigError(f"--threads {threads}: give at least 1")

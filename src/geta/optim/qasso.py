@@ -30,6 +30,7 @@ from geta.errors import ConfigError
 from geta.optim.forget import Forgetting
 from geta.optim.saliency import check_weights, saliency
 from geta.optim.schedule import BitSchedule, Position, Schedule, Stage
+from geta.pruning.groups import check_round_to
 from geta.quant.functional import check_bit_range
 from geta.quant.quantizer import Quantizer
 
@@ -97,6 +98,7 @@ class QASSO(torch.optim.Optimizer):
         eta: float = 0.5,
         xi: float = 0.5,
         saliency_weights: Mapping[str, float] | None = None,
+        round_to: int = 1,
         callback: Callable[[QassoMetrics], None] | None = None,
         **base_kwargs: Any,
     ) -> None:
@@ -135,9 +137,12 @@ class QASSO(torch.optim.Optimizer):
         self.weight_schedule = BitSchedule.create(weight_range, weight_start, periods, bit_reduction)
         self.act_schedule = BitSchedule.create(act_range, act_start, periods, bit_reduction)
 
+        self.round_to = check_round_to(round_to)
         self.target_groups = round(target_sparsity * len(self.space))
         if self.target_groups:
-            self.space.select(torch.arange(len(self.space)), self.target_groups)  # raises when out of reach
+            # raises when out of reach; in whole chunks the target becomes the count they reach
+            reachable = self.space.select(torch.arange(len(self.space)), self.target_groups, round_to)
+            self.target_groups = int(reachable.sum())
         elif target_sparsity > 0:
             warnings.warn(
                 f"target_sparsity={target_sparsity} of {len(self.space)} groups rounds to 0 groups: nothing is pruned "
@@ -227,7 +232,7 @@ class QASSO(torch.optim.Optimizer):
         scores = saliency(self.space, self.saliency_weights, candidates)
         candidate_index = candidates.nonzero().flatten()
         order = torch.cat([self.pruned.nonzero().flatten(), candidate_index[torch.argsort(scores[candidate_index], stable=True)]])
-        chosen = self.space.select(order, wanted)
+        chosen = self.space.select(order, wanted, self.round_to)
         self.redundant = chosen & ~self.pruned
         self._forgetting = self._forget_plan(self.redundant)
 

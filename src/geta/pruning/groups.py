@@ -8,6 +8,8 @@ groups are materialized on demand as :class:`Group` records for inspection.
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from geta.errors import GetaError
+from geta.errors import ConfigError, GetaError
 from geta.graph.dependency import GroupTable
 from geta.quant.prepare import public_name
 from geta.quant.quantizer import Quantizer
@@ -119,39 +121,83 @@ class SearchSpace(Sequence[Group]):
                 if len(chosen):
                     member.tensor.index_fill_(member.dim, chosen.to(member.tensor.device), 0.0)
 
-    def select(self, order: Tensor, count: int) -> Tensor:
+    def select(self, order: Tensor, count: int, round_to: int = 1) -> Tensor:
         """Bool mask of the first ``count`` groups of ``order`` (group indices, most wanted first) whose
         removal leaves every tensor dimension at least one position.
 
         A group that would take the last remaining position of some tensor dimension (every head
         of an attention block, every channel of a layer) is passed over for the next one in
         ``order``. Raises :class:`GetaError` when fewer than ``count`` groups can be taken.
+
+        ``round_to`` > 1 keeps widths hardware-friendly: groups are taken in whole chunks (see
+        :meth:`chunk_sizes`) so that every tensor dimension whose size is a multiple of ``round_to``
+        keeps a multiple of ``round_to`` positions. A chunk completes when ``order`` has reached all
+        of its groups and is taken if it still fits into ``count``; the mask then holds the most
+        groups that whole chunks allow (possibly fewer than ``count``) and nothing is raised for that.
         """
         order = torch.as_tensor(order, dtype=torch.long).cpu()
         if not 0 <= count <= len(order):
             raise GetaError(f"cannot select {count} groups out of {len(order)} candidates")
+        round_to = check_round_to(round_to)
         chosen = torch.zeros(self.count, dtype=torch.bool)
-        chosen[order[:count]] = True
-        if self._dims_left(chosen).min(initial=1) > 0:
-            return chosen
-        chosen.zero_()
+        if round_to == 1:
+            chosen[order[:count]] = True
+            if self._dims_left(chosen).min(initial=1) > 0:
+                return chosen
+            chosen.zero_()
+        if round_to == 1:
+            family, chunk = np.arange(self.count), np.ones(self.count, dtype=np.int64)
+        else:
+            family, chunk = self.chunk_sizes(round_to)
         member_of, _, offsets = self._rows_by_group()
         left = self._dims_left(chosen)
+        pending: dict[int, list[int]] = defaultdict(list)
         taken = 0
         for group in order.tolist():
             if taken == count:
                 break
-            members, removed = np.unique(member_of[offsets[group]:offsets[group + 1]], return_counts=True)
+            waiting = pending[family[group]]
+            waiting.append(group)
+            if len(waiting) < chunk[family[group]]:
+                continue
+            del pending[family[group]]
+            if taken + len(waiting) > count:
+                continue
+            rows = np.concatenate([member_of[offsets[g]:offsets[g + 1]] for g in waiting])
+            members, removed = np.unique(rows, return_counts=True)
             if (left[members] > removed).all():
                 left[members] -= removed
-                chosen[group] = True
-                taken += 1
-        if taken < count:
+                chosen[waiting] = True
+                taken += len(waiting)
+        if taken < count and round_to == 1:
             raise GetaError(
                 f"only {taken} of the requested {count} groups can be removed without emptying a tensor "
                 "dimension (every channel of a layer, every head of a block); ask for fewer"
             )
         return chosen
+
+    def chunk_sizes(self, round_to: int) -> tuple[np.ndarray, np.ndarray]:
+        """(family of each group, chunk size of each family) for widths in multiples of ``round_to``.
+
+        A family is the groups that cut the same tensor dimensions by the same number of positions
+        each (the channels of one layer, or of every layer tied to it by residual adds). Its chunk
+        is the fewest groups whose removal takes a multiple of ``round_to`` positions from each of
+        those dimensions whose size is a multiple of ``round_to`` (1 when there is none)."""
+        member_of, _, offsets = self._rows_by_group()
+        sizes = np.array([m.tensor.shape[m.dim] for m in self.members], dtype=np.int64)
+        keys: dict[tuple, int] = {}
+        family = np.empty(self.count, dtype=np.int64)
+        chunk: list[int] = []
+        for group in range(self.count):
+            members, positions = np.unique(member_of[offsets[group]:offsets[group + 1]], return_counts=True)
+            key = (tuple(members.tolist()), tuple(positions.tolist()))
+            if key not in keys:
+                keys[key] = len(chunk)
+                aligned = sizes[members] % round_to == 0
+                steps = [round_to // math.gcd(round_to, int(p)) for p in positions[aligned]]
+                chunk.append(math.lcm(*steps) if steps else 1)
+            family[group] = keys[key]
+        return family, np.array(chunk, dtype=np.int64)
 
     def _dims_left(self, removed: Tensor) -> np.ndarray:
         """Per member: positions its tensor dimension keeps once the groups in ``removed`` are gone."""
@@ -168,6 +214,13 @@ class SearchSpace(Sequence[Group]):
             offsets = np.searchsorted(group_of[order], np.arange(self.count + 1))
             self._by_group = (member_of[order], position_of[order], offsets)
         return self._by_group
+
+
+def check_round_to(round_to: object) -> int:
+    """``round_to`` as a positive int, or ConfigError."""
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ConfigError(f"round_to={round_to!r} must be a positive integer (1: any width)")
+    return round_to
 
 
 def _per_position_max(tensor: Tensor, dim: int) -> Tensor:

@@ -2,8 +2,8 @@
 
 * dense: the dense model trained on for the compression budget (float, rel. BOPs 1).
 * prune-then-ptq: the groups of the same search space ranked by the same saliency on the dense
-  model, the least salient ``sparsity`` share removed, the compact model fine-tuned for the budget,
-  then post-training quantization at uniform 8 and at 4 bits (same quantizers, fixed bits; weight
+  model, the least salient ``sparsity`` share removed (in whole chunks with GETA's ``round_to``),
+  the compact model fine-tuned for the budget, then post-training quantization at uniform 8 and at 4 bits (same quantizers, fixed bits; weight
   clip chosen by least squared error, activation ranges calibrated on training batches).
 * quantize-only: QASSO over the same bit ranges without pruning (``harness.compress`` with
   sparsity 0).
@@ -53,7 +53,8 @@ def prune_then_ptq(dense: DenseModel, *, display: Display | None = None) -> list
     space = g.groups
     _accumulate_gradients(g.model, dense)
     scores = saliency(space, DEFAULT_WEIGHTS, torch.ones(len(space), dtype=torch.bool))
-    removed = space.select(torch.argsort(scores, stable=True), round(settings.sparsity * len(space)))
+    removed = space.select(torch.argsort(scores, stable=True), round(settings.sparsity * len(space)),
+                           settings.qasso.get("round_to", 1))
     space.zero_(removed)
     g.model.zero_grad(set_to_none=True)
     pruned = g.construct_subnet()

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from geta.errors import ConfigError
+from geta.pruning.groups import check_round_to
 from geta.quant.functional import check_bit_range
 from geta.recipes.recipe import Recipe
 
@@ -59,6 +60,7 @@ class Settings:
             raise ConfigError(f"qasso={{...}} may not set {sorted(reserved)}: use the Settings fields instead")
         if resolved.limit_batches is not None and resolved.limit_batches < 1:
             raise ConfigError(f"limit_batches={resolved.limit_batches} must be >= 1")
+        check_round_to(resolved.qasso.get("round_to", 1))
         return resolved
 
     def to_dict(self) -> dict[str, Any]:
