@@ -50,3 +50,12 @@ def test_per_channel_quantizer_parameters_go_with_their_output_channel() -> None
             continue
         quantizer_slices = {s.name: s.indices for s in group.slices if s.is_quantizer}
         assert quantizer_slices == {f"0.weight_quantizer.{p}": weight[0].indices for p in ("d", "q_m", "t")}
+
+
+def test_unprunable_structures_name_tensors_by_state_dict_key() -> None:
+    x = torch.randn(2, 3, 10, 10)
+    g = geta.GETA(_net(), x, quantize="weights+activations", per_channel=True)
+    names = {s.name for structure in g.unprunable() for s in structure.slices}
+    # the last conv's output channels touch the model output; its weight and per-channel quantizer go with them
+    assert {"3.weight", "3.bias", "3.weight_quantizer.d"} <= names
+    assert names <= set(g.model.state_dict())
