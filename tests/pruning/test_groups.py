@@ -103,3 +103,10 @@ def test_round_to_must_be_a_positive_integer() -> None:
             g.zero_random_groups(0.5, round_to=bad)
         with pytest.raises(ConfigError, match="round_to"):
             g.qasso(lr=0.1, target_sparsity=0.5, total_steps=100, round_to=bad)
+
+
+def test_a_target_below_one_chunk_warns_that_nothing_is_pruned() -> None:
+    g = geta.GETA(ResNet20(in_channels=1).eval(), torch.randn(1, 1, 28, 28), quantize="none")
+    with pytest.warns(UserWarning, match="round_to=16"):  # 9 groups asked, every chunk holds 16
+        opt = g.qasso(lr=0.1, target_sparsity=0.02, total_steps=100, round_to=16)
+    assert opt.target_groups == 0

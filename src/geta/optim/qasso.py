@@ -143,10 +143,11 @@ class QASSO(torch.optim.Optimizer):
             # raises when out of reach; in whole chunks the target becomes the count they reach
             reachable = self.space.select(torch.arange(len(self.space)), self.target_groups, round_to)
             self.target_groups = int(reachable.sum())
-        elif target_sparsity > 0:
+        if not self.target_groups and target_sparsity > 0:
+            chunks = f" in whole chunks of round_to={round_to}" if round_to > 1 else ""
             warnings.warn(
-                f"target_sparsity={target_sparsity} of {len(self.space)} groups rounds to 0 groups: nothing is pruned "
-                "(see GETA.unprunable() for what was left out)", stacklevel=3,
+                f"target_sparsity={target_sparsity} of {len(self.space)} groups rounds to 0 groups{chunks}: nothing is "
+                "pruned (see GETA.unprunable() for what was left out)", stacklevel=3,
             )
 
         base_class = _base_class(optimizer)
