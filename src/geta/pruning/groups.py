@@ -145,7 +145,6 @@ class SearchSpace(Sequence[Group]):
             if self._dims_left(chosen).min(initial=1) > 0:
                 return chosen
             chosen.zero_()
-        if round_to == 1:
             family, chunk = np.arange(self.count), np.ones(self.count, dtype=np.int64)
         else:
             family, chunk = self.chunk_sizes(round_to)

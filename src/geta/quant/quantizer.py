@@ -14,7 +14,7 @@ from geta.quant.kernel import quantize
 @torch.library.custom_op("geta::quantizer_call", mutates_args=())
 def quantizer_call(x: Tensor) -> Tensor:
     """Where a quantizer runs, as graph capture records it: one node, the quantized tensor in and
-    a tensor of its shape out (a copy when run). See :meth:`Quantizer.traced_as_call`."""
+    a tensor of its shape out (a copy when run). See ``geta.graph.capture.quantizers_as_calls``."""
     return x.clone()
 
 
