@@ -134,7 +134,9 @@ def test_the_larger_recipes_run_end_to_end_on_a_few_batches(recipe: str, tmp_pat
     result = run_recipe(recipe, Settings(dense_epochs=0, epochs=1, limit_batches=20))
     assert 0 < result.rel_bops < 1 and 0 < result.group_sparsity < 1 and result.params < result.params_dense
     paths = write_run(result, tmp_path)
-    assert json.loads(paths["report_json"].read_text())["recipe"] == recipe
+    data = json.loads(paths["report_json"].read_text())
+    assert data["recipe"] == recipe and "export_error" not in data
+    assert paths["safetensors"].is_file() and paths["onnx"].is_file()
 
 
 def test_one_dense_model_serves_runs_with_other_method_settings() -> None:

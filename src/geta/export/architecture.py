@@ -1,13 +1,18 @@
 """A JSON description of a module tree, and the module rebuilt from it without running saved code.
 
 Each module is a record: its type (a name looked up in an allow-list of classes, never imported from
-the file), its plain attributes (numbers, strings, booleans, None, tuples and lists of them, and a few
-activation functions by name: widths, kernel sizes, flags), the file keys of its parameters and
-buffers, its children, and its input quantizer if it has one. A module is rebuilt as an instance of
+the file), its plain attributes (numbers, strings, booleans, None, tuples, lists, sets and string-keyed
+dicts of them, a few activation functions by name, and Hugging Face model configs as their JSON:
+widths, kernel sizes, flags), the file keys of its parameters and buffers, its children, and its input
+quantizer if it has one. A module is rebuilt as an instance of
 its class made without calling ``__init__``: ``nn.Module.__init__``, then the recorded attributes,
 tensors and children. That reproduces any module whose state is exactly that, which covers torch's
 layers and containers and geta's reference models; a custom module class (one with its own
 ``forward``) must be allow-listed with :func:`register_module` before saving and loading.
+
+The allow-list also names, as fixed strings, the transformers BERT classes that make up geta's MiniLM
+recipe (and BERT-style encoders in general) and their config class; these are imported from
+transformers, by those fixed names only, the first time a file or a model needs them.
 
 A parametrized weight (a weight quantizer) is described by its quantized value; the quantizer's
 parameters are stored beside it by ``packed.py``. A tensor shared by several modules is stored once.
@@ -15,6 +20,8 @@ parameters are stored beside it by ``packed.py``. A tensor shared by several mod
 
 from __future__ import annotations
 
+import importlib
+import json
 import keyword
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +61,17 @@ def register_module(cls: type[nn.Module]) -> None:
     _ALLOWED[type_name(cls)] = cls
 
 
+# Classes of optional libraries, allowed by name and imported only when a model or a file uses them.
+_BERT = "transformers.models.bert.modeling_bert"
+_IMPORTABLE: frozenset[str] = frozenset({
+    "geta.models.minilm.MiniLMClassifier", "transformers.activations.GELUActivation",
+    *(f"{_BERT}.{name}" for name in (
+        "BertModel", "BertEmbeddings", "BertEncoder", "BertLayer", "BertAttention", "BertSelfAttention",
+        "BertSelfOutput", "BertIntermediate", "BertOutput", "BertPooler",
+    )),
+})
+_IMPORTABLE_CONFIGS: frozenset[str] = frozenset({"transformers.models.bert.configuration_bert.BertConfig"})
+
 for _cls in (
     nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Identity,
     nn.Linear, nn.Bilinear, nn.modules.linear.NonDynamicallyQuantizableLinear,
@@ -66,6 +84,33 @@ for _cls in (
     CompactMultiheadAttention, ResNet20, BasicBlock,
 ):
     register_module(_cls)
+
+
+def allowed_module(name: str) -> type[nn.Module] | None:
+    """The allow-listed module class saved under ``name``, or None; a fixed optional name is imported here."""
+    if name not in _ALLOWED and name in _IMPORTABLE:
+        cls = _import_class(name)
+        if isinstance(cls, type) and issubclass(cls, nn.Module) and type_name(cls) == name:
+            _ALLOWED[name] = cls
+    return _ALLOWED.get(name)
+
+
+def _allowed_config(name: str) -> type | None:
+    """The Hugging Face config class saved under ``name`` when it is one of the fixed allowed names."""
+    if name not in _IMPORTABLE_CONFIGS:
+        return None
+    cls = _import_class(name)
+    return cls if isinstance(cls, type) and type_name(cls) == name and hasattr(cls, "from_dict") else None
+
+
+def _import_class(name: str) -> object:
+    module_name, _, attr = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr, None)
+    except ImportError as error:
+        raise SavedModelError(f"{name} is needed but cannot be imported ({error}); install the library it comes from") from error
+    except RuntimeError as error:  # transformers wraps a broken optional dependency (e.g. torchvision) this way
+        raise SavedModelError(f"{name} is needed but cannot be imported: {error.__cause__ or error}") from error
 
 
 @dataclass
@@ -99,7 +144,7 @@ def build(tree: dict, tensors: dict[str, Tensor]) -> nn.Module:
     """The module described by ``tree`` with ``tensors`` (by file key, already checked) as its state."""
     built: dict[str, nn.Module] = {}
     parameters: dict[str, nn.Parameter] = {}
-    return _build_module(tree, "", tensors, built, parameters)
+    return _build_module(tree, "", tensors, built, parameters, {})
 
 
 def _describe_module(
@@ -110,7 +155,7 @@ def _describe_module(
     modules[id(module)] = path
     cls = type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)
     name = type_name(cls)
-    if name not in _ALLOWED:
+    if allowed_module(name) is not cls:
         raise SavedModelError(
             f"{_where(path)} is a {name}, which is not allow-listed for saving; if its whole state is its "
             f"parameters, buffers, children and plain attributes, call geta.export.register_module({cls.__name__}) "
@@ -174,7 +219,8 @@ def _tensor_key(
 
 
 def _build_module(
-    record: object, path: str, tensors: dict[str, Tensor], built: dict[str, nn.Module], parameters: dict[str, nn.Parameter]
+    record: object, path: str, tensors: dict[str, Tensor], built: dict[str, nn.Module],
+    parameters: dict[str, nn.Parameter], configs: dict[str, object],
 ) -> nn.Module:
     record = _check_record(record, path)
     if "same_as" in record:
@@ -182,18 +228,18 @@ def _build_module(
             raise SavedModelError(f"{_where(path)} refers to module {record['same_as']!r}, which is not defined before it")
         return built[record["same_as"]]
     name = record["type"]
-    if name not in _ALLOWED:
+    cls = allowed_module(name) if isinstance(name, str) else None
+    if cls is None:
         raise SavedModelError(
             f"{_where(path)} has layer type {name!r}, which is not allow-listed; nothing was run. If you trust "
             "the file and the class, import it and call geta.export.register_module(TheClass) before loading"
         )
-    cls = _ALLOWED[name]
     module = cls.__new__(cls)
     nn.Module.__init__(module)
     module.training = _expect(record["training"], bool, f"{_where(path)}.training")
     for attr, encoded in _expect(record["attributes"], dict, f"{_where(path)} attributes").items():
         _check_attribute_name(cls, attr, path)
-        object.__setattr__(module, attr, _decode(encoded, f"{_where(path)}.{attr}"))
+        object.__setattr__(module, attr, _decode(encoded, f"{_where(path)}.{attr}", configs))
     for attr, key in _expect(record["parameters"], dict, f"{_where(path)} parameters").items():
         _check_attribute_name(cls, attr, path)
         module.register_parameter(attr, None if key is None else _parameter(key, tensors, parameters, path))
@@ -204,7 +250,8 @@ def _build_module(
     built[path] = module
     for attr, child in _expect(record["children"], dict, f"{_where(path)} children").items():
         _check_attribute_name(cls, attr, path, child=True)
-        module.add_module(attr, None if child is None else _build_module(child, _join(path, attr), tensors, built, parameters))
+        child_module = None if child is None else _build_module(child, _join(path, attr), tensors, built, parameters, configs)
+        module.add_module(attr, child_module)
     if "input_quantizer" in record:
         _attach_input_quantizer(module, path, record["input_quantizer"], tensors)
     return module
@@ -274,27 +321,63 @@ def _encode(value: object, where: str) -> object:
         return value
     if isinstance(value, (tuple, list)):
         return {type(value).__name__: [_encode(v, where) for v in value]}
+    if isinstance(value, (set, frozenset)):
+        items = [_encode(v, where) for v in value]
+        return {"set": sorted(items, key=lambda item: json.dumps(item, sort_keys=True))}
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {"dict": {k: _encode(v, where) for k, v in value.items()}}
     for name, function in _FUNCTIONS.items():
         if value is function:
             return {"function": name}
+    name = type_name(type(value))
+    if _allowed_config(name) is type(value):
+        config = {"type": name, "values": value.to_dict()}
+        attn_implementation = getattr(value, "_attn_implementation", None)
+        if isinstance(attn_implementation, str):
+            config["attn_implementation"] = attn_implementation
+        return {"config": config}
     raise SavedModelError(
         f"{where} is a {type(value).__name__}, which cannot be saved: attributes must be numbers, strings, booleans, None, "
-        f"tuples or lists of them, or one of the functions {', '.join(_FUNCTIONS)}; tensors must be registered "
-        "as parameters or buffers"
+        f"tuples, lists, sets or string-keyed dicts of them, one of the functions {', '.join(_FUNCTIONS)}, or a "
+        f"config of {', '.join(sorted(_IMPORTABLE_CONFIGS))}; tensors must be registered as parameters or buffers"
     )
 
 
-def _decode(value: object, where: str) -> object:
+def _decode(value: object, where: str, configs: dict[str, object]) -> object:
+    """The attribute value ``_encode`` wrote; equal configs decode to one shared object (``configs`` memo)."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, dict) and len(value) == 1:
         (tag, inner), = value.items()
-        if tag in ("tuple", "list") and isinstance(inner, list):
-            items = [_decode(v, where) for v in inner]
-            return tuple(items) if tag == "tuple" else items
+        if tag in ("tuple", "list", "set") and isinstance(inner, list):
+            items = [_decode(v, where, configs) for v in inner]
+            return {"tuple": tuple, "list": list, "set": set}[tag](items)
+        if tag == "dict" and isinstance(inner, dict):
+            return {k: _decode(v, where, configs) for k, v in inner.items()}
         if tag == "function" and inner in _FUNCTIONS:
             return _FUNCTIONS[inner]
+        if tag == "config" and isinstance(inner, dict):
+            return _decode_config(inner, where, configs)
     raise SavedModelError(f"{where} holds {value!r}, which is not a saved attribute value; the file is damaged")
+
+
+def _decode_config(entry: dict, where: str, configs: dict[str, object]) -> object:
+    key = json.dumps(entry, sort_keys=True)
+    if key in configs:
+        return configs[key]
+    cls = _allowed_config(entry.get("type")) if isinstance(entry.get("type"), str) else None
+    if cls is None:
+        raise SavedModelError(f"{where} holds a config of type {entry.get('type')!r}, which is not allow-listed; the file is damaged")
+    values = _expect(entry.get("values"), dict, f"{where} config values")
+    try:
+        config = cls.from_dict(values)
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        raise SavedModelError(f"{where} holds a config that {cls.__name__} rejects ({error}); the file is damaged") from error
+    attn_implementation = entry.get("attn_implementation")
+    if attn_implementation is not None:
+        config._attn_implementation = _expect(attn_implementation, str, f"{where} attention implementation")
+    configs[key] = config
+    return config
 
 
 def _join(path: str, attr: str) -> str:
