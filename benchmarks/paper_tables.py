@@ -49,6 +49,9 @@ def main() -> None:
     parser.add_argument("--weight-bits", type=int, nargs=2, default=None, metavar=("LO", "HI"))
     parser.add_argument("--act-bits", type=int, nargs=2, default=None, metavar=("LO", "HI"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip", nargs="*", default=None, metavar="LAYER",
+                        help="layers kept at full precision: first, last, names or globs; none given quantizes "
+                             "every layer (default: the recipe's, first and last)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     start = time.perf_counter()
@@ -56,7 +59,7 @@ def main() -> None:
     base = Settings(
         epochs=args.epochs, dense_epochs=args.dense_epochs, limit_batches=args.limit_batches, seed=args.seed,
         sparsity=args.sparsity, weight_bits=tuple(args.weight_bits) if args.weight_bits else None,
-        act_bits=tuple(args.act_bits) if args.act_bits else None,
+        act_bits=tuple(args.act_bits) if args.act_bits else None, skip=None if args.skip is None else tuple(args.skip),
     )
     with Display(mode="plain") as display:  # a line per stage and per tenth of the run, on stderr
         dense = train_dense(recipe, base, methods=2 * len(args.sparsities) if args.table == 5 else 3, display=display)
@@ -74,7 +77,8 @@ def main() -> None:
     settings = rows[0][1].settings
     print(f"\nTable {args.table} at this machine's scale: {recipe}, dense stage {settings['dense_epochs']} epochs, "
           f"then {settings['epochs']} epochs per method (limit_batches={settings['limit_batches']}), "
-          f"weight bits {settings['weight_bits']}, act bits {settings['act_bits']}; dense top-1 {dense.accuracy:.4f}")
+          f"weight bits {settings['weight_bits']}, act bits {settings['act_bits']}, full precision {settings['skip']}; "
+          f"dense top-1 {dense.accuracy:.4f}")
     print("| sparsity | method | top-1 | vs dense (pts) | rel. BOPs | groups removed | params | method s |"
           if args.table == 5 else "| method | top-1 | vs dense (pts) | rel. BOPs | groups removed | params | method s |")
     print("|---" * (8 if args.table == 5 else 7) + "|")

@@ -27,7 +27,7 @@ def test_recipes_lists_every_recipe_with_its_run_time() -> None:
 def test_compress_help_explains_the_options() -> None:
     result = runner.invoke(app, ["compress", "--help"])
     assert result.exit_code == 0
-    for option in ("--epochs", "--sparsity", "--weight-bits", "--act-bits", "--out", "--seed", "--baseline"):
+    for option in ("--epochs", "--sparsity", "--weight-bits", "--act-bits", "--out", "--seed", "--baseline", "--skip"):
         assert option in result.output
 
 
@@ -38,6 +38,7 @@ def test_compress_help_explains_the_options() -> None:
         (["compress", "cnn-digits", "--weight-bits", "8", "4"], "inverted"),
         (["compress", "cnn-digits", "--baseline", "magic"], "unknown method 'magic'"),
         (["compress", "cnn-digits", "--threads", "0"], "--threads 0"),
+        (["compress", "cnn-digits", "--skip", "none", "--skip", "first"], "--skip none"),
     ],
 )
 def test_a_wrong_argument_is_one_line_and_exit_code_2(arguments: list[str], message: str) -> None:

@@ -115,6 +115,10 @@ def compress(
         None, help="Keep every width that is a multiple of N one (e.g. 16, a CPU's vector width): groups are removed "
                    "in whole chunks by GETA and prune-then-ptq, and the target rounds to what chunks reach."
     ),
+    skip: list[str] | None = typer.Option(
+        None, help="Layers kept at full precision, repeatable: 'first', 'last', module names or globs; 'none' "
+                   "quantizes every layer (default: the recipe's, first and last)."
+    ),
     threads: int | None = typer.Option(None, help="CPU threads of torch (default: the recipe's, else torch's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; only the final lines."),
 ) -> None:
@@ -132,7 +136,7 @@ def compress(
         methods = list(dict.fromkeys(m for name in baseline for m in (METHODS if name == "all" else (name,))))
         settings = Settings(epochs=epochs, dense_epochs=dense_epochs, sparsity=sparsity, weight_bits=weight_bits,
                             act_bits=act_bits, seed=seed, limit_batches=limit_batches, lr=lr, compress_lr=compress_lr,
-                            qasso={} if round_to is None else {"round_to": round_to})
+                            qasso={} if round_to is None else {"round_to": round_to}, skip=_skip(skip))
         settings.resolve(chosen)
         if threads is not None and threads < 1:
             raise ConfigError(f"--threads {threads}: give at least 1")
@@ -188,5 +192,19 @@ def _weight_count(model: object) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in quantizer_parameters)  # type: ignore[attr-defined]
 
 
+def _skip(values: list[str] | None) -> tuple[str, ...] | None:
+    """--skip values as Settings.skip: None for the recipe's, () for 'none'."""
+    if not values:
+        return None
+    from geta.errors import ConfigError
+
+    if "none" in values:
+        if len(values) > 1:
+            raise ConfigError(f"--skip none quantizes every layer; it cannot be combined with {values!r}")
+        return ()
+    return tuple(values)
+
+
 if __name__ == "__main__":
     app()
+

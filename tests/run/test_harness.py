@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from geta.run import (
     Display,
     RunResult,
     Settings,
+    run_baseline,
     run_methods,
     run_recipe,
     train_dense,
@@ -163,3 +165,22 @@ def test_a_model_geta_export_cannot_save_is_written_as_a_state_dict(
     assert "not allow-listed" in data["export_error"] and data["files"]["state_dict"] == "model_state_dict.safetensors"
     assert safetensors.torch.load_file(paths["state_dict"]).keys() == results["geta"].model.state_dict().keys()
     assert "not allow-listed" in paths["report_md"].read_text()
+
+
+def test_skip_chooses_the_full_precision_layers_of_every_method() -> None:
+    dense = train_dense("cnn-digits", TINY)
+
+    def full_precision(result: RunResult) -> list[str]:
+        return [row["name"] for row in result.layers if row["full_precision_reason"]]
+
+    default = run_recipe("cnn-digits", TINY, dense=dense)  # the recipe quantizes every layer
+    assert default.settings["skip"] == [] and full_precision(default) == []
+    names = [row["name"] for row in default.layers]
+    both = replace(TINY, skip=("first", "last"))
+    for result in [run_recipe("cnn-digits", both, dense=dense), *run_baseline("cnn-digits", both, "prune-then-ptq", dense=dense)]:
+        assert result.settings["skip"] == ["<first>", "<last>"]
+        assert full_precision(result) == [names[0], names[-1]], result.method
+        assert all(row["weight_bits"] == 32 for row in result.layers if row["name"] in (names[0], names[-1]))
+    assert full_precision(run_recipe("cnn-digits", replace(TINY, skip=("last",)), dense=dense)) == [names[-1]]
+    with pytest.raises(ConfigError, match="skip"):
+        replace(TINY, skip=("",)).resolve(dense.recipe)

@@ -68,7 +68,7 @@ def prune_then_ptq(dense: DenseModel, *, display: Display | None = None) -> list
     display.set_stage("ptq")
     for bits in PTQ_BITS:
         ptq_start = time.perf_counter()
-        q = geta.GETA(pruned, dense.example, quantize=recipe.quantize, skip=list(recipe.skip), weight_bits=bits,
+        q = geta.GETA(pruned, dense.example, quantize=recipe.quantize, skip=list(dense.settings.skip), weight_bits=bits,
                       act_bits=bits, calibration_data=dense.calibration)
         fit_weight_clips(q)
         q.model.eval()

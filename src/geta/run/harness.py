@@ -140,7 +140,7 @@ def compress(
     display = display or Display()
     start = time.perf_counter()
     display.set_stage("setup")
-    g = geta.GETA(dense.model, dense.example, quantize=recipe.quantize, skip=list(recipe.skip),
+    g = geta.GETA(dense.model, dense.example, quantize=recipe.quantize, skip=list(settings.skip),
                   weight_bits=INITIAL_BITS, act_bits=INITIAL_BITS, calibration_data=dense.calibration)
     steps = dense.method_steps
     optimizer = g.qasso(
@@ -185,7 +185,7 @@ def make_result(
                 "quantize": dense.recipe.quantize, "pretrained": dense.recipe.pretrained,
                 "batch_size": dense.recipe.batch_size,
                 "optimizer": dense.recipe.optimizer,
-                "optimizer_kwargs": dict(dense.recipe.optimizer_kwargs), "skip": [str(s) for s in dense.recipe.skip],
+                "optimizer_kwargs": dict(dense.recipe.optimizer_kwargs),
                 "steps_per_epoch": dense.steps_per_epoch, "dense_steps": dense.steps, "method_steps": dense.method_steps,
                 "threads": torch.get_num_threads(), **(extra or {})}
     wall = time.perf_counter() - start

@@ -8,8 +8,11 @@ from typing import Any
 
 from geta.errors import ConfigError
 from geta.pruning.groups import check_round_to
+from geta.quant.prepare import FIRST, LAST
 from geta.quant.functional import check_bit_range
 from geta.recipes.recipe import Recipe
+
+_POSITIONS = {"first": FIRST, "last": LAST}
 
 
 @dataclass(frozen=True)
@@ -20,7 +23,9 @@ class Settings:
     ``dense_epochs``; ``limit_batches`` caps the batches per epoch (quick trials and tests). ``lr`` and
     ``compress_lr`` are the base optimizer's learning rates in the dense stage and in every method;
     ``qasso`` holds further arguments of :meth:`geta.GETA.qasso` (``lr_quant``, stage lengths,
-    ``saliency_weights``, ...) for GETA and quantize-only.
+    ``saliency_weights``, ...) for GETA and quantize-only. ``skip`` names the layers every method keeps
+    at full precision: ``"first"`` and ``"last"`` (the first and last layer the model runs), module
+    names or globs; ``()`` quantizes every layer.
     """
 
     epochs: int | None = None
@@ -33,6 +38,7 @@ class Settings:
     lr: float | None = None
     compress_lr: float | None = None
     qasso: Mapping[str, Any] = field(default_factory=dict)
+    skip: tuple[str, ...] | None = None
 
     def resolve(self, recipe: Recipe) -> Settings:
         """Every field filled from ``recipe`` where left None, and checked; raises :class:`ConfigError`."""
@@ -46,6 +52,7 @@ class Settings:
             lr=recipe.lr if self.lr is None else self.lr,
             compress_lr=recipe.compress_lr if self.compress_lr is None else self.compress_lr,
             qasso=dict(self.qasso),
+            skip=tuple(recipe.skip) if self.skip is None else tuple(_POSITIONS.get(s, s) for s in self.skip),
         )
         if resolved.epochs < 1:
             raise ConfigError(f"epochs={resolved.epochs}: compression needs at least 1 epoch")
@@ -61,12 +68,15 @@ class Settings:
         if resolved.limit_batches is not None and resolved.limit_batches < 1:
             raise ConfigError(f"limit_batches={resolved.limit_batches} must be >= 1")
         check_round_to(resolved.qasso.get("round_to", 1))
+        if not all(isinstance(s, str) and s for s in resolved.skip):
+            raise ConfigError(f"skip={resolved.skip!r}: expected 'first', 'last', module names or globs")
         return resolved
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serializable dict (bit ranges as lists)."""
         data = asdict(self)
         data["qasso"] = dict(self.qasso)
+        data["skip"] = None if self.skip is None else list(self.skip)
         for key in ("weight_bits", "act_bits"):
             if data[key] is not None:
                 data[key] = list(data[key])
