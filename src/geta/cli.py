@@ -116,7 +116,7 @@ def compress(
                    "in whole chunks by GETA and prune-then-ptq, and the target rounds to what chunks reach."
     ),
     skip: list[str] | None = typer.Option(
-        None, help="Layers kept at full precision, repeatable: 'first', 'last', module names or globs; 'none' "
+        None, metavar="LAYER", help="Layers kept at full precision, repeatable: 'first', 'last', module names or globs; 'none' "
                    "quantizes every layer (default: the recipe's, first and last)."
     ),
     threads: int | None = typer.Option(None, help="CPU threads of torch (default: the recipe's, else torch's)."),
