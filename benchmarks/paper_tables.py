@@ -27,6 +27,7 @@ from dataclasses import replace
 
 import torchvision_shim  # noqa: F401  (minilm-bbc imports transformers, which imports torchvision)
 
+from geta.optim.saliency import DEFAULT_WEIGHTS
 from geta.run import Display, RunResult, Settings, run_baseline, run_recipe, train_dense
 
 RECIPES = {2: "resnet20-fmnist", 3: "vgg7-fmnist", 5: "minilm-bbc"}
@@ -52,6 +53,9 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=None, metavar="LAYER",
                         help="layers kept at full precision: first, last, names or globs; none given quantizes "
                              "every layer (default: the recipe's, first and last)")
+    parser.add_argument("--saliency-macs", type=float, default=0.0, metavar="W",
+                        help="weight of geta's macs saliency criterion beside the paper's five at 0.2 each "
+                             "(default 0: the paper's saliency)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     start = time.perf_counter()
@@ -60,6 +64,7 @@ def main() -> None:
         epochs=args.epochs, dense_epochs=args.dense_epochs, limit_batches=args.limit_batches, seed=args.seed,
         sparsity=args.sparsity, weight_bits=tuple(args.weight_bits) if args.weight_bits else None,
         act_bits=tuple(args.act_bits) if args.act_bits else None, skip=None if args.skip is None else tuple(args.skip),
+        qasso={"saliency_weights": {**DEFAULT_WEIGHTS, "macs": args.saliency_macs}} if args.saliency_macs else {},
     )
     with Display(mode="plain") as display:  # a line per stage and per tenth of the run, on stderr
         dense = train_dense(recipe, base, methods=2 * len(args.sparsities) if args.table == 5 else 3, display=display)
@@ -77,7 +82,8 @@ def main() -> None:
     settings = rows[0][1].settings
     print(f"\nTable {args.table} at this machine's scale: {recipe}, dense stage {settings['dense_epochs']} epochs, "
           f"then {settings['epochs']} epochs per method (limit_batches={settings['limit_batches']}), "
-          f"weight bits {settings['weight_bits']}, act bits {settings['act_bits']}, full precision {settings['skip']}; "
+          f"weight bits {settings['weight_bits']}, act bits {settings['act_bits']}, full precision {settings['skip']}, "
+          f"qasso {settings['qasso']}; "
           f"dense top-1 {dense.accuracy:.4f}")
     print("| sparsity | method | top-1 | vs dense (pts) | rel. BOPs | groups removed | params | method s |"
           if args.table == 5 else "| method | top-1 | vs dense (pts) | rel. BOPs | groups removed | params | method s |")

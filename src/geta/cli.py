@@ -115,6 +115,10 @@ def compress(
         None, help="Keep every width that is a multiple of N one (e.g. 16, a CPU's vector width): groups are removed "
                    "in whole chunks by GETA and prune-then-ptq, and the target rounds to what chunks reach."
     ),
+    saliency_macs: float = typer.Option(
+        0.0, metavar="W", help="Weight of geta's 'macs' saliency criterion (remove costly groups first) beside the "
+                               "paper's five at 0.2 each; 0 is the paper's saliency."
+    ),
     skip: list[str] | None = typer.Option(
         None, metavar="LAYER", help="Layers kept at full precision, repeatable: 'first', 'last', module names or globs; 'none' "
                    "quantizes every layer (default: the recipe's, first and last)."
@@ -136,7 +140,7 @@ def compress(
         methods = list(dict.fromkeys(m for name in baseline for m in (METHODS if name == "all" else (name,))))
         settings = Settings(epochs=epochs, dense_epochs=dense_epochs, sparsity=sparsity, weight_bits=weight_bits,
                             act_bits=act_bits, seed=seed, limit_batches=limit_batches, lr=lr, compress_lr=compress_lr,
-                            qasso={} if round_to is None else {"round_to": round_to}, skip=_skip(skip))
+                            qasso=_qasso(round_to, saliency_macs), skip=_skip(skip))
         settings.resolve(chosen)
         if threads is not None and threads < 1:
             raise ConfigError(f"--threads {threads}: give at least 1")
@@ -190,6 +194,19 @@ def _weight_count(model: object) -> int:
 
     quantizer_parameters = {id(p) for m in model.modules() if isinstance(m, geta.Quantizer) for p in m.parameters()}  # type: ignore[attr-defined]
     return sum(p.numel() for p in model.parameters() if id(p) not in quantizer_parameters)  # type: ignore[attr-defined]
+
+
+def _qasso(round_to: int | None, saliency_macs: float) -> dict:
+    """The Settings.qasso of --round-to and --saliency-macs."""
+    from geta.errors import ConfigError
+    from geta.optim.saliency import DEFAULT_WEIGHTS
+
+    qasso: dict = {} if round_to is None else {"round_to": round_to}
+    if saliency_macs < 0:
+        raise ConfigError(f"--saliency-macs {saliency_macs}: give a weight >= 0")
+    if saliency_macs:
+        qasso["saliency_weights"] = {**DEFAULT_WEIGHTS, "macs": saliency_macs}
+    return qasso
 
 
 def _skip(values: list[str] | None) -> tuple[str, ...] | None:

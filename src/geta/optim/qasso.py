@@ -27,8 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from geta.errors import ConfigError
+from geta.metrics.cost import MacCount, count_macs
 from geta.optim.forget import Forgetting
-from geta.optim.saliency import check_weights, saliency
+from geta.optim.saliency import check_weights, group_macs, saliency
 from geta.optim.schedule import BitSchedule, Position, Schedule, Stage
 from geta.pruning.groups import check_round_to
 from geta.quant.functional import check_bit_range
@@ -161,7 +162,8 @@ class QASSO(torch.optim.Optimizer):
         self.redundant = torch.zeros(len(self.space), dtype=torch.bool)
         self._forgetting = Forgetting([])
         self._warned_nonfinite = False
-        self._macs = None
+        self._macs: MacCount | None = None
+        self._costs: Tensor | None = None
 
     # ------------------------------------------------------------------ stepping
 
@@ -230,12 +232,25 @@ class QASSO(torch.optim.Optimizer):
         """Rank the remaining groups and mark this period's share redundant (cumulative target)."""
         wanted = round(self.target_groups * (period + 1) / self.schedule.pruning_periods)
         candidates = ~self.pruned
-        scores = saliency(self.space, self.saliency_weights, candidates)
+        scores = saliency(self.space, self.saliency_weights, candidates, self._group_costs())
         candidate_index = candidates.nonzero().flatten()
         order = torch.cat([self.pruned.nonzero().flatten(), candidate_index[torch.argsort(scores[candidate_index], stable=True)]])
         chosen = self.space.select(order, wanted, self.round_to)
         self.redundant = chosen & ~self.pruned
         self._forgetting = self._forget_plan(self.redundant)
+
+    def _group_costs(self) -> Tensor | None:
+        """Each group's MACs (for the ``macs`` saliency criterion), counted once on the model; None when unused."""
+        if not self.saliency_weights["macs"]:
+            return None
+        if self._costs is None:
+            self._costs = group_macs(self.space, self.compressor.layers, self._layer_macs())
+        return self._costs
+
+    def _layer_macs(self) -> MacCount:
+        if self._macs is None:
+            self._macs = count_macs(self.compressor.model, self.compressor.example_inputs, self.compressor.layers)
+        return self._macs
 
     def _forget_plan(self, redundant: Tensor) -> Forgetting:
         """The trainable tensors holding redundant positions, with the weight quantizer of each."""
@@ -256,13 +271,10 @@ class QASSO(torch.optim.Optimizer):
 
     def metrics(self) -> QassoMetrics:
         """Stage, group sparsity, bit statistics and relative BOPs after the last step."""
-        from geta.metrics.cost import count_macs
         from geta.metrics.report import build_report
 
-        if self._macs is None:
-            self._macs = count_macs(self.compressor.model, self.compressor.example_inputs, self.compressor.layers)
         zero = self.space.zero_mask() if len(self.space) else torch.zeros(0, dtype=torch.bool)
-        report = build_report(self.compressor.model, self.compressor.layers, self._macs)
+        report = build_report(self.compressor.model, self.compressor.layers, self._layer_macs())
         weight = _bit_stats(self.weight_quantizers)
         act = _bit_stats(self.act_quantizers)
         return QassoMetrics(

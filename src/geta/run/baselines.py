@@ -18,7 +18,8 @@ import torch
 
 import geta
 from geta.optim.qasso import BASE_OPTIMIZERS
-from geta.optim.saliency import DEFAULT_WEIGHTS, saliency
+from geta.metrics.cost import count_macs
+from geta.optim.saliency import check_weights, group_macs, saliency
 from geta.quant.functional import quantize_reference
 from geta.run.costs import model_report
 from geta.run.harness import copy_of, decay_start, make_result
@@ -52,7 +53,9 @@ def prune_then_ptq(dense: DenseModel, *, display: Display | None = None) -> list
     g = geta.GETA(dense.model, dense.example, quantize="none")
     space = g.groups
     _accumulate_gradients(g.model, dense)
-    scores = saliency(space, DEFAULT_WEIGHTS, torch.ones(len(space), dtype=torch.bool))
+    weights = check_weights(settings.qasso.get("saliency_weights"))  # GETA's saliency, macs included
+    costs = group_macs(space, g.layers, count_macs(g.model, g.example_inputs, g.layers)) if weights["macs"] else None
+    scores = saliency(space, weights, torch.ones(len(space), dtype=torch.bool), costs)
     removed = space.select(torch.argsort(scores, stable=True), round(settings.sparsity * len(space)),
                            settings.qasso.get("round_to", 1))
     space.zero_(removed)
