@@ -36,7 +36,8 @@ RECIPES = {2: "resnet20-fmnist", 3: "vgg7-fmnist", 5: "minilm-bbc"}
 def _row(result: RunResult) -> str:
     delta = 100 * (result.accuracy - result.accuracy_dense)
     return (f"| {result.method} | {result.accuracy:.4f} | {delta:+.2f} | {100 * result.rel_bops:.3f}% | "
-            f"{100 * result.group_sparsity:.1f}% | {result.params:,} | {result.wall_s - result.wall_s_dense:.0f} |")
+            f"{100 * result.macs / result.macs_dense:.1f}% | {100 * result.group_sparsity:.1f}% | {result.params:,} | "
+            f"{result.wall_s - result.wall_s_dense:.0f} |")
 
 
 def main() -> None:
@@ -85,9 +86,9 @@ def main() -> None:
           f"weight bits {settings['weight_bits']}, act bits {settings['act_bits']}, full precision {settings['skip']}, "
           f"qasso {settings['qasso']}; "
           f"dense top-1 {dense.accuracy:.4f}")
-    print("| sparsity | method | top-1 | vs dense (pts) | rel. BOPs | groups removed | params | method s |"
-          if args.table == 5 else "| method | top-1 | vs dense (pts) | rel. BOPs | groups removed | params | method s |")
-    print("|---" * (8 if args.table == 5 else 7) + "|")
+    header = "| method | top-1 | vs dense (pts) | rel. BOPs | rel. MACs | groups removed | params | method s |"
+    print(f"| sparsity {header}" if args.table == 5 else header)
+    print("|---" * (9 if args.table == 5 else 8) + "|")
     for label, result in rows:
         print(f"| {label} {_row(result)}" if args.table == 5 else _row(result))
     print(f"wall time {time.perf_counter() - start:.0f} s")
