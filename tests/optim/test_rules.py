@@ -35,6 +35,14 @@ def test_forget_rate_keeps_descent_when_the_step_opposes_forgetting() -> None:
     assert gamma == pytest.approx(1.0)
 
 
+def test_forget_rate_never_carries_weights_past_zero() -> None:
+    # cos slightly below 0: the formula gives -(0.5 * 2) / (-1e-4 * 3) = 3333; Eq. 6 with gamma > 1 would
+    # make the redundant weights larger, with the opposite sign
+    gamma = forget_rate(t(0.3), t(-1e-4), t(2.0), t(3.0), steps_left=4, eps=1e-8, eta=0.5)
+    assert gamma == 1.0
+    assert forget_rate(t(0.3), t(-0.5), t(0.5), t(3.0), steps_left=4, eps=1e-8, eta=0.5) == pytest.approx(1 / 6)
+
+
 def test_step_size_takes_the_low_bit_step_when_rounding_helps() -> None:
     d = step_size(t(0.1), t(1.0), t(1.0), t(0.5), low_bits_step=t(0.125), eta=0.5, xi=0.5)
     assert d == 0.125

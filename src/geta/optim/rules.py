@@ -7,7 +7,13 @@ Eq. 13, forget rate gamma (``clip`` is the mean clipped magnitude in the redunda
 
     gamma = 0                                            if clip <= eps
           = 1 / (K_p - k)                                if cos(theta_gamma) >= 0
-          = -(1 - eta) ||s|| / (cos(theta_gamma) ||c||)  otherwise
+          = min(1, -(1 - eta) ||s|| / (cos(theta_gamma) ||c||))  otherwise
+
+The cap at 1 is geta's: Eq. 6 subtracts gamma x^Q, so gamma > 1 would carry the redundant weights past
+zero and make them larger, with the opposite sign, than they were. Where cos(theta_gamma) is a tiny
+negative number the uncapped formula gives exactly that: on VGG7 it once gave gamma near 6 for a layer,
+whose weight norm went from 7 to 37 in one step and the network never recovered. A smaller gamma keeps
+the direction a descent direction (the bound of Proposition 5.1 is an upper bound).
 
 Eq. 14, quantization step d (kept inside [d(b_u), d(b_l)] by the caller):
 
@@ -39,7 +45,7 @@ def forget_rate(
         raise ValueError(f"steps_left={steps_left} must be at least 1")
     uniform = torch.full_like(mean_clip, 1.0 / steps_left)
     safe = torch.where(cos_gamma < 0, cos_gamma * clip_norm, -torch.ones_like(cos_gamma))
-    descent = -(1 - eta) * step_norm / safe
+    descent = (-(1 - eta) * step_norm / safe).clamp(max=1.0)
     gamma = torch.where(cos_gamma >= 0, uniform, descent)
     return torch.where(mean_clip <= eps, torch.zeros_like(gamma), gamma)
 
