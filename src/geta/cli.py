@@ -224,4 +224,3 @@ def _skip(values: list[str] | None) -> tuple[str, ...] | None:
 
 if __name__ == "__main__":
     app()
-

@@ -184,3 +184,10 @@ def test_skip_chooses_the_full_precision_layers_of_every_method() -> None:
     assert full_precision(run_recipe("cnn-digits", replace(TINY, skip=("last",)), dense=dense)) == [names[-1]]
     with pytest.raises(ConfigError, match="skip"):
         replace(TINY, skip=("",)).resolve(dense.recipe)
+
+
+def test_bad_saliency_weights_fail_before_any_training() -> None:
+    from geta.recipes import get_recipe
+
+    with pytest.raises(ConfigError, match="non-negative"):
+        replace(TINY, qasso={"saliency_weights": {"magnitude": 0.2, "macs": -1.0}}).resolve(get_recipe("cnn-digits"))

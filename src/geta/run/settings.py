@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from geta.errors import ConfigError
+from geta.optim.saliency import check_weights
 from geta.pruning.groups import check_round_to
 from geta.quant.prepare import FIRST, LAST
 from geta.quant.functional import check_bit_range
@@ -68,6 +69,7 @@ class Settings:
         if resolved.limit_batches is not None and resolved.limit_batches < 1:
             raise ConfigError(f"limit_batches={resolved.limit_batches} must be >= 1")
         check_round_to(resolved.qasso.get("round_to", 1))
+        check_weights(resolved.qasso.get("saliency_weights"))
         if not all(isinstance(s, str) and s for s in resolved.skip):
             raise ConfigError(f"skip={resolved.skip!r}: expected 'first', 'last', module names or globs")
         return resolved
