@@ -17,6 +17,7 @@ from rich.console import Console
 import geta.export
 from geta.data.split import select
 from geta.errors import ConfigError, SavedModelError
+from geta.recipes import get_recipe
 from geta.run import (
     METHODS,
     Display,
@@ -187,7 +188,5 @@ def test_skip_chooses_the_full_precision_layers_of_every_method() -> None:
 
 
 def test_bad_saliency_weights_fail_before_any_training() -> None:
-    from geta.recipes import get_recipe
-
     with pytest.raises(ConfigError, match="non-negative"):
         replace(TINY, qasso={"saliency_weights": {"magnitude": 0.2, "macs": -1.0}}).resolve(get_recipe("cnn-digits"))
