@@ -57,6 +57,9 @@ def main() -> None:
     parser.add_argument("--saliency-macs", type=float, default=0.0, metavar="W",
                         help="weight of geta's macs saliency criterion beside the paper's five at 0.2 each "
                              "(default 0: the paper's saliency)")
+    parser.add_argument("--stages", type=float, nargs=3, default=None, metavar=("W", "P", "J"),
+                        help="fractions of the compression budget for QASSO's warm-up, projection and joint stages; "
+                             "the cool-down gets the rest (default 0.1 0.2 0.3)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     start = time.perf_counter()
@@ -65,7 +68,8 @@ def main() -> None:
         epochs=args.epochs, dense_epochs=args.dense_epochs, limit_batches=args.limit_batches, seed=args.seed,
         sparsity=args.sparsity, weight_bits=tuple(args.weight_bits) if args.weight_bits else None,
         act_bits=tuple(args.act_bits) if args.act_bits else None, skip=None if args.skip is None else tuple(args.skip),
-        qasso={"saliency_weights": {**DEFAULT_WEIGHTS, "macs": args.saliency_macs}} if args.saliency_macs else {},
+        qasso={**({"saliency_weights": {**DEFAULT_WEIGHTS, "macs": args.saliency_macs}} if args.saliency_macs else {}),
+               **({"stage_shares": tuple(args.stages)} if args.stages else {})},
     )
     with Display(mode="plain") as display:  # a line per stage and per tenth of the run, on stderr
         dense = train_dense(recipe, base, methods=2 * len(args.sparsities) if args.table == 5 else 3, display=display)

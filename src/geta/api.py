@@ -177,7 +177,8 @@ class GETA:
                 quantizer parameters get no weight decay.
             target_sparsity: fraction of groups to remove, in [0, 1); round(target x #groups) end zero.
             total_steps: the step budget the stages are laid out over (see ``geta.optim.schedule``):
-                warm-up 10%, projection 20%, joint 30%, cool-down the rest by default.
+                warm-up 10%, projection 20%, joint 30%, cool-down the rest by default; ``stage_shares``
+                (warm-up, projection, joint fractions) changes those shares.
             weight_bits, act_bits: (low, high) bit ranges; both are projected.
             settings: overrides of ``warmup_steps``, ``projection_periods`` (B), ``projection_steps``
                 (K_b), ``bit_reduction`` (b_r), ``pruning_periods`` (P), ``pruning_steps`` (K_p),

@@ -119,6 +119,10 @@ def compress(
         0.0, metavar="W", help="Weight of geta's 'macs' saliency criterion (remove costly groups first) beside the "
                                "paper's five at 0.2 each; 0 is the paper's saliency."
     ),
+    stages: tuple[float, float, float] | None = typer.Option(
+        None, metavar="W P J", help="Fractions of the compression budget for QASSO's warm-up, projection and joint "
+                                    "stages; the cool-down gets the rest (default 0.1 0.2 0.3)."
+    ),
     skip: list[str] | None = typer.Option(
         None, metavar="LAYER", help="Layers kept at full precision, repeatable: 'first', 'last', module names or globs; 'none' "
                    "quantizes every layer (default: the recipe's, first and last)."
@@ -140,7 +144,7 @@ def compress(
         methods = list(dict.fromkeys(m for name in baseline for m in (METHODS if name == "all" else (name,))))
         settings = Settings(epochs=epochs, dense_epochs=dense_epochs, sparsity=sparsity, weight_bits=weight_bits,
                             act_bits=act_bits, seed=seed, limit_batches=limit_batches, lr=lr, compress_lr=compress_lr,
-                            qasso=_qasso(round_to, saliency_macs), skip=_skip(skip))
+                            qasso=_qasso(round_to, saliency_macs, stages), skip=_skip(skip))
         settings.resolve(chosen)
         if threads is not None and threads < 1:
             raise ConfigError(f"--threads {threads}: give at least 1")
@@ -196,16 +200,19 @@ def _weight_count(model: object) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in quantizer_parameters)  # type: ignore[attr-defined]
 
 
-def _qasso(round_to: int | None, saliency_macs: float) -> dict:
-    """The Settings.qasso of --round-to and --saliency-macs."""
+def _qasso(round_to: int | None, saliency_macs: float, stages: tuple[float, float, float] | None) -> dict:
+    """The Settings.qasso of --round-to, --saliency-macs and --stages."""
     from geta.errors import ConfigError
     from geta.optim.saliency import DEFAULT_WEIGHTS
+    from geta.optim.schedule import check_stage_shares
 
     qasso: dict = {} if round_to is None else {"round_to": round_to}
     if saliency_macs < 0:
         raise ConfigError(f"--saliency-macs {saliency_macs}: give a weight >= 0")
     if saliency_macs:
         qasso["saliency_weights"] = {**DEFAULT_WEIGHTS, "macs": saliency_macs}
+    if stages is not None:
+        qasso["stage_shares"] = check_stage_shares(stages)
     return qasso
 
 

@@ -57,3 +57,16 @@ def test_bit_schedule_with_an_explicit_reduction_reaches_the_target_in_the_last_
     bits = BitSchedule.create((4, 8), start=16, periods=2, reduction=1)
     assert [bits.bounds(Position(Stage.PROJECTION, p), 1) for p in range(2)] == [(4, 15), (4, 8)]
     assert BitSchedule.create((4, 8), start=6, periods=2).bounds(Position(Stage.WARMUP), 1) == (4, 8)
+
+
+def test_stage_shares_lay_out_the_budget_and_the_cooldown_gets_the_rest() -> None:
+    s = Schedule.from_budget(1000, bits_to_drop=8, stage_shares=(0.0, 0.1, 0.2))
+    assert (s.warmup_steps, s.projection_periods, s.projection_steps) == (0, 4, 25)
+    assert (s.pruning_periods, s.pruning_steps) == (5, 40)
+    assert (s.joint_start, s.cooldown_start) == (100, 300)
+
+
+@pytest.mark.parametrize("shares", [(0.1, 0.0, 0.3), (-0.1, 0.2, 0.3), (0.5, 0.3, 0.3), (0.1, 0.2), (0.1, True, 0.3)])
+def test_bad_stage_shares_are_refused(shares: tuple) -> None:
+    with pytest.raises(ConfigError, match="stage_shares"):
+        Schedule.from_budget(1000, stage_shares=shares)

@@ -29,6 +29,7 @@ from geta.run import (
     train_dense,
 )
 from geta.run.artifacts import write_comparison, write_run
+from geta.run.harness import decay_start
 from geta.run.loop import logits
 
 TINY = Settings(dense_epochs=1, epochs=2, limit_batches=10, seed=0)
@@ -190,3 +191,16 @@ def test_skip_chooses_the_full_precision_layers_of_every_method() -> None:
 def test_bad_saliency_weights_fail_before_any_training() -> None:
     with pytest.raises(ConfigError, match="non-negative"):
         replace(TINY, qasso={"saliency_weights": {"magnitude": 0.2, "macs": -1.0}}).resolve(get_recipe("cnn-digits"))
+
+
+def test_stage_shares_move_the_cooldown_and_every_method_decays_from_there() -> None:
+    dense = train_dense("cnn-digits", TINY)
+    shares = replace(TINY, qasso={"stage_shares": (0.0, 0.2, 0.3)})  # 20 steps: 4 x 1 projection, 5 x 1 joint
+    result = run_recipe("cnn-digits", shares, dense=dense)
+    stages = {p.stage: p.step for p in reversed(result.curves)}  # each stage's first step after 10 dense ones
+    assert "warmup" not in stages and stages["projection"] == 11 and stages["cooldown"] == 20
+    assert result.settings["qasso"] == {"stage_shares": (0.0, 0.2, 0.3)}
+    recipe = get_recipe("cnn-digits")  # the baselines' learning rate decays from the same step
+    assert decay_start(shares.resolve(recipe), 20) == 9 and decay_start(TINY.resolve(recipe), 20) == 11
+    with pytest.raises(ConfigError, match="stage_shares"):
+        replace(TINY, qasso={"stage_shares": (0.5, 0.3, 0.3)}).resolve(get_recipe("cnn-digits"))

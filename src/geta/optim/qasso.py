@@ -95,6 +95,7 @@ class QASSO(torch.optim.Optimizer):
         bit_reduction: int | None = None,
         pruning_periods: int | None = None,
         pruning_steps: int | None = None,
+        stage_shares: tuple[float, float, float] | None = None,
         eps: float = 1e-8,
         eta: float = 0.5,
         xi: float = 0.5,
@@ -132,7 +133,7 @@ class QASSO(torch.optim.Optimizer):
             total_steps,
             bits_to_drop=max(weight_start - weight_range[1], act_start - act_range[1], 0),
             warmup_steps=warmup_steps, projection_periods=projection_periods, projection_steps=projection_steps,
-            pruning_periods=pruning_periods, pruning_steps=pruning_steps,
+            pruning_periods=pruning_periods, pruning_steps=pruning_steps, stage_shares=stage_shares,
         )
         periods = self.schedule.projection_periods
         self.weight_schedule = BitSchedule.create(weight_range, weight_start, periods, bit_reduction)

@@ -6,7 +6,9 @@
     cool-down   every remaining step (and any step beyond the budget)
 
 Defaults from ``total_steps`` T: K_w = 10% of T, projection 20% of T in B = min(4, bits to drop)
-periods (at least 1), joint 30% of T in P = 5 periods, cool-down the remaining 40%.
+periods (at least 1), joint 30% of T in P = 5 periods, cool-down the remaining 40%. ``stage_shares``
+changes those three shares (a model that starts trained may need a shorter warm-up and a longer
+cool-down, whose steps fine-tune the final structure and bit widths).
 """
 
 from __future__ import annotations
@@ -17,9 +19,7 @@ from dataclasses import dataclass
 
 from geta.errors import ConfigError
 
-WARMUP_SHARE = 0.1
-PROJECTION_SHARE = 0.2
-JOINT_SHARE = 0.3
+DEFAULT_STAGE_SHARES = (0.1, 0.2, 0.3)  # warm-up, projection, joint; cool-down gets the rest
 DEFAULT_PROJECTION_PERIODS = 4
 DEFAULT_PRUNING_PERIODS = 5
 
@@ -64,13 +64,17 @@ class Schedule:
         projection_steps: int | None = None,
         pruning_periods: int | None = None,
         pruning_steps: int | None = None,
+        stage_shares: tuple[float, float, float] | None = None,
     ) -> Schedule:
         """Stage lengths for a budget of ``total_steps``, each default overridable.
 
         ``bits_to_drop`` (how far the initial upper bit bound lies above the target one) caps the
         default number of projection periods, so that each period lowers the bound by a whole bit.
+        ``stage_shares`` (warm-up, projection, joint) are the fractions of ``total_steps`` that the
+        stage lengths not given in steps default to; the cool-down gets the rest.
         """
         total = _count(total_steps, "total_steps", minimum=1)
+        warmup_share, projection_share, joint_share = check_stage_shares(stage_shares)
         if projection_periods is None:
             projection_periods = max(1, min(DEFAULT_PROJECTION_PERIODS, bits_to_drop))
         projection_periods = _count(projection_periods, "projection_periods", minimum=1)
@@ -78,11 +82,11 @@ class Schedule:
             DEFAULT_PRUNING_PERIODS if pruning_periods is None else pruning_periods, "pruning_periods", minimum=1
         )
         if warmup_steps is None:
-            warmup_steps = round(WARMUP_SHARE * total)
+            warmup_steps = round(warmup_share * total)
         if projection_steps is None:
-            projection_steps = round(PROJECTION_SHARE * total) // projection_periods
+            projection_steps = round(projection_share * total) // projection_periods
         if pruning_steps is None:
-            pruning_steps = round(JOINT_SHARE * total) // pruning_periods
+            pruning_steps = round(joint_share * total) // pruning_periods
         schedule = cls(
             total,
             _count(warmup_steps, "warmup_steps", minimum=0),
@@ -159,10 +163,26 @@ class BitSchedule:
         return self.low, self.high
 
 
+def check_stage_shares(shares: tuple[float, float, float] | None) -> tuple[float, float, float]:
+    """``shares`` (warm-up, projection, joint fractions of the budget) checked, or the defaults."""
+    if shares is None:
+        return DEFAULT_STAGE_SHARES
+    values = tuple(shares)
+    if len(values) != 3 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        raise ConfigError(f"stage_shares={shares!r} must be three numbers: warm-up, projection and joint fractions")
+    warmup, projection, joint = (float(v) for v in values)
+    if warmup < 0 or projection <= 0 or joint <= 0 or warmup + projection + joint > 1:
+        raise ConfigError(
+            f"stage_shares={shares!r}: need warm-up >= 0, projection > 0, joint > 0 and a sum of at most 1 "
+            "(the cool-down gets the rest)"
+        )
+    return warmup, projection, joint
+
+
 def _count(value: object, name: str, *, minimum: int, total: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name}={value!r} must be an integer")
     if value < minimum:
-        hint = f"; total_steps={total} is too small for the default stage lengths" if total is not None else ""
+        hint = f"; total_steps={total} is too small for these stage lengths" if total is not None else ""
         raise ConfigError(f"{name}={value} must be at least {minimum}{hint}")
     return value

@@ -35,7 +35,9 @@ METHODS = ("geta", *BASELINES)
 EXAMPLE_BATCH = 2
 CALIBRATION_BATCH = 256
 INITIAL_BITS = 16  # quantizers start here; QASSO's projection brings them into the bit ranges
-STAGE_ARGUMENTS = ("warmup_steps", "projection_periods", "projection_steps", "pruning_periods", "pruning_steps")
+STAGE_ARGUMENTS = (
+    "warmup_steps", "projection_periods", "projection_steps", "pruning_periods", "pruning_steps", "stage_shares",
+)
 
 
 def run_recipe(

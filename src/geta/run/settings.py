@@ -8,6 +8,7 @@ from typing import Any
 
 from geta.errors import ConfigError
 from geta.optim.saliency import check_weights
+from geta.optim.schedule import check_stage_shares
 from geta.pruning.groups import check_round_to
 from geta.quant.prepare import FIRST, LAST
 from geta.quant.functional import check_bit_range
@@ -70,6 +71,7 @@ class Settings:
             raise ConfigError(f"limit_batches={resolved.limit_batches} must be >= 1")
         check_round_to(resolved.qasso.get("round_to", 1))
         check_weights(resolved.qasso.get("saliency_weights"))
+        check_stage_shares(resolved.qasso.get("stage_shares"))
         if not all(isinstance(s, str) and s for s in resolved.skip):
             raise ConfigError(f"skip={resolved.skip!r}: expected 'first', 'last', module names or globs")
         return resolved
