@@ -40,7 +40,7 @@ def test_compress_help_explains_the_options() -> None:
         (["compress", "cnn-digits", "--threads", "0"], "--threads 0"),
         (["compress", "cnn-digits", "--skip", "none", "--skip", "first"], "--skip none"),
         (["compress", "cnn-digits", "--saliency-macs", "-1"], "--saliency-macs -1"),
-        (["compress", "cnn-digits", "--stages", "0.5", "0.3", "0.3"], "stage_shares"),
+        (["compress", "cnn-digits", "--stages", "0.5", "0.3", "0.3"], "--stages 0.5 0.3 0.3"),
     ],
 )
 def test_a_wrong_argument_is_one_line_and_exit_code_2(arguments: list[str], message: str) -> None:

@@ -212,7 +212,10 @@ def _qasso(round_to: int | None, saliency_macs: float, stages: tuple[float, floa
     if saliency_macs:
         qasso["saliency_weights"] = {**DEFAULT_WEIGHTS, "macs": saliency_macs}
     if stages is not None:
-        qasso["stage_shares"] = check_stage_shares(stages)
+        try:
+            qasso["stage_shares"] = check_stage_shares(stages)
+        except ConfigError as error:
+            raise ConfigError(f"--stages {' '.join(f'{v:g}' for v in stages)}: {error}") from None
     return qasso
 
 
