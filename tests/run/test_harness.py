@@ -203,4 +203,4 @@ def test_stage_shares_move_the_cooldown_and_every_method_decays_from_there() -> 
     recipe = get_recipe("cnn-digits")  # the baselines' learning rate decays from the same step
     assert decay_start(shares.resolve(recipe), 20) == 9 and decay_start(TINY.resolve(recipe), 20) == 11
     with pytest.raises(ConfigError, match="stage_shares"):
-        replace(TINY, qasso={"stage_shares": (0.5, 0.3, 0.3)}).resolve(get_recipe("cnn-digits"))
+        replace(TINY, qasso={"stage_shares": (0.5, 0.3, 0.3)}).resolve(recipe)
