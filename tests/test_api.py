@@ -77,6 +77,14 @@ def test_unsigned_input_quantizer_only_after_provably_nonnegative_ops() -> None:
     }
 
 
+@pytest.mark.parametrize("activation", [nn.ReLU(inplace=True), nn.ReLU6(inplace=True), nn.Hardtanh(0, 1, inplace=True)])
+def test_inplace_activations_give_the_next_layer_an_unsigned_input(activation: nn.Module) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), activation, nn.Conv2d(4, 4, 1))
+    g = geta.GETA(model.eval(), torch.randn(2, 3, 8, 8), quantize="weights+activations")
+    signed = {layer.name: layer.input_quantizer.signed for layer in g.layers}
+    assert signed == {"0": True, "3": False}
+
+
 def test_activation_ranges_come_from_calibration_batches_not_weights() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     example = torch.randn(2, 4)

@@ -49,6 +49,12 @@ def _head_input_nonnegative(op) -> bool:
         lambda x: F.dropout(torch.relu(x), 0.1, training=False),
         lambda x: F.max_pool1d(torch.relu(x).unsqueeze(1), 1).squeeze(1),
         lambda x: x.abs().transpose(0, 1).transpose(0, 1),
+        nn.ReLU(inplace=True),
+        nn.ReLU6(inplace=True),
+        nn.Hardtanh(0.0, 2.0, inplace=True),
+        lambda x: F.relu(x.clone(), inplace=True),
+        lambda x: x.clone().clamp_(min=0.0),
+        lambda x: F.threshold(x.clone(), 0.0, 0.0, inplace=True),
     ],
 )
 def test_nonnegative_patterns(op) -> None:
@@ -67,6 +73,9 @@ def test_nonnegative_patterns(op) -> None:
         lambda x: F.hardtanh(x),
         lambda x: F.layer_norm(torch.relu(x), (8,)),
         lambda x: torch.cat([torch.relu(x[:, :4]), x[:, 4:]], 1),
+        nn.Hardtanh(inplace=True),
+        nn.LeakyReLU(inplace=True),
+        lambda x: torch.relu(x).sub_(1),
     ],
 )
 def test_signed_patterns(op) -> None:

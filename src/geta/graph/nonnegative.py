@@ -16,10 +16,12 @@ from geta.graph.capture import module_path
 
 aten = torch.ops.aten
 
-# Ops whose output is non-negative whatever their input.
+# Ops whose output is non-negative whatever their input (in-place variants included: ``nn.ReLU(inplace=True)``
+# exports as ``relu_``, ``nn.ReLU6(inplace=True)`` as ``hardtanh_``).
 _ALWAYS = {
-    aten.relu, aten.relu6, aten.sigmoid, aten.softmax, aten._softmax, aten.exp, aten.abs,
-    aten.hardsigmoid, aten.softplus, aten.sqrt, aten.rsqrt, aten.square,
+    aten.relu, aten.relu_, aten.relu6, aten.sigmoid, aten.sigmoid_, aten.softmax, aten._softmax, aten.exp,
+    aten.exp_, aten.abs, aten.abs_, aten.hardsigmoid, aten.hardsigmoid_, aten.softplus, aten.sqrt, aten.sqrt_,
+    aten.rsqrt, aten.rsqrt_, aten.square,
 }
 # Ops whose output is non-negative when every tensor input is (copies, reshapes, selections,
 # poolings, convex combinations and products of non-negative values).
@@ -37,16 +39,31 @@ _PRESERVING = {
 # Arithmetic whose output is non-negative when every operand, tensor or number, is.
 _ARITHMETIC = {aten.add, aten.mul, aten.div, aten.constant_pad_nd}
 # Ops with a lower bound argument: non-negative when that bound is >= 0.
-_LOWER_BOUND_ARG = {aten.hardtanh: 1, aten.clamp: 1, aten.clamp_min: 1}
+_LOWER_BOUND_ARG = {
+    aten.hardtanh: 1, aten.hardtanh_: 1, aten.clamp: 1, aten.clamp_: 1, aten.clamp_min: 1, aten.clamp_min_: 1,
+}
+_THRESHOLD = {aten.threshold, aten.threshold_}
 
 
 def nonnegative_nodes(graph: fx.Graph) -> set[fx.Node]:
     """Every node of ``graph`` whose value is provably >= 0 elementwise."""
     known: set[fx.Node] = set()
     for node in graph.nodes:
-        if node.op == "call_function" and _is_nonnegative(node, known):
+        if node.op != "call_function":
+            continue
+        if _is_nonnegative(node, known):
             known.add(node)
+        elif _mutates_first_argument(node) and isinstance(node.args[0], fx.Node):
+            known.discard(node.args[0])  # an in-place op that may leave negative values in its input
     return known
+
+
+def _mutates_first_argument(node: fx.Node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    if schema is None or not schema.arguments:
+        return False
+    alias = schema.arguments[0].alias_info
+    return alias is not None and alias.is_write
 
 
 def _is_nonnegative(node: fx.Node, known: set[fx.Node]) -> bool:
@@ -59,7 +76,7 @@ def _is_nonnegative(node: fx.Node, known: set[fx.Node]) -> bool:
         index = _LOWER_BOUND_ARG[packet]
         bound = node.args[index] if len(node.args) > index else node.kwargs.get("min", node.kwargs.get("min_val"))
         return _is_nonnegative_number(bound)
-    if packet is aten.threshold:  # threshold(x, th, value): x where x > th, else value
+    if packet in _THRESHOLD:  # threshold(x, th, value): x where x > th, else value
         return len(node.args) > 2 and _is_nonnegative_number(node.args[1]) and _is_nonnegative_number(node.args[2])
     if packet in _PRESERVING:
         return all(_tensor_nonnegative(a, known) for a in _operands(node) if isinstance(a, fx.Node))
