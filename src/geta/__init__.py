@@ -6,6 +6,7 @@ from geta.export import export_onnx, load, save
 from geta.metrics.report import LayerReport, Report
 from geta.optim.qasso import QASSO, QassoMetrics
 from geta.optim.schedule import Stage
+from geta.pruning.heads import register_attention
 from geta.quant.layers import LayerSpec, register_layer
 from geta.quant.prepare import FIRST, LAST
 from geta.quant.quantizer import Quantizer
@@ -27,6 +28,7 @@ __all__ = [
     "Stage",
     "export_onnx",
     "load",
+    "register_attention",
     "register_layer",
     "save",
 ]

@@ -7,10 +7,11 @@ import warnings
 from collections.abc import Iterable
 from typing import Any, Literal
 
+import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from geta.errors import ConfigError, ModelError
+from geta.errors import ConfigError, GetaError, ModelError
 from geta.graph.capture import capture, eval_mode
 from geta.graph.dependency import DependencyAnalysis, Structure
 from geta.graph.inputs import ExampleInputs, model_device
@@ -20,6 +21,7 @@ from geta.metrics.report import Report, build_report
 from geta.optim.qasso import QASSO
 from geta.pruning.groups import Group, SearchSpace
 from geta.pruning.subnet import construct_subnet
+from geta.pruning.verify import check_compact, families, probe_reason, verify_space
 from geta.quant.calibrate import calibrate
 from geta.quant.functional import check_bits
 from geta.quant.prepare import (
@@ -194,14 +196,42 @@ class GETA:
         )
 
     def construct_subnet(self) -> nn.Module:
-        """A new compact module with every zeroed group physically removed; ``.model`` is untouched."""
-        return construct_subnet(self.model, self.groups, self.groups.zero_mask())
+        """A new compact module with every zeroed group physically removed; ``.model`` is untouched.
+
+        The result is checked on the example inputs against ``.model``; a compact model that fails
+        or computes something else raises :class:`GetaError` naming the family of groups at fault."""
+        removed = self.groups.zero_mask()
+        compact = construct_subnet(self.model, self.groups, removed)
+        reason = check_compact(self.model, compact, self.example_inputs)
+        if reason is not None:
+            raise GetaError(f"{reason}, after removing {int(removed.sum())} zeroed groups; "
+                            f"{self._culprit(removed)} This is a bug in geta's analysis of this model: "
+                            "please report it with the model.")
+        return compact
+
+    def _culprit(self, removed: Tensor) -> str:
+        """Which family of the ``removed`` groups breaks the compact model, as a sentence."""
+        family = families(self.groups)
+        for f in np.unique(family[removed.numpy()]).tolist():
+            alone = removed & torch.from_numpy(family == f)
+            compact = construct_subnet(self.model, self.groups, alone)
+            why = check_compact(self.model, compact, self.example_inputs)
+            if why is not None:
+                first = self.groups[int(alone.nonzero()[0])]
+                return f"the family of groups like {first.describe()} is at fault ({why})."
+        return "no single family is at fault; they break it only together."
 
     def _search_space(self) -> tuple[SearchSpace, list[Structure]]:
         if self._space is None:
             program = capture(self.model, self.example_inputs)
             table, unprunable = DependencyAnalysis(program, self.model).run()
-            self._space = (SearchSpace(self.model, table), unprunable)
+            space = SearchSpace(self.model, table)
+            failures = verify_space(self.model, self.example_inputs, space, construct_subnet)
+            if failures:
+                unprunable += [table.structure(f.groups, probe_reason(f.reason)) for f in failures]
+                table = table.without(np.concatenate([f.groups for f in failures]))
+                space = SearchSpace(self.model, table)
+            self._space = (space, unprunable)
         return self._space
 
     def unquantized(self) -> list[tuple[str, str]]:

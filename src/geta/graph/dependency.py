@@ -413,6 +413,24 @@ class GroupTable:
     group: np.ndarray
     count: int
 
+    def without(self, groups: np.ndarray) -> GroupTable:
+        """The table without ``groups`` (group numbers), the rest renumbered in the same order."""
+        dropped = np.zeros(self.count, dtype=bool)
+        dropped[groups] = True
+        rows = ~dropped[self.group]
+        number = np.cumsum(~dropped) - 1
+        return GroupTable(self.names, self.dims, self.slot[rows], self.position[rows], number[self.group[rows]],
+                          int((~dropped).sum()))
+
+    def structure(self, groups: np.ndarray, reason: str) -> Structure:
+        """``groups`` as one unprunable record, for ``reason``."""
+        rows = np.isin(self.group, groups)
+        slices = []
+        for k in np.unique(self.slot[rows]).tolist():
+            positions = np.unique(self.position[rows & (self.slot == k)])
+            slices.append(TensorSlice(public_name(self.names[k]), self.dims[k], tuple(positions.tolist())))
+        return Structure(tuple(slices), (reason,), len(groups))
+
 
 def _unique_rows(cls: np.ndarray, slot: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, ...]:
     """Distinct (class, slot, position) rows, sorted in that order."""

@@ -1,0 +1,165 @@
+"""Attention modules that keep their head count and head width as attributes.
+
+A hand-written attention reshapes its projections by ``self.num_heads`` and ``self.head_dim`` (and
+often reads ``self.all_head_size`` or a split size) in ``forward``. Once heads are removed those
+attributes must follow, or the compact model's reshapes fail. Which attributes hold what is declared
+per class with :func:`register_attention`; any other module is read by common names (``num_heads``,
+``num_attention_heads``, ``n_heads``, ``n_head``, ``heads``; ``head_dim``, ``attention_head_size``,
+``head_size``, ``dim_head``; ``num_key_value_heads``, ``num_kv_heads``, ``n_kv_heads``; widths
+``all_head_size``, ``split_size``, ``inner_dim``).
+
+The new values come from the projections inside the module whose output rows were cut: when every
+cut takes whole heads (blocks of ``head_dim`` rows, in any packing of q, k and v), the head counts
+shrink by the share of rows cut; when every cut takes the same offsets inside every head, the head
+width shrinks. Anything else leaves the attributes as they are, and the probe of the search space
+(``verify.py``) then finds the compact model broken and makes those groups unprunable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+
+from torch import Tensor, nn
+
+from geta.errors import ConfigError
+from geta.quant.layers import spec_for
+from geta.quant.prepare import original_parameter
+
+
+@dataclass(frozen=True)
+class AttentionAttributes:
+    """Names of the attributes of one attention class: query heads, head width, key/value heads, and
+    widths equal to heads x head width (each a tuple of candidate names; the first present is used)."""
+
+    heads: tuple[str, ...]
+    head_dim: tuple[str, ...] = ()
+    kv_heads: tuple[str, ...] = ()
+    widths: tuple[str, ...] = ()
+
+
+COMMON = AttentionAttributes(
+    heads=("num_heads", "num_attention_heads", "n_heads", "n_head", "heads"),
+    head_dim=("head_dim", "attention_head_size", "head_size", "dim_head"),
+    kv_heads=("num_key_value_heads", "num_kv_heads", "n_kv_heads"),
+    widths=("all_head_size", "split_size", "inner_dim"),
+)
+_REGISTERED: dict[type, AttentionAttributes] = {}
+_EXCLUDED: tuple[type, ...] = (nn.MultiheadAttention,)  # its heads are handled by attention.py
+
+
+def register_attention(
+    cls: type[nn.Module],
+    *,
+    heads: str,
+    head_dim: str | None = None,
+    kv_heads: str | None = None,
+    widths: tuple[str, ...] = (),
+) -> None:
+    """Declare which attributes of attention class ``cls`` hold its head count (``heads``), head width
+    (``head_dim``), key/value head count (``kv_heads``, grouped-query attention) and widths equal to
+    heads x head width (``widths``), so that removing heads updates them.
+
+    Example: ``geta.register_attention(MyAttention, heads="h", head_dim="d_k", widths=("inner",))``.
+    Without ``head_dim`` the head width is taken as the first of ``widths`` divided by the head count."""
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"register_attention expects an nn.Module subclass, got {cls!r}")
+    names = [heads, head_dim, kv_heads, *widths]
+    if not all(isinstance(n, str) and n.isidentifier() for n in names if n is not None):
+        raise ConfigError(f"register_attention({cls.__name__}): attribute names must be identifiers, got {names}")
+    if head_dim is None and not widths:
+        raise ConfigError(f"register_attention({cls.__name__}): give head_dim, or widths to derive it from")
+    _REGISTERED[cls] = AttentionAttributes(
+        (heads,), (head_dim,) if head_dim else (), (kv_heads,) if kv_heads else (), tuple(widths)
+    )
+
+
+def registered_attention(module: nn.Module) -> bool:
+    """Whether ``module``'s class (or a base) was declared with :func:`register_attention`."""
+    return any(cls in _REGISTERED for cls in type(module).__mro__)
+
+
+CutRows = Callable[[Tensor, int], set[int]]
+
+
+def update_head_attributes(old: nn.Module, new: nn.Module, cut_rows: CutRows) -> None:
+    """Set ``new``'s (the compact copy of ``old``) head attributes from the rows cut from the projections
+    inside it; ``cut_rows(weight, axis)`` gives the positions removed from ``weight`` along ``axis``."""
+    if isinstance(old, _EXCLUDED):
+        return
+    names = next((a for cls, a in _REGISTERED.items() if isinstance(old, cls)), COMMON)
+    heads = _int_attribute(old, names.heads)
+    if heads is None:
+        return
+    widths = [(n, getattr(old, n)) for n in names.widths if _int_attribute(old, (n,)) is not None]
+    head_dim = _int_attribute(old, names.head_dim)
+    if head_dim is None:
+        head_dim = widths[0][1] // heads if widths and widths[0][1] % heads == 0 else None
+    if head_dim is None or head_dim < 1:
+        return
+    kv_heads = _int_attribute(old, names.kv_heads)
+    kept_share, kept_dim = _from_projections(old, head_dim, cut_rows)
+    if kept_share is not None:
+        new_heads, new_kv = heads * kept_share, (kv_heads * kept_share if kv_heads else None)
+        if new_heads.denominator != 1 or (new_kv is not None and new_kv.denominator != 1):
+            return
+        _set(new, names.heads, heads, int(new_heads))
+        if new_kv is not None:
+            _set(new, names.kv_heads, kv_heads, int(new_kv))
+        new_width = int(new_heads) * head_dim
+    elif kept_dim is not None:
+        _set(new, names.head_dim, head_dim, kept_dim)
+        new_width = heads * kept_dim
+    else:
+        return
+    for name, value in widths:
+        if value == heads * head_dim:
+            setattr(new, name, new_width)
+
+
+def _from_projections(module: nn.Module, head_dim: int, cut_rows: CutRows) -> tuple[Fraction | None, int | None]:
+    """(share of heads kept, new head width): at most one is set, when every projection of ``module``
+    that lost output rows agrees on it (whole heads cut, or the same offsets cut inside every head)."""
+    shares: set[Fraction] = set()
+    dims: set[int] = set()
+    for child in module.modules():
+        spec = spec_for(child) if child is not module else None
+        if spec is None:
+            continue
+        for weight_name in spec.weight_names(child):
+            weight = original_parameter(child, weight_name)
+            width = weight.shape[spec.out_axis]
+            cut = cut_rows(weight, spec.out_axis)
+            if not cut:
+                continue
+            if width % head_dim:
+                return None, None
+            blocks = {p // head_dim for p in cut}
+            offsets = {p % head_dim for p in cut}
+            if len(cut) == len(blocks) * head_dim:
+                shares.add(Fraction(width - len(cut), width))
+            elif len(cut) == len(offsets) * (width // head_dim):
+                dims.add(head_dim - len(offsets))
+            else:
+                return None, None
+    if len(shares) == 1 and not dims:
+        return shares.pop(), None
+    if len(dims) == 1 and not shares:
+        return None, dims.pop()
+    return None, None
+
+
+def _int_attribute(module: nn.Module, names: tuple[str, ...]) -> int | None:
+    for name in names:
+        value = getattr(module, name, None) if name in vars(module) else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _set(module: nn.Module, names: tuple[str, ...], old_value: int, value: int) -> None:
+    for name in names:
+        if vars(module).get(name) == old_value:
+            setattr(module, name, value)
+            return

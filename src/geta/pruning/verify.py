@@ -1,0 +1,219 @@
+"""A search space that verifies itself: every family of groups is probed by removing some of its groups.
+
+The dependency analysis reasons from the traced graph, but a module's Python code can hold sizes the
+graph does not show (a head count kept as an attribute, a config's ``head_dim``). So the analysis
+proposes and a probe disposes. A *family* is the groups that share tensor dimensions (the channels of
+one layer and everything tied to them, the heads of one attention block). A probe zeroes a random
+proper part of each family under test, builds the compact model, runs the example inputs through
+both, and compares. One probe covers every family; only when it fails are the families bisected, so a
+model that passes costs one construction and two forward passes. Families whose removal crashes the
+compact model or changes its output become unprunable, with the exception's first line or the
+measured difference as the reason.
+
+Outputs are compared to ``TOLERANCE`` of each output's scale. Activation quantizers round, and a
+smaller matrix product sums in another order, so a value on a rounding boundary can move by one level
+without any structure being wrong; a difference that disappears when the activation quantizers are
+passed through (weight quantizers stay: they act elementwise on the weights and slice exactly) is
+that, not a wrong compact model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from torch import Tensor, nn
+
+from geta.errors import GetaError
+from geta.graph.capture import eval_mode
+from geta.graph.inputs import ExampleInputs
+from geta.pruning.groups import SearchSpace
+from geta.quant.prepare import INPUT_QUANTIZER
+
+TOLERANCE = 1e-4
+Build = Callable[[nn.Module, SearchSpace, Tensor], nn.Module]
+
+
+def families(space: SearchSpace) -> np.ndarray:
+    """Family number of each group: groups are in one family when they cut a common tensor dimension."""
+    if not len(space):
+        return np.zeros(0, dtype=np.int64)
+    groups = np.concatenate([m.groups.numpy() for m in space.members])
+    members = np.concatenate([np.full(len(m.groups), k) for k, m in enumerate(space.members)]) + len(space)
+    size = len(space) + len(space.members)
+    graph = coo_matrix((np.ones(len(groups), dtype=np.int8), (groups, members)), shape=(size, size))
+    label = connected_components(graph, directed=False)[1][: len(space)]
+    _, number = np.unique(label, return_inverse=True)
+    return number
+
+
+@dataclass(frozen=True)
+class FamilyFailure:
+    """A family whose removal breaks the compact model: its groups and why."""
+
+    groups: np.ndarray
+    reason: str
+
+
+def verify_space(model: nn.Module, inputs: ExampleInputs, space: SearchSpace, build: Build,
+                 seed: int = 0) -> list[FamilyFailure]:
+    """Probe every family of ``space`` (see the module notes); the families that fail, with their reasons.
+
+    ``model``'s tensors are zeroed for each probe and restored exactly afterwards."""
+    family = families(space)
+    count = int(family.max()) + 1 if len(family) else 0
+    members = [np.flatnonzero(family == f) for f in range(count)]
+    generator = np.random.default_rng(seed)
+    probe = _Probe(model, inputs, space, build)
+    failures: list[FamilyFailure] = []
+    pending = list(range(count))
+    while pending:
+        removed = _sample(space, [members[f] for f in pending], generator)
+        reason = probe.failure(removed)
+        if reason is None:
+            break
+        found = _bisect(probe, space, pending, members, generator, reason)
+        failures.extend(FamilyFailure(members[f], why) for f, why in found.items())
+        pending = [f for f in pending if f not in found]
+    return failures
+
+
+def probe_reason(reason: str) -> str:
+    """The unprunable reason of a family that failed its probe."""
+    return (f"probed: with part of this family removed, {reason}. A module that keeps a width or head "
+            "count as an attribute can declare it with geta.register_attention (heads) or a width handler")
+
+
+def check_compact(model: nn.Module, compact: nn.Module, inputs: ExampleInputs) -> str | None:
+    """Why ``compact`` does not compute what ``model`` computes on ``inputs``, or None when it does."""
+    with eval_mode(model), eval_mode(compact), torch.no_grad():
+        expected = inputs.run(model)
+        try:
+            actual = inputs.run(compact)
+        except Exception as error:  # any failure of the user's forward is the finding itself
+            return f"the compact model fails: {type(error).__name__}: {_first_line(error)}"
+        difference = output_difference(expected, actual)
+        if difference is None or difference <= TOLERANCE:
+            return None
+        with activations_unquantized(model), activations_unquantized(compact):
+            unquantized = output_difference(inputs.run(model), inputs.run(compact))
+    if unquantized is not None and unquantized <= TOLERANCE:
+        return None
+    return (f"the compact model's output differs by {difference:.3g} of the output's scale "
+            f"(tolerance {TOLERANCE:g})")
+
+
+def output_difference(expected: object, actual: object) -> float | None:
+    """Largest difference between two outputs relative to each tensor's scale; inf when their
+    structure, shapes or integer values differ; None when there is no tensor to compare."""
+    a, b = _tensors(expected), _tensors(actual)
+    if len(a) != len(b):
+        return float("inf")
+    worst: float | None = None
+    for x, y in zip(a, b):
+        if x.shape != y.shape or x.dtype != y.dtype:
+            return float("inf")
+        if not (x.is_floating_point() or x.is_complex()):
+            error = 0.0 if torch.equal(x, y) else float("inf")
+        elif not x.numel():
+            error = 0.0
+        else:
+            both_nan = torch.isnan(x) & torch.isnan(y)
+            gap = torch.where(both_nan | (x == y), torch.zeros_like(x), (x - y).abs())
+            scale = float(x[torch.isfinite(x)].abs().max()) if torch.isfinite(x).any() else 0.0
+            error = float(gap.max()) / scale if scale > 0 else float(gap.max() > 0) * float("inf")
+        worst = error if worst is None else max(worst, error)
+    return worst
+
+
+@contextlib.contextmanager
+def activations_unquantized(model: nn.Module) -> Iterator[None]:
+    """Pass every input (activation) quantizer of ``model`` through for the block."""
+    handles = [getattr(m, INPUT_QUANTIZER).register_forward_hook(lambda _m, args, _out: args[0])
+               for m in model.modules() if isinstance(getattr(m, INPUT_QUANTIZER, None), nn.Module)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class _Probe:
+    """Zeroes chosen groups of ``model`` in place, builds the compact model, compares, restores."""
+
+    def __init__(self, model: nn.Module, inputs: ExampleInputs, space: SearchSpace, build: Build) -> None:
+        self.model, self.inputs, self.space, self.build = model, inputs, space, build
+
+    def failure(self, removed: Tensor) -> str | None:
+        saved = []
+        with torch.no_grad():
+            for member in self.space.members:
+                chosen = member.positions[removed[member.groups]]
+                if member.trainable and len(chosen):
+                    chosen = chosen.to(member.tensor.device)
+                    saved.append((member, chosen, member.tensor.index_select(member.dim, chosen)))
+            try:
+                self.space.zero_(removed)
+                try:
+                    compact = self.build(self.model, self.space, removed)
+                except Exception as error:  # a construction that fails is what the probe looks for
+                    return f"the compact model cannot be built: {type(error).__name__}: {_first_line(error)}"
+                return check_compact(self.model, compact, self.inputs)
+            finally:
+                for member, chosen, values in saved:
+                    member.tensor.index_copy_(member.dim, chosen, values)
+
+
+def _sample(space: SearchSpace, families: list[np.ndarray], generator: np.random.Generator) -> Tensor:
+    """A random proper part (about half) of each family's groups, leaving every tensor dimension a position."""
+    wanted, rest = [], []
+    for groups in families:
+        order = generator.permutation(groups)
+        take = max(1, len(groups) // 2)
+        wanted.append(order[:take])
+        rest.append(order[take:])
+    order = torch.from_numpy(np.concatenate(wanted + rest)).long()
+    count = sum(len(w) for w in wanted)
+    while True:
+        try:
+            return space.select(order, count)
+        except GetaError:
+            count //= 2
+
+
+def _bisect(probe: _Probe, space: SearchSpace, families: list[int], members: list[np.ndarray],
+            generator: np.random.Generator, reason: str) -> dict[int, str]:
+    """Families among ``families`` (which fail together, for ``reason``) that fail on their own.
+
+    When a set fails but each half passes, the set's families fail only together: all are returned."""
+    if len(families) == 1:
+        return {families[0]: reason}
+    half = len(families) // 2
+    found: dict[int, str] = {}
+    for part in (families[:half], families[half:]):
+        why = probe.failure(_sample(space, [members[f] for f in part], generator))
+        if why is not None:
+            found.update(_bisect(probe, space, part, members, generator, why))
+    if not found:
+        found = {f: f"{reason} (only when removed together with other families)" for f in families}
+    return found
+
+
+def _tensors(value: object) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, Mapping):
+        return [t for v in value.values() for t in _tensors(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "(no message)"
