@@ -25,8 +25,6 @@ import time
 import warnings
 from dataclasses import replace
 
-import torchvision_shim  # noqa: F401  (minilm-bbc imports transformers, which imports torchvision)
-
 from geta.optim.saliency import DEFAULT_WEIGHTS
 from geta.run import Display, RunResult, Settings, run_baseline, run_recipe, train_dense
 

@@ -7,11 +7,13 @@ from geta.metrics.report import LayerReport, Report
 from geta.optim.qasso import QASSO, QassoMetrics
 from geta.optim.schedule import Stage
 from geta.pruning.heads import register_attention
-from geta.quant.layers import LayerSpec, register_layer
+from geta.quant.layers import register_layer
 from geta.quant.prepare import FIRST, LAST
 from geta.quant.quantizer import Quantizer
+from geta.registry import AttentionAttributes, LayerSpec, ModuleRecord, register_module
 
 __all__ = [
+    "AttentionAttributes",
     "FIRST",
     "GETA",
     "LAST",
@@ -20,6 +22,7 @@ __all__ = [
     "LayerReport",
     "LayerSpec",
     "ModelError",
+    "ModuleRecord",
     "SavedModelError",
     "QASSO",
     "QassoMetrics",
@@ -30,6 +33,7 @@ __all__ = [
     "load",
     "register_attention",
     "register_layer",
+    "register_module",
     "save",
 ]
 __version__ = "0.1.0"

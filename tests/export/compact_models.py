@@ -23,7 +23,7 @@ class TinyEncoder(nn.Module):
         return self.head(self.encoder(self.embed(x)).mean(1))
 
 
-geta.export.register_module(TinyEncoder)
+geta.register_module(TinyEncoder)
 
 
 def compact(model: nn.Module, inputs: Tensor, quantize: str, per_channel: bool, seed: int = 0,

@@ -58,6 +58,14 @@ def test_round_trip_gives_identical_outputs_and_one_shared_config(compact_bert: 
     assert heads == [layer.attention.self.query.weight.shape[0] for layer in compact_bert.encoder.encoder.layer]
 
 
+def test_loads_into_a_given_dense_model(compact_bert: torch.nn.Module, tmp_path: Path) -> None:
+    dense = _tiny_bert("sdpa")
+    loaded = geta.load(geta.save(compact_bert, tmp_path / "bert.safetensors"), model=dense)
+    x = _inputs(5, 1)
+    with torch.no_grad():
+        assert loaded is dense and torch.equal(loaded(x), compact_bert(x))
+
+
 def test_eager_attention_is_kept(tmp_path: Path) -> None:
     model = compact(_tiny_bert("eager"), _inputs(2, 0), "weights", per_channel=False)
     loaded = geta.load(geta.save(model, tmp_path / "bert.safetensors")).eval()

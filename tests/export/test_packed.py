@@ -97,7 +97,7 @@ def test_shared_modules_and_plain_models_round_trip(tmp_path: Path) -> None:
     assert torch.equal(model(x), loaded(x))
 
 
-def test_unregistered_custom_module_is_refused_with_what_to_do(tmp_path: Path) -> None:
+def test_unregistered_custom_module_saves_and_loads_into_a_given_model(tmp_path: Path) -> None:
     class Custom(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -106,8 +106,12 @@ def test_unregistered_custom_module_is_refused_with_what_to_do(tmp_path: Path) -
         def forward(self, x):
             return self.fc(x) * 2
 
-    with pytest.raises(geta.SavedModelError, match="register_module"):
-        geta.save(Custom(), tmp_path / "m.safetensors")
+    model = Custom()
+    path = geta.save(model, tmp_path / "m.safetensors")
+    with pytest.raises(geta.SavedModelError, match=r"model=Custom\(\.\.\.\)"):
+        geta.load(path)
+    x = torch.randn(3, 2)
+    assert torch.equal(geta.load(path, model=Custom())(x), model(x))
 
 
 def _rewrite(source: Path, target: Path, header_edit=None, tensor_edit=None) -> Path:

@@ -121,3 +121,48 @@ def test_grouped_convolution_channels_go_by_offset() -> None:
     x = torch.randn(3, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(compact(x), g.model.eval()(x))
+
+
+def test_a_rule_that_fails_makes_its_op_unprunable_instead_of_raising(monkeypatch) -> None:
+    from geta.graph import rules
+
+    def broken(g, node):
+        raise TypeError("'Node' object is not iterable")
+
+    monkeypatch.setitem(rules.RULES, torch.ops.aten.cat, broken)
+
+    class Concat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(4, 6), nn.Linear(4, 6), nn.Linear(12, 2)
+            self.c, self.d = nn.Linear(4, 5), nn.Linear(5, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.cat([self.a(x), self.b(x)], 1)) + self.d(torch.relu(self.c(x)))
+
+    g = geta.GETA(Concat(), torch.randn(3, 4), quantize="none")
+    reasons = {r for u in g.unprunable() for r in u.reasons}
+    assert any("the rule for aten.cat.default failed" in r and "not iterable" in r for r in reasons)
+    assert {s.name for group in g.groups for s in group.slices} == {"c.weight", "c.bias", "d.weight"}
+
+
+def test_gather_keeps_the_dims_it_does_not_gather() -> None:
+    class Router(nn.Module):
+        """Gathers the top-2 of 4 token positions: the hidden dim is read position by position."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.up, self.score, self.down = nn.Linear(6, 8), nn.Linear(6, 1), nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            hidden = torch.relu(self.up(x))
+            top = self.score(x).squeeze(-1).topk(2, dim=1).indices
+            picked = hidden.gather(1, top.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            return self.down(picked).sum(1)
+
+    g = geta.GETA(Router(), torch.randn(3, 4, 6), quantize="none")
+    assert len(g.groups) == 8, [u.reasons for u in g.unprunable()]
+    g.zero_random_groups(0.5)
+    x = torch.randn(3, 4, 6)
+    with torch.no_grad():
+        assert torch.allclose(g.construct_subnet()(x), g.model(x), atol=1e-6)

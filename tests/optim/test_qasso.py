@@ -142,7 +142,7 @@ def test_errors_name_the_bad_setting() -> None:
         ({"target_sparsity": -0.1}, "target_sparsity"),
         ({"weight_bits": (8, 4)}, "inverted"),
         ({"act_bits": (1, 4)}, "act_bits"),
-        ({"total_steps": 5}, "too small"),
+        ({"total_steps": 2}, "too small"),
         ({"eta": 1.5}, "eta"),
         ({"optimizer": "lion"}, "lion"),
         ({"saliency_weights": {"magnitudes": 1.0}}, "unknown saliency"),

@@ -37,7 +37,7 @@ def test_overrides_are_checked() -> None:
     with pytest.raises(ConfigError, match="total_steps=10"):
         Schedule.from_budget(10, warmup_steps=5, projection_steps=3, pruning_steps=2)
     with pytest.raises(ConfigError, match="too small"):
-        Schedule.from_budget(8)
+        Schedule.from_budget(2)  # no step for the projection stage
     with pytest.raises(ConfigError, match="pruning_periods"):
         Schedule.from_budget(100, pruning_periods=0)
     with pytest.raises(ConfigError, match="integer"):
@@ -70,3 +70,10 @@ def test_stage_shares_lay_out_the_budget_and_the_cooldown_gets_the_rest() -> Non
 def test_bad_stage_shares_are_refused(shares: tuple) -> None:
     with pytest.raises(ConfigError, match="stage_shares"):
         Schedule.from_budget(1000, stage_shares=shares)
+
+
+@pytest.mark.parametrize("total", [4, 7, 12, 20])
+def test_short_budgets_get_fewer_default_periods_of_at_least_one_step(total: int) -> None:
+    schedule = Schedule.from_budget(total, bits_to_drop=8)
+    assert schedule.projection_steps >= 1 and schedule.pruning_steps >= 1
+    assert schedule.cooldown_start <= total

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import geta
-from geta.pruning.heads import _REGISTERED
+from geta import registry
 
 
 class FusedDerivedWidth(nn.Module):
@@ -169,7 +169,7 @@ MODES = ["none", "weights+activations"]
 def _odd_names_registered():
     geta.register_attention(OddNames, heads="h", head_dim="d_k")
     yield
-    _REGISTERED.pop(OddNames, None)
+    registry._RECORDS.pop(OddNames, None)
 
 
 def _inputs(batch: int = 6) -> Tensor:

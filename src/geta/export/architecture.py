@@ -7,8 +7,14 @@ widths, kernel sizes, flags), the file keys of its parameters and buffers, its c
 quantizer if it has one. A module is rebuilt as an instance of
 its class made without calling ``__init__``: ``nn.Module.__init__``, then the recorded attributes,
 tensors and children. That reproduces any module whose state is exactly that, which covers torch's
-layers and containers and geta's reference models; a custom module class (one with its own
-``forward``) must be allow-listed with :func:`register_module` before saving and loading.
+layers and containers and geta's reference models; other classes can be allow-listed with
+``geta.register_module(cls)`` (the ``saves`` field of the class's record in ``geta.registry``).
+
+Any module is described, allow-listed or not: a class outside the allow-list, or an attribute that is
+not a plain value (listed under ``unsaved_attributes``), only means that the file alone cannot rebuild
+the module. :func:`load_into` then gives the saved state to the user's own dense model instead: its
+tensors are replaced by the saved ones (each at most as large as the dense one) and its widths are
+updated by the pruning width handlers, as subnet construction does.
 
 The allow-list also names, as fixed strings, the transformers BERT classes that make up geta's MiniLM
 recipe (and BERT-style encoders in general) and their config class; these are imported from
@@ -31,9 +37,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from geta.errors import ConfigError, SavedModelError
+from geta import registry
+from geta.errors import SavedModelError
 from geta.models.cifar import BasicBlock, ResNet20
 from geta.pruning.attention import CompactMultiheadAttention
+from geta.pruning.modules import update_widths
 from geta.quant.layers import spec_for
 from geta.quant.prepare import INPUT_QUANTIZER, QuantizableLayer, attach_input_quantizers, original_parameter
 from geta.quant.quantizer import Quantizer
@@ -41,7 +49,6 @@ from geta.quant.quantizer import Quantizer
 _MODULE_INTERNALS = frozenset(nn.Module().__dict__)
 _QUANTIZER_PARAMETERS = ("d", "q_m", "t")
 
-_ALLOWED: dict[str, type[nn.Module]] = {}
 _FUNCTIONS: dict[str, Callable] = {
     "relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
     "torch.relu": torch.relu,
@@ -51,14 +58,6 @@ _FUNCTIONS: dict[str, Callable] = {
 def type_name(cls: type) -> str:
     """The name a class is saved under: module path and qualified name."""
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def register_module(cls: type[nn.Module]) -> None:
-    """Allow ``cls`` in saved models. Only register classes whose whole state is their parameters,
-    buffers, child modules and plain attributes (numbers, strings, tuples, ...), set in ``__init__``."""
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ConfigError(f"register_module expects an nn.Module subclass, got {cls!r}")
-    _ALLOWED[type_name(cls)] = cls
 
 
 # Classes of optional libraries, allowed by name and imported only when a model or a file uses them.
@@ -83,16 +82,18 @@ for _cls in (
     nn.Embedding, nn.MultiheadAttention, nn.TransformerEncoder, nn.TransformerEncoderLayer,
     CompactMultiheadAttention, ResNet20, BasicBlock,
 ):
-    register_module(_cls)
+    registry.register_module(_cls, saves=True)
 
 
 def allowed_module(name: str) -> type[nn.Module] | None:
     """The allow-listed module class saved under ``name``, or None; a fixed optional name is imported here."""
-    if name not in _ALLOWED and name in _IMPORTABLE:
+    saved = registry.saved_classes()
+    if name not in saved and name in _IMPORTABLE:
         cls = _import_class(name)
         if isinstance(cls, type) and issubclass(cls, nn.Module) and type_name(cls) == name:
-            _ALLOWED[name] = cls
-    return _ALLOWED.get(name)
+            registry.register_module(cls, saves=True)
+            return cls
+    return saved.get(name)
 
 
 def _allowed_config(name: str) -> type | None:
@@ -147,6 +148,44 @@ def build(tree: dict, tensors: dict[str, Tensor]) -> nn.Module:
     return _build_module(tree, "", tensors, built, parameters, {})
 
 
+def load_into(model: nn.Module, tree: dict, tensors: dict[str, Tensor]) -> nn.Module:
+    """``model``, the user's dense model as built before pruning, given in place the state that ``tree``
+    and ``tensors`` (by file key, already checked) describe; returns ``model``.
+
+    Every saved module must be at the same path in ``model`` with the same parameter, buffer and child
+    names, and every saved tensor must fit in the dense one it replaces (same rank, no dimension larger).
+    Those checks raise SavedModelError, naming the module, before ``model`` is changed. Then each tensor
+    is replaced by the saved one, every module's width attributes follow its tensors (the pruning width
+    handlers, as in subnet construction), each module's class must be the saved one (checked after that,
+    since a width handler may turn a module into its compact class) and the input quantizers are attached.
+    """
+    match = _Match({}, {}, [], set())
+    _match_module(tree, model, "", tensors, match)
+    unused = sorted(set(tensors) - match.used)
+    if unused:
+        raise SavedModelError(f"the file holds tensors no module takes: {', '.join(unused[:5])}; the file is damaged")
+    placed: dict[str, Tensor] = {}
+    for module, attr, key in match.slots:
+        parameter = attr in module._parameters
+        old = module._parameters[attr] if parameter else module._buffers[attr]
+        if key not in placed:
+            value = tensors[key].to(old.device)
+            placed[key] = nn.Parameter(value, requires_grad=old.requires_grad) if parameter else value
+        (module._parameters if parameter else module._buffers)[attr] = placed[key]
+    for module in model.modules():
+        update_widths(module)
+    for path, (module, record) in match.modules.items():
+        if type_name(type(module)) != record["type"]:
+            raise SavedModelError(
+                f"{_where(path)} is a {type_name(type(module))} in the given model but a {record['type']} in the file; "
+                "pass the model class that was saved, built with the same arguments"
+            )
+        module.training = record["training"]
+        if "input_quantizer" in record:
+            _attach_input_quantizer(module, path, record["input_quantizer"], tensors)
+    return model
+
+
 def _describe_module(
     module: nn.Module, path: str, out: Description, by_identity: dict[int, str], modules: dict[int, str]
 ) -> dict:
@@ -154,18 +193,17 @@ def _describe_module(
         return {"same_as": modules[id(module)]}
     modules[id(module)] = path
     cls = type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)
-    name = type_name(cls)
-    if allowed_module(name) is not cls:
-        raise SavedModelError(
-            f"{_where(path)} is a {name}, which is not allow-listed for saving; if its whole state is its "
-            f"parameters, buffers, children and plain attributes, call geta.export.register_module({cls.__name__}) "
-            "before saving and loading"
-        )
-    attributes = {}
+    attributes, unsaved = {}, []
     for attr, value in module.__dict__.items():
-        if attr not in _MODULE_INTERNALS:
+        if attr in _MODULE_INTERNALS:
+            continue
+        try:
             attributes[attr] = _encode(value, f"{_where(path)}.{attr}")
-    record: dict = {"type": name, "training": module.training, "attributes": attributes}
+        except SavedModelError:
+            unsaved.append(attr)  # comes back from the user's model (load_into), not from the file
+    record: dict = {"type": type_name(cls), "training": module.training, "attributes": attributes}
+    if unsaved:
+        record["unsaved_attributes"] = sorted(unsaved)
     record["parameters"] = {
         attr: _tensor_key(module, attr, path, out, by_identity, parameter=True) for attr in module._parameters
     }
@@ -230,9 +268,17 @@ def _build_module(
     name = record["type"]
     cls = allowed_module(name) if isinstance(name, str) else None
     if cls is None:
+        short = name.rpartition(".")[2] if isinstance(name, str) else "MyModel"
         raise SavedModelError(
-            f"{_where(path)} has layer type {name!r}, which is not allow-listed; nothing was run. If you trust "
-            "the file and the class, import it and call geta.export.register_module(TheClass) before loading"
+            f"{_where(path)} has layer type {name!r}, which is not allow-listed, so the file alone cannot rebuild "
+            f"it (nothing was run). Build the model as before pruning and pass it: geta.load(path, model={short}(...)) "
+            "with the original constructor arguments"
+        )
+    if record.get("unsaved_attributes"):
+        raise SavedModelError(
+            f"{_where(path)} ({name}) has attributes that are not plain values and were not saved "
+            f"({', '.join(map(str, record['unsaved_attributes']))}); build the model as before pruning and pass it: "
+            "geta.load(path, model=MyModel(...)) with the original constructor arguments"
         )
     module = cls.__new__(cls)
     nn.Module.__init__(module)
@@ -255,6 +301,71 @@ def _build_module(
     if "input_quantizer" in record:
         _attach_input_quantizer(module, path, record["input_quantizer"], tensors)
     return module
+
+
+@dataclass
+class _Match:
+    """What load_into changes, collected before it changes anything: the user's modules and their records
+    by path, the paths by module identity, the (module, attribute, file key) of every tensor, the keys used."""
+
+    modules: dict[str, tuple[nn.Module, dict]]
+    paths: dict[int, str]
+    slots: list[tuple[nn.Module, str, str]]
+    used: set[str]
+
+
+def _match_module(record: object, module: nn.Module, path: str, tensors: dict[str, Tensor], match: _Match) -> None:
+    """Check ``module`` of the user's model against its saved ``record`` and its children against theirs."""
+    record = _check_record(record, path)
+    if "same_as" in record:
+        if match.paths.get(id(module)) != record["same_as"]:
+            raise SavedModelError(
+                f"{_where(path)} is module {record['same_as']!r} in the file but not in the given model")
+        return
+    if id(module) in match.paths:
+        raise SavedModelError(
+            f"{_where(path)} is module {match.paths[id(module)]!r} in the given model but not in the file")
+    if parametrize.is_parametrized(module) or hasattr(module, INPUT_QUANTIZER):
+        raise SavedModelError(f"{_where(path)} already has geta quantizers; pass a freshly built dense model")
+    _expect(record["training"], bool, f"{_where(path)}.training")
+    match.modules[path] = (module, record)
+    match.paths[id(module)] = path
+    for group, table in (("parameters", module._parameters), ("buffers", module._buffers)):
+        saved = _expect(record[group], dict, f"{_where(path)} {group}")
+        _same_names(path, group, saved, table)
+        for attr, key in saved.items():
+            if (key is None) != (table[attr] is None):
+                raise SavedModelError(f"{_where(path)}.{attr} is {'absent' if key is None else 'present'} in the file "
+                                      "but not in the given model; pass the model built with the same arguments")
+            if key is None:
+                continue
+            value, dense = _tensor(key, tensors, path), table[attr]
+            if value.dim() != dense.dim() or any(s > d for s, d in zip(value.shape, dense.shape)):
+                raise SavedModelError(
+                    f"{_where(path)}.{attr} is {tuple(value.shape)} in the file, which does not fit the given model's "
+                    f"{tuple(dense.shape)}; pass the model as built before pruning, with the same arguments"
+                )
+            match.slots.append((module, attr, key))
+            match.used.add(key)
+    if "input_quantizer" in record:
+        match.used.update(f"{_join(path, INPUT_QUANTIZER)}.{name}" for name in _QUANTIZER_PARAMETERS)
+    children = _expect(record["children"], dict, f"{_where(path)} children")
+    _same_names(path, "children", children, module._modules)
+    for attr, child_record in children.items():
+        child = module._modules[attr]
+        if (child is None) != (child_record is None):
+            raise SavedModelError(f"{_where(path)}.{attr} is {'absent' if child_record is None else 'present'} in the "
+                                  "file but not in the given model; pass the model built with the same arguments")
+        if child is not None:
+            _match_module(child_record, child, _join(path, attr), tensors, match)
+
+
+def _same_names(path: str, group: str, saved: dict, current: dict) -> None:
+    if set(saved) != set(current):
+        raise SavedModelError(
+            f"{_where(path)} has {group} {sorted(current)} in the given model but {sorted(saved)} in the file; "
+            "pass the model class that was saved, built with the same arguments"
+        )
 
 
 def _attach_input_quantizer(module: nn.Module, path: str, entry: object, tensors: dict[str, Tensor]) -> None:

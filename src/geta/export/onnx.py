@@ -15,12 +15,15 @@ an element to the neighbouring level. Activations take INT4/UINT4 up to 4 bits, 
 and INT16/UINT16 up to 16; a quantizer of more than 16 bits (no such QuantizeLinear type) is exported as the same arithmetic
 (Div, Round, Clip, Mul) without Q/DQ.
 
-The model is traced by torch's TorchScript exporter (opset 20) with the quantizers as placeholder
-nodes, which are then replaced by the patterns above in an opset-21 graph; ``onnx.checker`` must pass.
+The model, of any module class, is traced by torch's TorchScript exporter (opset 20) with the quantizers as
+placeholder nodes, which are then replaced by the patterns above in an opset-21 graph; ``onnx.checker``
+must pass. What is traced is a deep copy of the model (the model itself is untouched), so no allow-list
+of classes is involved.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from pathlib import Path
@@ -33,7 +36,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from geta.errors import ModelError, SavedModelError
-from geta.export.architecture import Description, build, describe
+from geta.export.architecture import Description, describe
 from geta.export.packed import quantized_levels
 from geta.graph.inputs import ExampleInputs
 from geta.quant.functional import top_level
@@ -56,7 +59,7 @@ def export_onnx(model: nn.Module, example_inputs: object, path: str | os.PathLik
         raise ModelError(f"geta.export_onnx expects a torch.nn.Module, got {type(model).__name__}")
     inputs = ExampleInputs.from_user(example_inputs)
     description = describe(model)
-    exportable = _exportable(description)
+    exportable = _exportable(model, description)
     exportable.eval()
     names = [f"input_{i}" for i in range(len(inputs.args))] + list(inputs.kwargs)
     path = Path(path)
@@ -156,14 +159,18 @@ class _ActivationQuantizer(nn.Module):
         return _QuantizeActivation.apply(x, *self.params, self.top, self.signed)
 
 
-def _exportable(description: Description) -> nn.Module:
-    """A plain copy of the described model with each quantized weight computed from its integer levels
-    and each input quantizer replaced by an exportable one."""
-    tensors = {key: saved.value.detach().clone() for key, saved in description.tensors.items()}
-    for key, quantizer in description.input_quantizers.items():
-        for name in ("d", "q_m", "t"):
-            tensors[f"{key}.{name}"] = getattr(quantizer, name).detach().clone()
-    model = build(description.tree, tensors)
+def _exportable(model: nn.Module, description: Description) -> nn.Module:
+    """A deep copy of ``model`` (described by ``description``) with each quantized weight computed from
+    its integer levels and each input quantizer replaced by an exportable one."""
+    model = copy.deepcopy(model)
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module):
+            # by hand: parametrize.remove_parametrizations would edit the parametrized class, which the copy
+            # shares with ``model``
+            chains = module._modules.pop("parametrizations")
+            module.__class__ = type(module).__bases__[0]
+            for attr, chain in chains.items():
+                module.register_parameter(attr, chain.original)
     holders = _holders(model)
     for key, saved in description.tensors.items():
         if saved.quantizer is None:

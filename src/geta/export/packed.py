@@ -11,7 +11,9 @@ module, and reproduces every quantized weight exactly as ``level * d``.
 The loaded model is for inference: its weights are plain tensors holding the quantized values (a
 weight quantizer applied again would not give them back when t != 1), and its layers keep their input
 quantizers, so its outputs equal the saved model's. Nothing in the file is executed: no pickle, no
-``torch.load``, only allow-listed module classes.
+``torch.load``, only allow-listed module classes. Any model saves; one with a class outside the
+allow-list loads into the user's own dense model (``load(path, model=MyModel(...))``), which the
+file's state then replaces.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from geta.errors import ModelError, SavedModelError
-from geta.export.architecture import SavedTensor, build, describe
+from geta.export.architecture import SavedTensor, build, describe, load_into
 from geta.export.packing import level_offset, level_range, pack, packed_size, unpack
 
 FORMAT = "geta.packed"
@@ -52,7 +54,8 @@ class Levels:
 
 
 def save(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``model`` (e.g. ``GETA.construct_subnet()``) to ``path`` as a packed safetensors file."""
+    """Write ``model`` (e.g. ``GETA.construct_subnet()``, of any module class) to ``path`` as a packed
+    safetensors file: each module's type name, widths and tensors, no pickle."""
     if not isinstance(model, nn.Module):
         raise ModelError(f"geta.save expects a torch.nn.Module, got {type(model).__name__}")
     description = describe(model)
@@ -84,13 +87,23 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     return path
 
 
-def load(path: str | os.PathLike) -> nn.Module:
-    """The module saved at ``path`` by :func:`save`, rebuilt with identical outputs.
+def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+    """The module saved at ``path`` by :func:`save`, with identical outputs.
+
+    Without ``model`` it is rebuilt from the file, which needs every module class to be allow-listed
+    (torch's layers, geta's models, ``geta.register_module``). Otherwise pass ``model``: a
+    freshly built dense instance of the saved class with its original constructor arguments. It is
+    changed in place (tensors cut to the saved shapes and loaded, widths updated, input quantizers
+    attached) and returned; a mismatch (another class or architecture) raises SavedModelError naming the
+    module, and is found before ``model`` changes except for a module class that differs only after
+    widths are updated.
 
     Raises SavedModelError when the file is not a geta model, is truncated, or its JSON and tensors
     disagree (shapes, dtypes, sizes, codes out of range, unknown layer types); nothing from the file is
     executed.
     """
+    if model is not None and not isinstance(model, nn.Module):
+        raise ModelError(f"geta.load expects model= to be a torch.nn.Module, got {type(model).__name__}")
     header, stored = read(path)
     tensors: dict[str, Tensor] = {}
     expected_names: set[str] = set()
@@ -108,8 +121,9 @@ def load(path: str | os.PathLike) -> nn.Module:
     unexpected = sorted(set(stored) - expected_names)
     if unexpected:
         raise SavedModelError(f"the file holds tensors its JSON does not describe: {', '.join(unexpected[:5])}")
+    tree = _expect_dict(header.get("architecture"), "the architecture")
     try:
-        return build(_expect_dict(header.get("architecture"), "the architecture"), tensors)
+        return build(tree, tensors) if model is None else load_into(model, tree, tensors)
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as error:
         if isinstance(error, SavedModelError):
             raise

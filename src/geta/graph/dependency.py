@@ -26,6 +26,7 @@ from geta.quant.quantizer import Quantizer
 
 MODEL_INPUT = "touches a model input"
 MODEL_OUTPUT = "touches a model output"
+UNUSED = "not used by the forward pass on the example inputs"
 
 
 @dataclass(frozen=True)
@@ -103,14 +104,29 @@ class DependencyAnalysis:
                 if fn is None:
                     self.unknown(node, f"op {node.target} not understood")
                 else:
-                    fn(self, node)
+                    try:
+                        fn(self, node)
+                    except Exception as error:  # a call the rule did not foresee: unprunable, never a crash
+                        self.labels.pop(node, None)
+                        self.unknown(node, f"the rule for {node.target} failed at {node.name} "
+                                           f"({type(error).__name__}: {error})")
                 if node not in self.labels and self._tensor_value(node):
                     self.unknown(node, f"rule for {node.target} gave no result")
                 if self.tensor_args(node) and all(self.weight_like(a) for a in self.tensor_args(node)):
                     self.weight_nodes.add(node)
             else:
                 self.unknown(node, f"{node.op} nodes are not understood")
+        self._flag_unused_state()
         return self._structures()
+
+    def _flag_unused_state(self) -> None:
+        """Tensors no live node reads (a vision tower a text-only input never runs) are no structures."""
+        live_tensors = {id(self.state_tensors.get(self.state_names[n.name])) for n in self.live
+                        if n.op == "placeholder" and n.name in self.state_names and any(u in self.live for u in n.users)}
+        for key, slots in self.tensor_slots.items():
+            if key not in live_tensors:
+                for slot in slots:
+                    self.flag(slot, UNUSED)
 
     # --- helpers used by the rules ---------------------------------------------------------------
 

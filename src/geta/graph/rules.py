@@ -581,6 +581,25 @@ def index(g: DependencyAnalysis, node: fx.Node) -> None:
     g.set(node, lead + x[len(used):])
 
 
+@rule(aten.gather)
+def gather(g: DependencyAnalysis, node: fx.Node) -> None:
+    """out[..., i, ...] = x[..., index[..., i, ...], ...] along ``dim``: that dim is gathered (unprunable);
+    every other dim is read position by position where its size is kept."""
+    x, index = list(g.slots(node.args[0])), g.slots(node.args[2])
+    dim = _dim(node.args[1], len(x))
+    out = []
+    for d, size in enumerate(g.shape(node)):
+        source = index[d] if index is not None and d < len(index) else g.fresh(size, neutral=True)
+        if d != dim and d < len(x) and x[d].size == size:
+            g.tie(x[d], source, node)
+            out.append(x[d])
+            continue
+        if d < len(x) and x[d].size > 1:
+            g.flag(x[d], f"gathered by index at {node.name}")
+        out.append(source)
+    g.set(node, out)
+
+
 @rule(operator.getitem)
 def getitem(g: DependencyAnalysis, node: fx.Node) -> None:
     container = g.labels.get(node.args[0])

@@ -75,12 +75,16 @@ class Schedule:
         """
         total = _count(total_steps, "total_steps", minimum=1)
         warmup_share, projection_share, joint_share = check_stage_shares(stage_shares)
+        # default period counts never exceed the steps their stage gets, so a short budget still has
+        # at least one step per period
         if projection_periods is None:
-            projection_periods = max(1, min(DEFAULT_PROJECTION_PERIODS, bits_to_drop))
+            projection_periods = max(1, min(DEFAULT_PROJECTION_PERIODS, bits_to_drop,
+                                            round(projection_share * total) if projection_steps is None else total))
         projection_periods = _count(projection_periods, "projection_periods", minimum=1)
-        pruning_periods = _count(
-            DEFAULT_PRUNING_PERIODS if pruning_periods is None else pruning_periods, "pruning_periods", minimum=1
-        )
+        if pruning_periods is None:
+            pruning_periods = max(1, min(DEFAULT_PRUNING_PERIODS,
+                                         round(joint_share * total) if pruning_steps is None else total))
+        pruning_periods = _count(pruning_periods, "pruning_periods", minimum=1)
         if warmup_steps is None:
             warmup_steps = round(warmup_share * total)
         if projection_steps is None:

@@ -148,8 +148,9 @@ class SearchSpace(Sequence[Group]):
             family, chunk = np.arange(self.count), np.ones(self.count, dtype=np.int64)
         else:
             family, chunk = self.chunk_sizes(round_to)
-        member_of, _, offsets = self._rows_by_group()
-        left = self._dims_left(chosen)
+        member_of, position_of, offsets = self._rows_by_group()
+        dim_of = self._dim_of_member()
+        removed = self._removed_positions(chosen)
         pending: dict[int, list[int]] = defaultdict(list)
         taken = 0
         for group in order.tolist():
@@ -162,10 +163,8 @@ class SearchSpace(Sequence[Group]):
             del pending[family[group]]
             if taken + len(waiting) > count:
                 continue
-            rows = np.concatenate([member_of[offsets[g]:offsets[g + 1]] for g in waiting])
-            members, removed = np.unique(rows, return_counts=True)
-            if (left[members] > removed).all():
-                left[members] -= removed
+            rows = np.concatenate([np.arange(offsets[g], offsets[g + 1]) for g in waiting])
+            if self._take(removed, dim_of[member_of[rows]], position_of[rows]):
                 chosen[waiting] = True
                 taken += len(waiting)
         if taken < count and round_to == 1:
@@ -174,6 +173,22 @@ class SearchSpace(Sequence[Group]):
                 "dimension (every channel of a layer, every head of a block); ask for fewer"
             )
         return chosen
+
+    @staticmethod
+    def _take(removed: list[np.ndarray], dims: np.ndarray, positions: np.ndarray) -> bool:
+        """Mark ``positions`` of tensor dimensions ``dims`` removed, unless that empties one (then nothing)."""
+        marked = []
+        for d in np.unique(dims).tolist():
+            mask = removed[d]
+            new = np.unique(positions[dims == d])
+            new = new[~mask[new]]
+            mask[new] = True
+            marked.append((mask, new))
+            if mask.all():
+                for undo, positions_set in marked:
+                    undo[positions_set] = False
+                return False
+        return True
 
     def chunk_sizes(self, round_to: int) -> tuple[np.ndarray, np.ndarray]:
         """(family of each group, chunk size of each family) for widths in multiples of ``round_to``.
@@ -198,11 +213,25 @@ class SearchSpace(Sequence[Group]):
             family[group] = keys[key]
         return family, np.array(chunk, dtype=np.int64)
 
+    def _dim_of_member(self) -> np.ndarray:
+        """Per member: the number of its tensor dimension (members of one tensor and dim share it)."""
+        keys: dict[tuple[int, int], int] = {}
+        return np.array([keys.setdefault((id(m.tensor), m.dim), len(keys)) for m in self.members], dtype=np.int64)
+
+    def _removed_positions(self, removed: Tensor) -> list[np.ndarray]:
+        """Per tensor dimension (see :meth:`_dim_of_member`): which of its positions the groups in
+        ``removed`` take, over every member that cuts it."""
+        dim_of = self._dim_of_member()
+        masks = [np.zeros(0, dtype=bool)] * (int(dim_of.max()) + 1 if len(dim_of) else 0)
+        for member, d in zip(self.members, dim_of.tolist()):
+            if not len(masks[d]):
+                masks[d] = np.zeros(member.tensor.shape[member.dim], dtype=bool)
+            masks[d][member.positions[removed[member.groups]].numpy()] = True
+        return masks
+
     def _dims_left(self, removed: Tensor) -> np.ndarray:
-        """Per member: positions its tensor dimension keeps once the groups in ``removed`` are gone."""
-        return np.array([
-            m.tensor.shape[m.dim] - int(removed[m.groups].sum()) for m in self.members
-        ], dtype=np.int64)
+        """Per tensor dimension: positions it keeps once the groups in ``removed`` are gone."""
+        return np.array([len(mask) - int(mask.sum()) for mask in self._removed_positions(removed)], dtype=np.int64)
 
     def _rows_by_group(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._by_group is None:

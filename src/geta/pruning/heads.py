@@ -18,25 +18,15 @@ width shrinks. Anything else leaves the attributes as they are, and the probe of
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from fractions import Fraction
 
 from torch import Tensor, nn
 
+from geta import registry
 from geta.errors import ConfigError
+from geta.registry import AttentionAttributes
 from geta.quant.layers import spec_for
 from geta.quant.prepare import original_parameter
-
-
-@dataclass(frozen=True)
-class AttentionAttributes:
-    """Names of the attributes of one attention class: query heads, head width, key/value heads, and
-    widths equal to heads x head width (each a tuple of candidate names; the first present is used)."""
-
-    heads: tuple[str, ...]
-    head_dim: tuple[str, ...] = ()
-    kv_heads: tuple[str, ...] = ()
-    widths: tuple[str, ...] = ()
 
 
 COMMON = AttentionAttributes(
@@ -45,7 +35,6 @@ COMMON = AttentionAttributes(
     kv_heads=("num_key_value_heads", "num_kv_heads", "n_kv_heads"),
     widths=("all_head_size", "split_size", "inner_dim"),
 )
-_REGISTERED: dict[type, AttentionAttributes] = {}
 _EXCLUDED: tuple[type, ...] = (nn.MultiheadAttention,)  # its heads are handled by attention.py
 
 
@@ -59,7 +48,9 @@ def register_attention(
 ) -> None:
     """Declare which attributes of attention class ``cls`` hold its head count (``heads``), head width
     (``head_dim``), key/value head count (``kv_heads``, grouped-query attention) and widths equal to
-    heads x head width (``widths``), so that removing heads updates them.
+    heads x head width (``widths``), so that removing heads updates them. Shorthand for
+    ``geta.register_module(cls, attention=...)``; widths also declare that the module's splits are by
+    them (``owns_split_sizes``).
 
     Example: ``geta.register_attention(MyAttention, heads="h", head_dim="d_k", widths=("inner",))``.
     Without ``head_dim`` the head width is taken as the first of ``widths`` divided by the head count."""
@@ -70,14 +61,9 @@ def register_attention(
         raise ConfigError(f"register_attention({cls.__name__}): attribute names must be identifiers, got {names}")
     if head_dim is None and not widths:
         raise ConfigError(f"register_attention({cls.__name__}): give head_dim, or widths to derive it from")
-    _REGISTERED[cls] = AttentionAttributes(
-        (heads,), (head_dim,) if head_dim else (), (kv_heads,) if kv_heads else (), tuple(widths)
-    )
-
-
-def registered_attention(module: nn.Module) -> bool:
-    """Whether ``module``'s class (or a base) was declared with :func:`register_attention`."""
-    return any(cls in _REGISTERED for cls in type(module).__mro__)
+    attributes = AttentionAttributes((heads,), (head_dim,) if head_dim else (), (kv_heads,) if kv_heads else (),
+                                     tuple(widths))
+    registry.register_module(cls, attention=attributes, owns_split_sizes=True if widths else None)
 
 
 CutRows = Callable[[Tensor, int], set[int]]
@@ -88,7 +74,8 @@ def update_head_attributes(old: nn.Module, new: nn.Module, cut_rows: CutRows) ->
     inside it; ``cut_rows(weight, axis)`` gives the positions removed from ``weight`` along ``axis``."""
     if isinstance(old, _EXCLUDED):
         return
-    names = next((a for cls, a in _REGISTERED.items() if isinstance(old, cls)), COMMON)
+    declared = registry.lookup(old, "attention")
+    names = declared if isinstance(declared, AttentionAttributes) else COMMON
     heads = _int_attribute(old, names.heads)
     if heads is None:
         return

@@ -1,30 +1,24 @@
 """After tensors are sliced, module attributes that describe their widths must follow.
 
-A registry of small handlers keyed by module class (looked up along the MRO), each reading the new
-widths from the module's own tensors. Modules that derive shapes from their inputs need none. An
-``nn.MultiheadAttention`` that lost heads becomes a compact module (``attention.py``). Classes whose
-forward reshapes to sizes derived from widths that pruning keeps (a head width computed from the
-input width) are listed as having fixed reshapes: the analysis leaves what those reshapes split or
-merge unprunable.
+Small handlers, the ``widths`` field of each class's record in ``geta.registry`` (looked up along the
+MRO), each read the new widths from the module's own tensors. Modules that derive shapes from their
+inputs need none. An ``nn.MultiheadAttention`` that lost heads becomes a compact module
+(``attention.py``). Classes whose forward reshapes to sizes derived from widths that pruning keeps
+(a head width computed from the input width) are recorded as having fixed reshapes: the analysis
+leaves what those reshapes split or merge unprunable.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
 from torch import nn
 
+from geta import registry
 from geta.pruning.attention import supports_compact, update_attention_widths
 from geta.quant.prepare import original_parameter
 
 Handler = Callable[[nn.Module], None]
-_HANDLERS: dict[type, Handler] = {}
-# Classes whose handler also updates the sizes their forward passes to ``split``.
-_SPLIT_OWNERS: set[type] = set()
-# Classes whose forward reshapes to sizes it derives from widths that pruning does not change (a head
-# width computed as input width // head count): no handler can keep those in step.
-_FIXED_RESHAPES: set[type] = set()
 
 
 def handler(*classes: type) -> Callable[[Handler], Handler]:
@@ -32,7 +26,7 @@ def handler(*classes: type) -> Callable[[Handler], Handler]:
 
     def register(fn: Handler) -> Handler:
         for cls in classes:
-            _HANDLERS[cls] = fn
+            registry.register_module(cls, widths=fn)
         return fn
 
     return register
@@ -40,28 +34,23 @@ def handler(*classes: type) -> Callable[[Handler], Handler]:
 
 def owns_split_sizes(module: nn.Module | None) -> bool:
     """Whether ``module``'s handler keeps the sizes it splits tensors by in step with its widths."""
-    _register_optional()
     if isinstance(module, nn.MultiheadAttention):
         return supports_compact(module)
-    return module is not None and any(cls in _SPLIT_OWNERS for cls in type(module).__mro__)
+    return module is not None and bool(registry.lookup(module, "owns_split_sizes"))
 
 
 def fixed_reshapes(module: nn.Module | None) -> bool:
     """Whether the dims that ``module``'s own reshapes split or merge must keep their sizes."""
-    _register_optional()
     if isinstance(module, nn.MultiheadAttention):  # torch's forward ties the head width to embed_dim
         return not supports_compact(module)
-    return module is not None and any(cls in _FIXED_RESHAPES for cls in type(module).__mro__)
+    return module is not None and bool(registry.lookup(module, "fixed_reshapes"))
 
 
 def update_widths(module: nn.Module) -> None:
-    """Run the handler of the most specific registered class of ``module``, if any."""
-    _register_optional()
-    for cls in type(module).__mro__:
-        fn = _HANDLERS.get(cls)
-        if fn is not None:
-            fn(module)
-            return
+    """Run the width handler of the most specific registered class of ``module``, if any."""
+    fn = registry.lookup(module, "widths")
+    if callable(fn):
+        fn(module)
 
 
 @handler(nn.modules.conv._ConvNd)
@@ -128,31 +117,13 @@ def _gpt2_attention(module: nn.Module) -> None:
 
 
 # Layers of optional libraries, registered once the library is imported (geta never imports it).
-_OPTIONAL: dict[tuple[str, str], tuple[Handler, bool]] = {
-    ("transformers.pytorch_utils", "Conv1D"): (_conv1d_transformers, False),
-    ("transformers.models.gpt2.modeling_gpt2", "GPT2Attention"): (_gpt2_attention, True),
-}
-_OPTIONAL_FIXED = (
-    # q, k, v reshaped by n_heads, the attended values back to the input width
-    ("torchvision.models.maxvit", "RelativePositionalMultiHeadAttention"),
-    # head width = input width // num_heads (shifted_window_attention); V2 subclasses it
-    ("torchvision.models.swin_transformer", "ShiftedWindowAttention"),
-)
-
-
-def _register_optional() -> None:
-    for (module_name, class_name), (fn, owns_split) in _OPTIONAL.items():
-        cls = _imported_class(module_name, class_name)
-        if cls is not None and cls not in _HANDLERS:
-            _HANDLERS[cls] = fn
-            if owns_split:
-                _SPLIT_OWNERS.add(cls)
-    for module_name, class_name in _OPTIONAL_FIXED:
-        cls = _imported_class(module_name, class_name)
-        if cls is not None:
-            _FIXED_RESHAPES.add(cls)
-
-
-def _imported_class(module_name: str, class_name: str) -> type | None:
-    library = sys.modules.get(module_name)
-    return getattr(library, class_name, None) if library is not None else None
+registry.register_optional("transformers.pytorch_utils", "Conv1D",
+                           registry.ModuleRecord(widths=_conv1d_transformers))
+registry.register_optional("transformers.models.gpt2.modeling_gpt2", "GPT2Attention",
+                           registry.ModuleRecord(widths=_gpt2_attention, owns_split_sizes=True))
+# q, k, v reshaped by n_heads, the attended values back to the input width
+registry.register_optional("torchvision.models.maxvit", "RelativePositionalMultiHeadAttention",
+                           registry.ModuleRecord(fixed_reshapes=True))
+# head width = input width // num_heads (shifted_window_attention); V2 subclasses it
+registry.register_optional("torchvision.models.swin_transformer", "ShiftedWindowAttention",
+                           registry.ModuleRecord(fixed_reshapes=True))

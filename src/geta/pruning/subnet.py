@@ -35,13 +35,14 @@ def construct_subnet(model: nn.Module, space: SearchSpace, removed: Tensor) -> n
         old = tensors[key]
         new = old.detach()
         for dim, positions in dims.items():
-            keep = [i for i in range(new.shape[dim]) if i not in positions]
-            if not keep:
+            keep = torch.ones(new.shape[dim], dtype=torch.bool)
+            keep[list(positions)] = False
+            if not keep.any():
                 raise GetaError(
                     f"removing the zeroed groups would leave {names[key]} with no positions along dim {dim}; "
                     "keep at least one of the groups that span it"
                 )
-            new = new.index_select(dim, torch.tensor(keep, dtype=torch.long, device=new.device))
+            new = new.index_select(dim, keep.nonzero().flatten().to(new.device))
         new = new.clone() if new.data_ptr() == old.data_ptr() else new
         memo[key] = nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
     compact = copy.deepcopy(model, memo)

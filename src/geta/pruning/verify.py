@@ -72,15 +72,38 @@ def verify_space(model: nn.Module, inputs: ExampleInputs, space: SearchSpace, bu
     probe = _Probe(model, inputs, space, build)
     failures: list[FamilyFailure] = []
     pending = list(range(count))
-    while pending:
-        removed = _sample(space, [members[f] for f in pending], generator)
-        reason = probe.failure(removed)
-        if reason is None:
-            break
-        found = _bisect(probe, space, pending, members, generator, reason)
-        failures.extend(FamilyFailure(members[f], why) for f, why in found.items())
-        pending = [f for f in pending if f not in found]
+    with _zero_tensors_filled(model, seed):
+        while pending:
+            removed = _sample(space, [members[f] for f in pending], generator)
+            reason = probe.failure(removed)
+            if reason is None:
+                break
+            found = _bisect(probe, space, pending, members, generator, reason)
+            failures.extend(FamilyFailure(members[f], why) for f, why in found.items())
+            pending = [f for f in pending if f not in found]
     return failures
+
+
+@contextlib.contextmanager
+def _zero_tensors_filled(model: nn.Module, seed: int) -> Iterator[None]:
+    """Fill every all-zero floating parameter of ``model`` with small random values for the block.
+
+    A zero-initialized layer (torchvision's ViT head, LoRA's B) makes the output blind to everything
+    before it, and a probe comparing outputs would then pass any compact model that does not crash."""
+    generator = torch.Generator().manual_seed(seed)
+    saved = []
+    with torch.no_grad():
+        for parameter in {id(p): p for p in model.parameters()}.values():
+            if parameter.is_floating_point() and parameter.numel() > 1 and not parameter.any():
+                fan_in = parameter[0].numel() if parameter.dim() > 1 else parameter.numel()
+                noise = torch.randn(parameter.shape, generator=generator) / fan_in**0.5
+                saved.append(parameter)
+                parameter.copy_(noise.to(parameter))
+        try:
+            yield
+        finally:
+            for parameter in saved:
+                parameter.zero_()
 
 
 def probe_reason(reason: str) -> str:
@@ -126,7 +149,8 @@ def output_difference(expected: object, actual: object) -> float | None:
             both_nan = torch.isnan(x) & torch.isnan(y)
             gap = torch.where(both_nan | (x == y), torch.zeros_like(x), (x - y).abs())
             scale = float(x[torch.isfinite(x)].abs().max()) if torch.isfinite(x).any() else 0.0
-            error = float(gap.max()) / scale if scale > 0 else float(gap.max() > 0) * float("inf")
+            largest = float(gap.max())
+            error = largest / scale if scale > 0 else (float("inf") if largest > 0 else 0.0)
         worst = error if worst is None else max(worst, error)
     return worst
 
@@ -150,23 +174,29 @@ class _Probe:
         self.model, self.inputs, self.space, self.build = model, inputs, space, build
 
     def failure(self, removed: Tensor) -> str | None:
-        saved = []
+        saved: dict[int, tuple[Tensor, Tensor]] = {}
         with torch.no_grad():
-            for member in self.space.members:
-                chosen = member.positions[removed[member.groups]]
-                if member.trainable and len(chosen):
-                    chosen = chosen.to(member.tensor.device)
-                    saved.append((member, chosen, member.tensor.index_select(member.dim, chosen)))
             try:
-                self.space.zero_(removed)
+                for member in self.space.members:
+                    chosen = member.positions[removed[member.groups]]
+                    if not member.trainable or not len(chosen):
+                        continue
+                    tensor = member.tensor
+                    if id(tensor) not in saved:
+                        saved[id(tensor)] = (tensor, tensor.detach().clone())
+                    mask = torch.zeros(tensor.shape[member.dim], dtype=torch.bool, device=tensor.device)
+                    mask[chosen.to(tensor.device)] = True
+                    shape = [1] * tensor.dim()
+                    shape[member.dim] = -1
+                    tensor.masked_fill_(mask.view(shape), 0.0)
                 try:
                     compact = self.build(self.model, self.space, removed)
                 except Exception as error:  # a construction that fails is what the probe looks for
                     return f"the compact model cannot be built: {type(error).__name__}: {_first_line(error)}"
                 return check_compact(self.model, compact, self.inputs)
             finally:
-                for member, chosen, values in saved:
-                    member.tensor.index_copy_(member.dim, chosen, values)
+                for tensor, values in saved.values():
+                    tensor.copy_(values)
 
 
 def _sample(space: SearchSpace, families: list[np.ndarray], generator: np.random.Generator) -> Tensor:

@@ -19,9 +19,10 @@ STATE_DICT_FILE = "model_state_dict.safetensors"
 def write_run(result: RunResult, out_dir: Path) -> dict[str, Path]:
     """Write every artifact of ``result`` into ``out_dir`` (created); returns them by name.
 
-    A model that ``geta.export`` cannot save (a class outside its allow-list) is written as its state
-    dict in safetensors instead (no pickle; tied tensors once), and report.json says why under
-    ``export_error``."""
+    ``geta.export`` saves a model of any class (one outside its allow-list loads with
+    ``geta.load(path, model=...)``). A model it still refuses (e.g. a per-channel input quantizer, unsigned
+    weight quantizers in ONNX) is written as its state dict in safetensors instead (no pickle; tied tensors
+    once), and report.json says why under ``export_error``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "layers_plot": plot_layers(result, out_dir / "layers.png"),
@@ -86,8 +87,9 @@ def markdown(result: RunResult, files: dict[str, Path], export_error: str = "") 
     lines += ["", "## Settings", "", "```json", json.dumps(s, indent=2), "```", "", "## Plots", ""]
     lines += [f"![{name}]({path.name})" for name, path in files.items() if path.suffix == ".png"]
     if "safetensors" in files:
-        lines += ["", (f"Compact model: `{files['safetensors'].name}` (packed integers; `geta.export.load(path)` "
-                       f"rebuilds it) and `{files['onnx'].name}` (ONNX with Q/DQ).")]
+        lines += ["", (f"Compact model: `{files['safetensors'].name}` (packed integers; `geta.load(path)` rebuilds it, "
+                       "or `geta.load(path, model=MyModel(...))` for a model class of your own) and "
+                       f"`{files['onnx'].name}` (ONNX with Q/DQ).")]
     else:
         lines += ["", (f"Compact model: `{files['state_dict'].name}` (a state dict; geta.export cannot save this "
                        f"model: {export_error}).")]
