@@ -216,3 +216,15 @@ def test_calibration_falls_back_to_eval_mode_when_training_mode_cannot_run() -> 
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
     with pytest.warns(UserWarning, match="eval mode"):
         geta.GETA(model, torch.randn(1, 4), quantize="weights+activations")
+
+
+def test_a_weight_already_parametrized_is_left_unquantized_with_the_reason_and_still_prunes() -> None:
+    conv = nn.utils.parametrizations.weight_norm(nn.Conv2d(4, 6, 3, padding=1))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), conv, nn.ReLU(), nn.Conv2d(6, 2, 1))
+    x = torch.randn(2, 3, 8, 8)
+    g = geta.GETA(model.eval(), x, quantize="weights+activations")
+    assert dict(g.unquantized()) == {"2": "weight already parametrized (weight_norm, spectral_norm): not quantized"}
+    assert g.layers[0].weight_quantizer is not None and g.layers[2].weight_quantizer is not None
+    g.zero_random_groups(0.5)
+    with torch.no_grad():
+        assert torch.allclose(g.construct_subnet()(x), g.model(x), atol=1e-5)

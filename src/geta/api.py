@@ -29,6 +29,7 @@ from geta.quant.prepare import (
     attach_input_quantizers,
     attach_weight_quantizers,
     find_layers,
+    foreign_parametrization,
     remove_input_quantizer,
     resolve_skip,
 )
@@ -96,7 +97,9 @@ class GETA:
         for layer in self.layers:
             if layer.name in skipped:
                 layer.full_precision_reason = "skipped by the user"
-        active = [layer for layer in self.layers if layer.name not in skipped]
+            elif foreign_parametrization(layer):
+                layer.full_precision_reason = "weight already parametrized (weight_norm, spectral_norm): not quantized"
+        active = [layer for layer in self.layers if not layer.full_precision_reason]
         if quantize == "none":
             return
         unsigned = self._nonnegative_inputs(active) if quantize == "weights+activations" else set()

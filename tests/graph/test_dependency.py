@@ -142,7 +142,7 @@ def test_a_rule_that_fails_makes_its_op_unprunable_instead_of_raising(monkeypatc
 
     g = geta.GETA(Concat(), torch.randn(3, 4), quantize="none")
     reasons = {r for u in g.unprunable() for r in u.reasons}
-    assert any("the rule for aten.cat.default failed" in r and "not iterable" in r for r in reasons)
+    assert any("the rule for aten.cat.default failed" in r and "not iterable" in r for r in reasons), reasons
     assert {s.name for group in g.groups for s in group.slices} == {"c.weight", "c.bias", "d.weight"}
 
 
@@ -166,3 +166,25 @@ def test_gather_keeps_the_dims_it_does_not_gather() -> None:
     x = torch.randn(3, 4, 6)
     with torch.no_grad():
         assert torch.allclose(g.construct_subnet()(x), g.model(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("quantize", ["none", "weights"])
+def test_tensors_the_forward_pass_never_reads_are_no_structures(quantize: str) -> None:
+    class WithAuxiliary(nn.Module):
+        """An auxiliary head used only in training, as Inception's: the eval graph never reads it."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = nn.Linear(4, 6), nn.Linear(6, 2)
+            self.aux = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+            nn.init.zeros_(self.aux[0].bias)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.body(x))
+            return self.head(h) + (self.aux(h) if self.training else 0)
+
+    g = geta.GETA(WithAuxiliary(), torch.randn(3, 4), quantize=quantize, per_channel=True)
+    assert {s.name.split(".")[0] for group in g.groups for s in group.slices} == {"body", "head"}
+    assert len(g.groups) == 6
+    unused = [u for u in g.unprunable() if "not used by the forward pass on the example inputs" in u.reasons]
+    assert {s.name for u in unused for s in u.slices} >= {"aux.0.weight", "aux.0.bias", "aux.2.weight"}

@@ -97,19 +97,19 @@ class DependencyAnalysis:
                     if isinstance(value, fx.Node):
                         self.flag_all(value, MODEL_OUTPUT)
             elif node.op == "call_function":
-                if node in branches.members:
-                    self._branch_node(node, branches)
-                    continue
-                fn = rule_for(node)
-                if fn is None:
-                    self.unknown(node, f"op {node.target} not understood")
-                else:
-                    try:
+                try:
+                    if node in branches.members:
+                        self._branch_node(node, branches)
+                    elif (fn := rule_for(node)) is None:
+                        self.unknown(node, f"op {node.target} not understood")
+                    else:
                         fn(self, node)
-                    except Exception as error:  # a call the rule did not foresee: unprunable, never a crash
-                        self.labels.pop(node, None)
-                        self.unknown(node, f"the rule for {node.target} failed at {node.name} "
-                                           f"({type(error).__name__}: {error})")
+                except Exception as error:  # a call the rule did not foresee: unprunable, never a crash
+                    self.labels.pop(node, None)
+                    self.unknown(node, f"the rule for {node.target} failed at {node.name} "
+                                       f"({type(error).__name__}: {_first_line(error)})")
+                if node in branches.members:
+                    continue
                 if node not in self.labels and self._tensor_value(node):
                     self.unknown(node, f"rule for {node.target} gave no result")
                 if self.tensor_args(node) and all(self.weight_like(a) for a in self.tensor_args(node)):
@@ -121,10 +121,13 @@ class DependencyAnalysis:
 
     def _flag_unused_state(self) -> None:
         """Tensors no live node reads (a vision tower a text-only input never runs) are no structures."""
-        live_tensors = {id(self.state_tensors.get(self.state_names[n.name])) for n in self.live
-                        if n.op == "placeholder" and n.name in self.state_names and any(u in self.live for u in n.users)}
+        read: dict[int, bool] = {}
+        for node in self.program.graph.nodes:
+            if node.op == "placeholder" and node.name in self.state_names:
+                key = id(self.state_tensors.get(self.state_names[node.name]))
+                read[key] = read.get(key, False) or any(user in self.live for user in node.users)
         for key, slots in self.tensor_slots.items():
-            if key not in live_tensors:
+            if read.get(key) is False:  # lifted into the graph and read by nothing live
                 for slot in slots:
                     self.flag(slot, UNUSED)
 
@@ -188,10 +191,12 @@ class DependencyAnalysis:
             self.flag_all(arg, reason)
         value = node.meta.get("val")
         if isinstance(value, torch.Tensor):
-            self.set(node, [self.fresh(s, reason=reason) for s in value.shape])
+            if _concrete(value):
+                self.set(node, [self.fresh(int(s), reason=reason) for s in value.shape])
         elif isinstance(value, (tuple, list)):
             self.set_tuple(node, [
-                [self.fresh(s, reason=reason) for s in v.shape] if isinstance(v, torch.Tensor) else None for v in value
+                [self.fresh(int(s), reason=reason) for s in v.shape] if isinstance(v, torch.Tensor) and _concrete(v)
+                else None for v in value
             ])
 
     def tie(self, a: Slot, b: Slot, where: fx.Node) -> None:
@@ -516,6 +521,17 @@ def _live_nodes(graph: fx.Graph) -> set[fx.Node]:
             live.add(node)
             live.update(node.all_input_nodes)
     return live
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+def _concrete(value: torch.Tensor) -> bool:
+    """Whether every size of ``value`` is a plain int (not a data-dependent size: a value left unlabeled,
+    so that whatever reads it is unprunable too)."""
+    return all(isinstance(s, int) for s in value.shape)
 
 
 def _flatten(value: object) -> list[object]:

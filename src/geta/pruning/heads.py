@@ -24,10 +24,9 @@ from torch import Tensor, nn
 
 from geta import registry
 from geta.errors import ConfigError
-from geta.registry import AttentionAttributes
 from geta.quant.layers import spec_for
 from geta.quant.prepare import original_parameter
-
+from geta.registry import AttentionAttributes
 
 COMMON = AttentionAttributes(
     heads=("num_heads", "num_attention_heads", "n_heads", "n_head", "heads"),
@@ -107,7 +106,8 @@ def update_head_attributes(old: nn.Module, new: nn.Module, cut_rows: CutRows) ->
 
 def _from_projections(module: nn.Module, head_dim: int, cut_rows: CutRows) -> tuple[Fraction | None, int | None]:
     """(share of heads kept, new head width): at most one is set, when every projection of ``module``
-    that lost output rows agrees on it (whole heads cut, or the same offsets cut inside every head)."""
+    whose output rows were cut by head agrees on it (whole heads cut, or the same offsets cut inside
+    every head)."""
     shares: set[Fraction] = set()
     dims: set[int] = set()
     for child in module.modules():
@@ -121,15 +121,14 @@ def _from_projections(module: nn.Module, head_dim: int, cut_rows: CutRows) -> tu
             if not cut:
                 continue
             if width % head_dim:
-                return None, None
+                continue
             blocks = {p // head_dim for p in cut}
             offsets = {p % head_dim for p in cut}
             if len(cut) == len(blocks) * head_dim:
                 shares.add(Fraction(width - len(cut), width))
             elif len(cut) == len(offsets) * (width // head_dim):
                 dims.add(head_dim - len(offsets))
-            else:
-                return None, None
+            # other cuts (the output projection's rows, cut with the residual width) are not by head
     if len(shares) == 1 and not dims:
         return shares.pop(), None
     if len(dims) == 1 and not shares:

@@ -218,9 +218,11 @@ def _sample(space: SearchSpace, families: list[np.ndarray], generator: np.random
 
 def _bisect(probe: _Probe, space: SearchSpace, families: list[int], members: list[np.ndarray],
             generator: np.random.Generator, reason: str) -> dict[int, str]:
-    """Families among ``families`` (which fail together, for ``reason``) that fail on their own.
+    """Families among ``families`` (which fail together, for ``reason``) to leave out.
 
-    When a set fails but each half passes, the set's families fail only together: all are returned."""
+    Families that fail on their own are found by halving. When a set fails but each half passes, its
+    families fail only together: the second half's are added one by one to the first, and those whose
+    addition fails are left out."""
     if len(families) == 1:
         return {families[0]: reason}
     half = len(families) // 2
@@ -229,8 +231,15 @@ def _bisect(probe: _Probe, space: SearchSpace, families: list[int], members: lis
         why = probe.failure(_sample(space, [members[f] for f in part], generator))
         if why is not None:
             found.update(_bisect(probe, space, part, members, generator, why))
-    if not found:
-        found = {f: f"{reason} (only when removed together with other families)" for f in families}
+    if found:
+        return found
+    accepted = list(families[:half])
+    for f in families[half:]:
+        why = probe.failure(_sample(space, [members[g] for g in accepted + [f]], generator))
+        if why is None:
+            accepted.append(f)
+        else:
+            found[f] = f"{why} (only when removed together with other families)"
     return found
 
 

@@ -36,7 +36,8 @@ for _cls, _spec in {
 }.items():
     registry.register_module(_cls, quantize=_spec)
 # Layers of optional libraries, registered when the library is already imported (geta never imports it).
-registry.register_optional("transformers.pytorch_utils", "Conv1D", registry.ModuleRecord(quantize=LayerSpec(out_axis=1)))
+registry.register_optional("transformers.pytorch_utils", "Conv1D",
+                           registry.ModuleRecord(quantize=LayerSpec(out_axis=1)))
 
 
 def register_layer(

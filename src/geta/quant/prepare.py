@@ -132,10 +132,18 @@ def remove_input_quantizer(layer: QuantizableLayer, reason: str) -> None:
 
 
 def original_parameter(module: nn.Module, name: str) -> Tensor:
-    """The trainable tensor behind ``module.<name>``, whether or not it is parametrized."""
-    if parametrize.is_parametrized(module, name):
+    """The trainable tensor behind ``module.<name>``, whether or not it is parametrized. A parametrization
+    with several originals (``weight_norm``'s g and v) has no single one: the computed tensor is returned."""
+    if parametrize.is_parametrized(module, name) and hasattr(module.parametrizations[name], "original"):
         return module.parametrizations[name].original
     return getattr(module, name)
+
+
+def foreign_parametrization(layer: QuantizableLayer) -> bool:
+    """Whether some weight of ``layer`` is already parametrized by someone other than geta (``weight_norm``,
+    ``spectral_norm``): geta's quantizer is not stacked on it."""
+    return any(parametrize.is_parametrized(layer.module, name) and not any(
+        isinstance(p, Quantizer) for p in layer.module.parametrizations[name]) for name in layer.weight_names)
 
 
 def _quantize_inputs(module: nn.Module, args: tuple, kwargs: dict, positions: tuple[int | str, ...]):

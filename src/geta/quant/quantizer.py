@@ -120,6 +120,8 @@ class Quantizer(nn.Module):
         self.init_range_(torch.stack([self._max_abs(w.detach()) for w in weights]).amax(0))
 
     def _max_abs(self, x: Tensor) -> Tensor:
+        if not x.numel():  # an empty weight: no range to read
+            return x.new_zeros(() if self.axis is None else (x.shape[self.axis],))
         if self.axis is None:
             return x.abs().max()
         return x.abs().movedim(self.axis, 0).reshape(x.shape[self.axis], -1).amax(1)
