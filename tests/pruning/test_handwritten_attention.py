@@ -227,3 +227,31 @@ def test_register_attention_refuses_bad_declarations() -> None:
         geta.register_attention(OddNames, heads="h")
     with pytest.raises(geta.ConfigError, match="identifiers"):
         geta.register_attention(OddNames, heads="h.x", head_dim="d_k")
+
+
+class InferredWidth(nn.Module):
+    """Only the head count is an attribute; the head width is ``-1`` in the views (VitDet's style)."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads = heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(B, N, -1))
+
+
+def test_a_head_width_computed_in_forward_still_follows_the_head_count() -> None:
+    x = _inputs()
+    g = geta.GETA(TinyViT(InferredWidth).eval(), x)
+    heads = _head_groups(g)
+    assert len(heads) == 8, [(u.count, u.reasons) for u in g.unprunable()]
+    g.groups.zero_(torch.isin(torch.arange(len(g.groups)), torch.tensor([heads[0].index, heads[1].index])))
+    compact = g.construct_subnet()
+    assert [block.attention.num_heads for block in compact.blocks] in ([2, 4], [3, 3], [4, 2])
+    with torch.no_grad():
+        assert (compact(x) - g.model(x)).abs().max() <= 1e-4 * g.model(x).abs().max()

@@ -82,9 +82,16 @@ def update_head_attributes(old: nn.Module, new: nn.Module, cut_rows: CutRows) ->
     head_dim = _int_attribute(old, names.head_dim)
     if head_dim is None:
         head_dim = widths[0][1] // heads if widths and widths[0][1] % heads == 0 else None
-    if head_dim is None or head_dim < 1:
-        return
     kv_heads = _int_attribute(old, names.kv_heads)
+    if head_dim is None:  # the head width is computed in forward (``-1`` in a view): only counts can follow
+        share = _share_without_head_dim(old, heads, cut_rows)
+        if share is not None and (heads * share).denominator == 1:
+            _set(new, names.heads, heads, int(heads * share))
+            if kv_heads and (kv_heads * share).denominator == 1:
+                _set(new, names.kv_heads, kv_heads, int(kv_heads * share))
+        return
+    if head_dim < 1:
+        return
     kept_share, kept_dim = _from_projections(old, head_dim, cut_rows)
     if kept_share is not None:
         new_heads, new_kv = heads * kept_share, (kv_heads * kept_share if kv_heads else None)
@@ -102,6 +109,22 @@ def update_head_attributes(old: nn.Module, new: nn.Module, cut_rows: CutRows) ->
     for name, value in widths:
         if value == heads * head_dim:
             setattr(new, name, new_width)
+
+
+def _share_without_head_dim(module: nn.Module, heads: int, cut_rows: CutRows) -> Fraction | None:
+    """The share of heads kept when the head width is no attribute: each width a projection could pack
+    q, k or v heads in (its width / (k x heads), k = 1, 2, 3) is tried, smallest first, for whole heads."""
+    candidates = set()
+    for child in module.modules():
+        spec = spec_for(child) if child is not module else None
+        for weight_name in spec.weight_names(child) if spec is not None else ():
+            width = original_parameter(child, weight_name).shape[spec.out_axis]
+            candidates.update(width // (k * heads) for k in (1, 2, 3) if width % (k * heads) == 0)
+    for head_dim in sorted(c for c in candidates if c > 1):  # width 1 would take any cut for whole heads
+        share, _ = _from_projections(module, head_dim, cut_rows)
+        if share is not None:
+            return share
+    return None
 
 
 def _from_projections(module: nn.Module, head_dim: int, cut_rows: CutRows) -> tuple[Fraction | None, int | None]:

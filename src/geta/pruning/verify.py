@@ -4,8 +4,8 @@ The dependency analysis reasons from the traced graph, but a module's Python cod
 graph does not show (a head count kept as an attribute, a config's ``head_dim``). So the analysis
 proposes and a probe disposes. A *family* is the groups that share tensor dimensions (the channels of
 one layer and everything tied to them, the heads of one attention block). A probe zeroes a random
-proper part of each family under test, builds the compact model, runs the example inputs through
-both, and compares. One probe covers every family; only when it fails are the families bisected, so a
+proper part of each family under test (families of one size lose different counts), builds the
+compact model, runs the example inputs through both, and compares. One probe covers every family; only when it fails are the families bisected, so a
 model that passes costs one construction and two forward passes. Families whose removal crashes the
 compact model or changes its output become unprunable, with the exception's first line or the
 measured difference as the reason.
@@ -200,11 +200,20 @@ class _Probe:
 
 
 def _sample(space: SearchSpace, families: list[np.ndarray], generator: np.random.Generator) -> Tensor:
-    """A random proper part (about half) of each family's groups, leaving every tensor dimension a position."""
+    """A random proper part of each family's groups, leaving every tensor dimension a position.
+
+    Families of one size get different counts where the size allows (1 .. size - 1 in a random order,
+    repeated), so that code sizing one family's tensors from another (a bias made for one block's
+    heads and reused by the next) is caught: equal counts would hide it."""
+    counts: dict[int, list[int]] = {}
+    for size in sorted({len(groups) for groups in families}):
+        same = sum(len(groups) == size for groups in families)
+        choices = np.arange(1, size) if size > 1 else np.ones(1, dtype=np.int64)
+        counts[size] = np.resize(generator.permutation(choices), same).tolist()
     wanted, rest = [], []
     for groups in families:
         order = generator.permutation(groups)
-        take = max(1, len(groups) // 2)
+        take = counts[len(groups)].pop()
         wanted.append(order[:take])
         rest.append(order[take:])
     order = torch.from_numpy(np.concatenate(wanted + rest)).long()
