@@ -10,24 +10,25 @@ import geta
 from geta.pruning.verify import families, output_difference
 
 
-class Roll(nn.Module):
-    """Rolls the channels by a fixed shift: with fewer channels the roll wraps elsewhere, silently."""
+class PositionScale(nn.Module):
+    """Scales channel i by i + 1, counting the channels it is given: with some removed, the later ones
+    are scaled differently, silently."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return x.roll(3, -1)
+        return x * torch.arange(1, x.shape[-1] + 1, dtype=x.dtype)
 
 
-def _rolled(zero_head: bool = False) -> nn.Module:
+def _scaled(zero_head: bool = False) -> nn.Module:
     head = nn.Linear(8, 3)
     if zero_head:
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
-    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 8), nn.ReLU(), Roll(), head)
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 8), nn.ReLU(), PositionScale(), head)
 
 
 @pytest.mark.parametrize("zero_head", [False, True], ids=["plain", "zero-initialized head"])
 def test_a_family_whose_removal_changes_the_output_is_unprunable(zero_head: bool) -> None:
-    g = geta.GETA(_rolled(zero_head), torch.randn(5, 4), quantize="none")
+    g = geta.GETA(_scaled(zero_head), torch.randn(5, 4), quantize="none")
     names = {s.name for group in g.groups for s in group.slices}
     assert names == {"0.weight", "0.bias", "2.weight"}, "only the first layer's channels stay"
     probed = [u for u in g.unprunable() if any(r.startswith("probed:") for r in u.reasons)]
@@ -38,7 +39,7 @@ def test_a_family_whose_removal_changes_the_output_is_unprunable(zero_head: bool
 
 
 def test_the_probe_leaves_the_model_exactly_as_it_was() -> None:
-    model = _rolled()
+    model = _scaled()
     g = geta.GETA(model, torch.randn(5, 4), quantize="weights+activations")
     before = {k: v.clone() for k, v in g.model.state_dict().items()}
     g.groups  # noqa: B018  (builds and probes the search space)
@@ -53,7 +54,7 @@ def test_families_are_the_groups_that_share_tensor_dimensions() -> None:
 
 
 def test_construct_subnet_refuses_a_compact_model_that_computes_something_else(monkeypatch) -> None:
-    g = geta.GETA(_rolled().eval(), torch.randn(5, 4), quantize="none")
+    g = geta.GETA(_scaled().eval(), torch.randn(5, 4), quantize="none")
     g.zero_random_groups(0.5)
     real = geta.api.construct_subnet
 
