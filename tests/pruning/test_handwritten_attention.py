@@ -255,3 +255,42 @@ def test_a_head_width_computed_in_forward_still_follows_the_head_count() -> None
     assert [block.attention.num_heads for block in compact.blocks] in ([2, 4], [3, 3], [4, 2])
     with torch.no_grad():
         assert (compact(x) - g.model(x)).abs().max() <= 1e-4 * g.model(x).abs().max()
+
+
+class SharedBias(nn.Module):
+    """T5 style: the first block makes a per-head bias of zeros from ``self.heads`` and every later
+    block adds that same tensor to its scores, so the blocks' heads must go together."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.embed = nn.Linear(12, dim)
+        self.q, self.k, self.v, self.o = (nn.ModuleList(nn.Linear(dim, dim) for _ in range(2)) for _ in range(4))
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.embed(x)
+        B, N, _ = x.shape
+        bias = None
+        for q, k, v, o in zip(self.q, self.k, self.v, self.o):
+            heads = q.out_features // self.head_dim
+            if bias is None:
+                bias = torch.zeros(1, heads, N, N)
+            split = [p(x).view(B, N, heads, self.head_dim).transpose(1, 2) for p in (q, k, v)]
+            y = F.scaled_dot_product_attention(*split, attn_mask=bias)
+            x = x + o(y.transpose(1, 2).reshape(B, N, heads * self.head_dim))
+        return self.head(x.mean(1))
+
+
+def test_a_bias_made_once_and_reused_ties_the_heads_of_every_block() -> None:
+    x = _inputs()
+    g = geta.GETA(SharedBias().eval(), x)
+    heads = [group for group in g.groups if any(s.name.startswith("q.") and len(s.indices) > 1 for s in group.slices)]
+    assert len(heads) == 4, [(u.count, u.reasons) for u in g.unprunable()]
+    assert all({s.name for s in group.slices} >= {"q.0.weight", "q.1.weight"} for group in heads)
+    for seed in range(3):
+        g = geta.GETA(SharedBias().eval(), x)
+        g.zero_random_groups(0.5, seed=seed)
+        compact = g.construct_subnet()
+        with torch.no_grad():
+            assert (compact(x) - g.model(x)).abs().max() <= 1e-4 * g.model(x).abs().max()

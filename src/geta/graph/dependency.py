@@ -205,6 +205,11 @@ class DependencyAnalysis:
             return
         layers_a, layers_b = self.atoms.structural(a), self.atoms.structural(b)
         if not layers_a or not layers_b:
+            # a fresh broadcast slot (a tensor the forward makes, sized like a structure: a bias of
+            # zeros per head) takes the layout it meets, so that where the tensor is used again ties too
+            for fresh, other, layers in ((a, b, layers_b), (b, a, layers_a)):
+                if fresh.fresh and layers and not self.atoms.structural(fresh) and fresh.size == other.size:
+                    fresh.layers, fresh.fresh = list(other.layers), False
             return
         if len(layers_a) == len(layers_b) == 1:
             self.atoms.join(layers_a[0], layers_b[0])

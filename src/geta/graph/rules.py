@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import fx
 
+import geta.quant.quantizer  # noqa: F401  (defines the geta::quantizer_call op)
 from geta.graph.atoms import INTERNAL, Slot
 from geta.pruning.modules import fixed_reshapes, owns_split_sizes
 
@@ -87,6 +88,12 @@ def elementwise(g: DependencyAnalysis, node: fx.Node) -> None:
 
 
 # --- layers -------------------------------------------------------------------------------------
+
+
+# A quantizer call that capture could not attribute to its Quantizer module: it maps each value to its
+# level, so it ties nothing across positions (a per-channel quantizer's parameters then stay untied, and
+# the probe of the search space finds out).
+RULES[torch.ops.geta.quantizer_call] = elementwise
 
 
 @rule(aten.linear)
