@@ -10,7 +10,9 @@ model that passes costs one construction and two forward passes. Families whose 
 compact model or changes its output become unprunable, with the exception's first line or the
 measured difference as the reason.
 
-Outputs are compared to ``TOLERANCE`` of each output's scale. Activation quantizers round, and a
+The probe passes per-tensor quantizers through (they act on each value alone, with scalar parameters,
+so removing structures cannot change what they do); per-channel ones are cut with their channels and
+run. Outputs are compared to ``TOLERANCE`` of each output's scale. Activation quantizers round, and a
 smaller matrix product sums in another order, so a value on a rounding boundary can move by one level
 without any structure being wrong; a difference that disappears when the activation quantizers are
 passed through (weight quantizers stay: they act elementwise on the weights and slice exactly) is
@@ -34,6 +36,7 @@ from geta.graph.capture import eval_mode
 from geta.graph.inputs import ExampleInputs
 from geta.pruning.groups import SearchSpace
 from geta.quant.prepare import INPUT_QUANTIZER
+from geta.quant.quantizer import Quantizer
 
 TOLERANCE = 1e-4
 Build = Callable[[nn.Module, SearchSpace, Tensor], nn.Module]
@@ -72,7 +75,11 @@ def verify_space(model: nn.Module, inputs: ExampleInputs, space: SearchSpace, bu
     probe = _Probe(model, inputs, space, build)
     failures: list[FamilyFailure] = []
     pending = list(range(count))
-    with _zero_tensors_filled(model, seed):
+    # per-tensor quantizers map each value on its own with scalar parameters, so removing structures
+    # cannot change what they do: the probe passes them through (and is spared their arithmetic, most of a
+    # quantization-aware forward pass); per-channel ones are cut with their channels and stay
+    per_tensor = [m for m in model.modules() if isinstance(m, Quantizer) and m.axis is None]
+    with _zero_tensors_filled(model, seed), _passed_through(per_tensor):
         while pending:
             removed = _sample(space, [members[f] for f in pending], generator)
             reason = probe.failure(removed)
@@ -158,13 +165,21 @@ def output_difference(expected: object, actual: object) -> float | None:
 @contextlib.contextmanager
 def activations_unquantized(model: nn.Module) -> Iterator[None]:
     """Pass every input (activation) quantizer of ``model`` through for the block."""
-    handles = [getattr(m, INPUT_QUANTIZER).register_forward_hook(lambda _m, args, _out: args[0])
-               for m in model.modules() if isinstance(getattr(m, INPUT_QUANTIZER, None), nn.Module)]
+    inputs = [getattr(m, INPUT_QUANTIZER, None) for m in model.modules()]
+    with _passed_through([q for q in inputs if isinstance(q, Quantizer)]):
+        yield
+
+
+@contextlib.contextmanager
+def _passed_through(quantizers: list[Quantizer]) -> Iterator[None]:
+    previous = [q.passed_through for q in quantizers]
+    for quantizer in quantizers:
+        quantizer.passed_through = True
     try:
         yield
     finally:
-        for handle in handles:
-            handle.remove()
+        for quantizer, before in zip(quantizers, previous):
+            quantizer.passed_through = before
 
 
 class _Probe:

@@ -47,6 +47,7 @@ class Quantizer(nn.Module):
         self.observing = False
         self.observed_max: Tensor | None = None
         self.traced_as_call = False  # graph capture: forward is one quantizer_call node (see capture.py)
+        self.passed_through = False  # forward returns its input (the search-space probe, pruning/verify.py)
 
     def extra_repr(self) -> str:
         granularity = "per-tensor" if self.axis is None else f"per-channel(axis={self.axis}, channels={self.d.numel()})"
@@ -54,6 +55,8 @@ class Quantizer(nn.Module):
         return f"{'signed' if self.signed else 'unsigned'}, {granularity}, bits={mean_bits:.2f}"
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.passed_through:
+            return x
         if self.traced_as_call:
             return quantizer_call(x)
         if self.observing:
