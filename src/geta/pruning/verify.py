@@ -5,18 +5,19 @@ graph does not show (a head count kept as an attribute, a config's ``head_dim``)
 proposes and a probe disposes. A *family* is the groups that share tensor dimensions (the channels of
 one layer and everything tied to them, the heads of one attention block). A probe zeroes a random
 proper part of each family under test (families of one size lose different counts), builds the
-compact model, runs the example inputs through both, and compares. One probe covers every family; only when it fails are the families bisected, so a
-model that passes costs one construction and two forward passes. Families whose removal crashes the
+compact model, runs the example inputs through both, and compares. One probe covers every family;
+only when it fails are the families bisected, so a model that passes costs one construction and two
+forward passes. Families whose removal crashes the
 compact model or changes its output become unprunable, with the exception's first line or the
 measured difference as the reason.
 
 The probe passes per-tensor quantizers through (they act on each value alone, with scalar parameters,
 so removing structures cannot change what they do); per-channel ones are cut with their channels and
-run. Outputs are compared to ``TOLERANCE`` of each output's scale. Activation quantizers round, and a
-smaller matrix product sums in another order, so a value on a rounding boundary can move by one level
-without any structure being wrong; a difference that disappears when the activation quantizers are
-passed through (weight quantizers stay: they act elementwise on the weights and slice exactly) is
-that, not a wrong compact model.
+run. Outputs are compared to ``TOLERANCE`` of each output's scale. In :func:`check_compact` (which
+``construct_subnet`` uses, quantizers on) activation quantizers round, and a smaller matrix product
+sums in another order, so a value on a rounding boundary can move by one level without any structure
+being wrong; a difference that disappears when the activation quantizers are passed through (weight
+quantizers stay: they act elementwise on the weights and slice exactly) is that, not a wrong model.
 """
 
 from __future__ import annotations
