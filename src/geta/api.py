@@ -229,7 +229,7 @@ class GETA:
             program = capture(self.model, self.example_inputs)
             table, unprunable = DependencyAnalysis(program, self.model).run()
             space = SearchSpace(self.model, table)
-            failures = verify_space(self.model, self.example_inputs, space, construct_subnet)
+            failures = verify_space(self.model, self.example_inputs, space)
             if failures:
                 unprunable += [table.structure(f.groups, probe_reason(f.reason)) for f in failures]
                 table = table.without(np.concatenate([f.groups for f in failures]))

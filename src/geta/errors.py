@@ -1,6 +1,12 @@
 """Exceptions raised by geta. Each message names the problem and what to do about it."""
 
 
+def error_summary(error: BaseException) -> str:
+    """``TypeName: first line of the message``: an exception as one line of a reason or an error."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else 'no message'}"
+
+
 class GetaError(Exception):
     """Base class of every error geta raises on purpose."""
 

@@ -142,7 +142,7 @@ def _check(cls: type, record: ModuleRecord) -> None:
         raise ConfigError(f"register_module({cls.__name__}): quantize.weights must be a non-empty tuple of names")
     if record.widths is not None and not callable(record.widths):
         raise ConfigError(f"register_module({cls.__name__}): widths must be a function of the compact module")
-    for name in (f.name for f in fields(ModuleRecord) if f.name in ("owns_split_sizes", "fixed_reshapes", "saves")):
+    for name in ("owns_split_sizes", "fixed_reshapes", "saves"):
         value = getattr(record, name)
         if value is not None and not isinstance(value, bool):
             raise ConfigError(f"register_module({cls.__name__}): {name} must be True or False, got {value!r}")

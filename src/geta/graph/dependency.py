@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from geta.errors import error_summary
 from geta.graph.atoms import INTERNAL, SINGLETON, Atoms, Slot, Split
 from geta.graph.capture import module_path
 from geta.graph.rules import rule_for
@@ -106,8 +107,7 @@ class DependencyAnalysis:
                         fn(self, node)
                 except Exception as error:  # a call the rule did not foresee: unprunable, never a crash
                     self.labels.pop(node, None)
-                    self.unknown(node, f"the rule for {node.target} failed at {node.name} "
-                                       f"({type(error).__name__}: {_first_line(error)})")
+                    self.unknown(node, f"the rule for {node.target} failed at {node.name} ({error_summary(error)})")
                 if node in branches.members:
                     continue
                 if node not in self.labels and self._tensor_value(node):
@@ -526,11 +526,6 @@ def _live_nodes(graph: fx.Graph) -> set[fx.Node]:
             live.add(node)
             live.update(node.all_input_nodes)
     return live
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no message"
 
 
 def _concrete(value: torch.Tensor) -> bool:

@@ -17,7 +17,7 @@ width shrinks. Anything else leaves the attributes as they are, and the probe of
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 
 from torch import Tensor, nn
@@ -115,11 +115,9 @@ def _share_without_head_dim(module: nn.Module, heads: int, cut_rows: CutRows) ->
     """The share of heads kept when the head width is no attribute: each width a projection could pack
     q, k or v heads in (its width / (k x heads), k = 1, 2, 3) is tried, smallest first, for whole heads."""
     candidates = set()
-    for child in module.modules():
-        spec = spec_for(child) if child is not module else None
-        for weight_name in spec.weight_names(child) if spec is not None else ():
-            width = original_parameter(child, weight_name).shape[spec.out_axis]
-            candidates.update(width // (k * heads) for k in (1, 2, 3) if width % (k * heads) == 0)
+    for weight, axis in _projections(module):
+        width = weight.shape[axis]
+        candidates.update(width // (k * heads) for k in (1, 2, 3) if width % (k * heads) == 0)
     for head_dim in sorted(c for c in candidates if c > 1):  # width 1 would take any cut for whole heads
         share, _ = _from_projections(module, head_dim, cut_rows)
         if share is not None:
@@ -133,30 +131,30 @@ def _from_projections(module: nn.Module, head_dim: int, cut_rows: CutRows) -> tu
     every head)."""
     shares: set[Fraction] = set()
     dims: set[int] = set()
-    for child in module.modules():
-        spec = spec_for(child) if child is not module else None
-        if spec is None:
+    for weight, axis in _projections(module):
+        width, cut = weight.shape[axis], cut_rows(weight, axis)
+        if not cut or width % head_dim:
             continue
-        for weight_name in spec.weight_names(child):
-            weight = original_parameter(child, weight_name)
-            width = weight.shape[spec.out_axis]
-            cut = cut_rows(weight, spec.out_axis)
-            if not cut:
-                continue
-            if width % head_dim:
-                continue
-            blocks = {p // head_dim for p in cut}
-            offsets = {p % head_dim for p in cut}
-            if len(cut) == len(blocks) * head_dim:
-                shares.add(Fraction(width - len(cut), width))
-            elif len(cut) == len(offsets) * (width // head_dim):
-                dims.add(head_dim - len(offsets))
-            # other cuts (the output projection's rows, cut with the residual width) are not by head
+        blocks = {p // head_dim for p in cut}
+        offsets = {p % head_dim for p in cut}
+        if len(cut) == len(blocks) * head_dim:
+            shares.add(Fraction(width - len(cut), width))
+        elif len(cut) == len(offsets) * (width // head_dim):
+            dims.add(head_dim - len(offsets))
+        # other cuts (the output projection's rows, cut with the residual width) are not by head
     if len(shares) == 1 and not dims:
         return shares.pop(), None
     if len(dims) == 1 and not shares:
         return None, dims.pop()
     return None, None
+
+
+def _projections(module: nn.Module) -> Iterator[tuple[Tensor, int]]:
+    """(weight, output axis) of every layer inside ``module`` (``module`` itself excluded)."""
+    for child in module.modules():
+        spec = spec_for(child) if child is not module else None
+        for name in spec.weight_names(child) if spec is not None else ():
+            yield original_parameter(child, name), spec.out_axis
 
 
 def _int_attribute(module: nn.Module, names: tuple[str, ...]) -> int | None:

@@ -43,7 +43,6 @@ def construct_subnet(model: nn.Module, space: SearchSpace, removed: Tensor) -> n
                     "keep at least one of the groups that span it"
                 )
             new = new.index_select(dim, keep.nonzero().flatten().to(new.device))
-        new = new.clone() if new.data_ptr() == old.data_ptr() else new
         memo[key] = nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
     compact = copy.deepcopy(model, memo)
     for module in compact.modules():

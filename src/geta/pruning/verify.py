@@ -23,7 +23,7 @@ quantizers stay: they act elementwise on the weights and slice exactly) is that,
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,15 +32,15 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from torch import Tensor, nn
 
-from geta.errors import GetaError
+from geta.errors import GetaError, error_summary
 from geta.graph.capture import eval_mode
 from geta.graph.inputs import ExampleInputs
 from geta.pruning.groups import SearchSpace
+from geta.pruning.subnet import construct_subnet
 from geta.quant.prepare import INPUT_QUANTIZER
 from geta.quant.quantizer import Quantizer
 
 TOLERANCE = 1e-4
-Build = Callable[[nn.Module, SearchSpace, Tensor], nn.Module]
 
 
 def families(space: SearchSpace) -> np.ndarray:
@@ -64,8 +64,7 @@ class FamilyFailure:
     reason: str
 
 
-def verify_space(model: nn.Module, inputs: ExampleInputs, space: SearchSpace, build: Build,
-                 seed: int = 0) -> list[FamilyFailure]:
+def verify_space(model: nn.Module, inputs: ExampleInputs, space: SearchSpace, seed: int = 0) -> list[FamilyFailure]:
     """Probe every family of ``space`` (see the module notes); the families that fail, with their reasons.
 
     ``model``'s tensors are zeroed for each probe and restored exactly afterwards."""
@@ -73,7 +72,7 @@ def verify_space(model: nn.Module, inputs: ExampleInputs, space: SearchSpace, bu
     count = int(family.max()) + 1 if len(family) else 0
     members = [np.flatnonzero(family == f) for f in range(count)]
     generator = np.random.default_rng(seed)
-    probe = _Probe(model, inputs, space, build)
+    probe = _Probe(model, inputs, space)
     failures: list[FamilyFailure] = []
     pending = list(range(count))
     # per-tensor quantizers map each value on its own with scalar parameters, so removing structures
@@ -127,7 +126,7 @@ def check_compact(model: nn.Module, compact: nn.Module, inputs: ExampleInputs) -
         try:
             actual = inputs.run(compact)
         except Exception as error:  # any failure of the user's forward is the finding itself
-            return f"the compact model fails: {type(error).__name__}: {_first_line(error)}"
+            return f"the compact model fails: {error_summary(error)}"
         difference = output_difference(expected, actual)
         if difference is None or difference <= TOLERANCE:
             return None
@@ -186,32 +185,23 @@ def _passed_through(quantizers: list[Quantizer]) -> Iterator[None]:
 class _Probe:
     """Zeroes chosen groups of ``model`` in place, builds the compact model, compares, restores."""
 
-    def __init__(self, model: nn.Module, inputs: ExampleInputs, space: SearchSpace, build: Build) -> None:
-        self.model, self.inputs, self.space, self.build = model, inputs, space, build
+    def __init__(self, model: nn.Module, inputs: ExampleInputs, space: SearchSpace) -> None:
+        self.model, self.inputs, self.space = model, inputs, space
 
     def failure(self, removed: Tensor) -> str | None:
-        saved: dict[int, tuple[Tensor, Tensor]] = {}
+        touched = {id(m.tensor): m.tensor for m in self.space.members
+                   if m.trainable and removed[m.groups].any()}
         with torch.no_grad():
+            saved = [(tensor, tensor.detach().clone()) for tensor in touched.values()]
             try:
-                for member in self.space.members:
-                    chosen = member.positions[removed[member.groups]]
-                    if not member.trainable or not len(chosen):
-                        continue
-                    tensor = member.tensor
-                    if id(tensor) not in saved:
-                        saved[id(tensor)] = (tensor, tensor.detach().clone())
-                    mask = torch.zeros(tensor.shape[member.dim], dtype=torch.bool, device=tensor.device)
-                    mask[chosen.to(tensor.device)] = True
-                    shape = [1] * tensor.dim()
-                    shape[member.dim] = -1
-                    tensor.masked_fill_(mask.view(shape), 0.0)
+                self.space.zero_(removed)
                 try:
-                    compact = self.build(self.model, self.space, removed)
+                    compact = construct_subnet(self.model, self.space, removed)
                 except Exception as error:  # a construction that fails is what the probe looks for
-                    return f"the compact model cannot be built: {type(error).__name__}: {_first_line(error)}"
+                    return f"the compact model cannot be built: {error_summary(error)}"
                 return check_compact(self.model, compact, self.inputs)
             finally:
-                for tensor, values in saved.values():
+                for tensor, values in saved:
                     tensor.copy_(values)
 
 
@@ -276,8 +266,3 @@ def _tensors(value: object) -> list[Tensor]:
     if isinstance(value, (list, tuple)):
         return [t for v in value for t in _tensors(v)]
     return []
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "(no message)"
