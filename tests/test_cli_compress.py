@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from geta.cli import app
+from geta.cli import _check_writable, app
 from geta.errors import GetaError
 from geta.recipes import RECIPES, Recipe, get_recipe
 
@@ -48,6 +48,17 @@ def test_a_wrong_argument_is_one_line_and_exit_code_2(arguments: list[str], mess
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0 and message in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_training(tmp_path: Path) -> None:
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    for out, message in ((Path("/proc/geta-run"), "cannot write there"), (a_file, "not a folder")):
+        result = runner.invoke(app, ["compress", "cnn-digits", "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().count("\n") == 0 and f"--out {out}: {message}" in result.output
+    _check_writable(tmp_path / "new" / "run")
+    assert not (tmp_path / "new").exists(), "the check leaves no folder behind"
 
 
 def test_missing_data_is_one_line_and_exit_code_1(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -151,12 +152,13 @@ def compress(
         if any(m not in METHODS for m in methods):
             raise ConfigError(f"unknown method {next(m for m in methods if m not in METHODS)!r}; "
                               f"choose from {', '.join(METHODS)} or all")
+        out = out or Path("runs") / recipe
+        _check_writable(out)
     except ConfigError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
     import torch
 
-    out = out or Path("runs") / recipe
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads or chosen.threads or previous_threads)
     display = Display(mode="quiet" if quiet else "live" if sys.stderr.isatty() else "plain")
@@ -190,6 +192,28 @@ def inspect(path: Path = typer.Argument(..., help="A model saved by geta.save (m
     except SavedModelError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
+
+
+def _check_writable(out: Path) -> None:
+    """ConfigError unless files can be written into folder ``out`` (checked before any training; the
+    folders made for the check are removed again)."""
+    from geta.errors import ConfigError
+
+    created: list[Path] = []
+    try:
+        for folder in [*reversed(out.parents), out]:
+            if not folder.exists():
+                folder.mkdir()
+                created.append(folder)
+        if not out.is_dir():
+            raise ConfigError(f"--out {out}: not a folder")
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise ConfigError(f"--out {out}: cannot write there ({error.strerror or error})") from None
+    finally:
+        for folder in reversed(created):
+            folder.rmdir()
 
 
 def _weight_count(model: object) -> int:
