@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -59,3 +60,45 @@ def test_unprunable_structures_name_tensors_by_state_dict_key() -> None:
     # the last conv's output channels touch the model output; its weight and per-channel quantizer go with them
     assert {"3.weight", "3.bias", "3.weight_quantizer.d"} <= names
     assert names <= set(g.model.state_dict())
+
+
+class _ValuePadded(nn.Module):
+    """Pads by an amount computed from a tensor's value, as audio codecs do: export meets a guard on
+    a data-dependent value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(3, 8, 3)
+        self.conv2 = nn.Conv1d(8, 4, 3)
+        self.register_buffer("stride", torch.tensor(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv1(x))
+        extra = int((self.stride - h.shape[-1] % self.stride) % self.stride)
+        if extra > 0:
+            h = nn.functional.pad(h, (0, extra))
+        return self.conv2(h)
+
+
+def test_a_forward_that_branches_on_a_tensor_value_is_captured_for_the_example() -> None:
+    torch.manual_seed(0)
+    model, x = _ValuePadded().eval(), torch.randn(2, 3, 13)
+    with pytest.raises(Exception, match="data-dependent"):
+        torch.export.export(model, (x,), strict=False)
+    program = capture(model, ExampleInputs.from_user(x))
+    assert any(n.target == torch.ops.aten.conv1d.default for n in program.graph.nodes)
+    g = geta.GETA(model, x)
+    assert len(g.groups) == 8
+    g.groups.zero_(torch.arange(len(g.groups)) % 2 == 0)
+    compact = g.construct_subnet()
+    torch.testing.assert_close(compact(x), g.model(x))
+    assert compact.conv1.out_channels == 4
+
+
+def test_an_untraceable_forward_is_a_model_error_naming_the_fix() -> None:
+    class Untraceable(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(x.numpy() * 2)
+
+    with pytest.raises(geta.ModelError, match="could not trace the model.*traceable"):
+        capture(Untraceable(), ExampleInputs.from_user(torch.randn(3, 2)))

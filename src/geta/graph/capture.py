@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 import torch
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 from geta.errors import ModelError
 from geta.graph.inputs import ExampleInputs
@@ -68,16 +70,58 @@ def quantizers_as_calls(model: nn.Module) -> Iterator[None]:
 
 def capture(model: nn.Module, inputs: ExampleInputs) -> torch.export.ExportedProgram:
     """Export ``model`` on ``inputs`` in eval mode, geta's quantizers traced as calls (see
-    :func:`quantizers_as_calls`); raise ModelError naming the fix if it cannot be traced."""
+    :func:`quantizers_as_calls`); raise ModelError naming the fix if it cannot be traced.
+
+    A forward that branches on a tensor's value (a padding computed with ``.item()``, an
+    ``if mask.any():``) stops export at a data-dependent guard. Such a model is exported again with
+    real-tensor propagation, which decides each guard from the example's values, as
+    ``torch.export.draft_export`` does. The graph then holds for the example only, and that is all the
+    analysis needs: its result is checked by running the compact model eagerly (pruning/verify.py)."""
     with eval_mode(model), without_stack_traces(), quantizers_as_calls(model):
         try:
             return torch.export.export(model, inputs.args, kwargs=inputs.kwargs, strict=False)
         except Exception as error:
-            raise ModelError(
-                f"torch.export could not trace the model ({type(error).__name__}: {error}). "
-                "Make the forward pass traceable (no data-dependent Python control flow on tensor values; "
-                "for transformers models pass use_cache=False), or pass example inputs that take a traceable path."
-            ) from error
+            if not _data_dependent(error):
+                raise _untraceable(error) from error
+            try:
+                with _real_tensor_propagation():
+                    return torch.export.export(model, inputs.args, kwargs=inputs.kwargs, strict=False)
+            except Exception as retry_error:
+                raise _untraceable(retry_error) from retry_error
+
+
+def _data_dependent(error: BaseException) -> bool:
+    """Whether ``error`` (or an exception it was raised from) is a guard on a data-dependent value."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, GuardOnDataDependentSymNode):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _real_tensor_propagation() -> Iterator[None]:
+    """Decide data-dependent guards from real values for the block, without the warning torch logs
+    for every guard it decides that way."""
+    shapes_log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    level = shapes_log.level
+    shapes_log.setLevel(logging.ERROR)
+    try:
+        with torch._functorch.config.patch(fake_tensor_propagate_real_tensors=True):
+            yield
+    finally:
+        shapes_log.setLevel(level)
+
+
+def _untraceable(error: BaseException) -> ModelError:
+    return ModelError(
+        f"torch.export could not trace the model ({type(error).__name__}: {error}). "
+        "Make the forward pass traceable (no data-dependent Python control flow on tensor values; "
+        "for transformers models pass use_cache=False), or pass example inputs that take a traceable path."
+    )
 
 
 def module_path(stack_entry: tuple[str, object]) -> str:

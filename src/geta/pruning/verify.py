@@ -189,10 +189,8 @@ class _Probe:
         self.model, self.inputs, self.space = model, inputs, space
 
     def failure(self, removed: Tensor) -> str | None:
-        touched = {id(m.tensor): m.tensor for m in self.space.members
-                   if m.trainable and removed[m.groups].any()}
         with torch.no_grad():
-            saved = [(tensor, tensor.detach().clone()) for tensor in touched.values()]
+            saved = self._removed_slices(removed)
             try:
                 self.space.zero_(removed)
                 try:
@@ -201,8 +199,25 @@ class _Probe:
                     return f"the compact model cannot be built: {error_summary(error)}"
                 return check_compact(self.model, compact, self.inputs)
             finally:
-                for tensor, values in saved:
-                    tensor.copy_(values)
+                for tensor, dim, positions, values in saved:
+                    tensor.index_copy_(dim, positions, values)
+
+    def _removed_slices(self, removed: Tensor) -> list[tuple[Tensor, int, Tensor, Tensor]]:
+        """(tensor, dim, positions, their values) for every slice ``zero_(removed)`` will zero.
+
+        Only the slices are kept, not whole tensors (on BERT-base a whole copy is the size of the model);
+        each holds the original values, so writing them back in any order restores the tensor exactly."""
+        positions: dict[tuple[int, int], tuple[Tensor, list[Tensor]]] = {}
+        for member in self.space.members:
+            if member.trainable:
+                chosen = member.positions[removed[member.groups]]
+                if len(chosen):
+                    positions.setdefault((id(member.tensor), member.dim), (member.tensor, []))[1].append(chosen)
+        saved = []
+        for (_, dim), (tensor, chosen) in positions.items():
+            index = torch.cat(chosen).unique().to(tensor.device)
+            saved.append((tensor, dim, index, tensor.index_select(dim, index)))
+        return saved
 
 
 def _sample(space: SearchSpace, families: list[np.ndarray], generator: np.random.Generator) -> Tensor:
