@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 import warnings
 from collections.abc import Iterable
 from typing import Any, Literal
@@ -75,9 +76,11 @@ class GETA:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_not_wrapped(model)
         if quantize not in _MODES:
             raise ConfigError(f"quantize={quantize!r} is not a mode; use one of {', '.join(map(repr, _MODES))}")
         self.quantize_mode = quantize
+        self._optimizer: QASSO | None = None
         self._space: tuple[SearchSpace, list[Structure]] | None = None
         weight_bits = check_bits(weight_bits, "weight_bits")
         act_bits = check_bits(act_bits, "act_bits")
@@ -88,6 +91,8 @@ class GETA:
                 f"the model cannot be deep-copied ({type(error).__name__}: {error}); pass inplace=True to prepare it in place"
             ) from error
         self.example_inputs = ExampleInputs.from_user(example_inputs).to(model_device(self.model))
+        self.example_inputs.check_finite("example_inputs")
+        check_finite_parameters(self.model)
         self.layers: list[QuantizableLayer] = find_layers(self.model)
         order = self._run_example()
         # skip may name modules of the user's model or of the copy: both map to the same names
@@ -121,7 +126,9 @@ class GETA:
                 )
 
     def report(self) -> Report:
-        """MACs, BOPs, relative BOPs, size and per-layer bits and widths of the current model."""
+        """MACs, BOPs, relative BOPs, size and per-layer bits and widths of the current model (a warning
+        says so when QASSO has not finished its schedule)."""
+        self._warn_if_unfinished("report()")
         macs = count_macs(self.model, self.example_inputs, self.layers)
         return build_report(self.model, self.layers, macs, group_sparsity=self.group_sparsity())
 
@@ -193,16 +200,30 @@ class GETA:
                 target count becomes what whole chunks reach) and ``callback`` (called with
                 ``QassoMetrics`` after each step), plus the base optimizer's own arguments.
         """
-        return QASSO(
+        self._optimizer = QASSO(
             self, optimizer, lr=lr, target_sparsity=target_sparsity, total_steps=total_steps, lr_quant=lr_quant,
             weight_bits=weight_bits, act_bits=act_bits, **settings,
         )
+        return self._optimizer
+
+    def _warn_if_unfinished(self, what: str) -> None:
+        """Warn when the latest QASSO optimizer has not taken its ``total_steps`` steps: its target
+        sparsity and bit ranges are only reached at the end of its schedule."""
+        opt = self._optimizer
+        if opt is not None and not opt.finished:
+            warnings.warn(
+                f"{what}: QASSO has taken {opt.steps_done} of its {opt.schedule.total_steps} steps, so its target "
+                f"({opt.target_groups} groups removed, bits in the target ranges) is not reached yet; "
+                f"{int(opt.pruned.sum())} groups are pruned so far", RuntimeWarning, stacklevel=3,
+            )
 
     def construct_subnet(self) -> nn.Module:
         """A new compact module with every zeroed group physically removed; ``.model`` is untouched.
 
         The result is checked on the example inputs against ``.model``; a compact model that fails
-        or computes something else raises :class:`GetaError` naming the family of groups at fault."""
+        or computes something else raises :class:`GetaError` naming the family of groups at fault. It
+        warns when QASSO (from :meth:`qasso`) has not finished its schedule."""
+        self._warn_if_unfinished("construct_subnet()")
         removed = self.groups.zero_mask()
         compact = construct_subnet(self.model, self.groups, removed)
         reason = check_compact(self.model, compact, self.example_inputs)
@@ -229,6 +250,13 @@ class GETA:
             program = capture(self.model, self.example_inputs)
             table, unprunable = DependencyAnalysis(program, self.model).run()
             space = SearchSpace(self.model, table)
+            frozen = _frozen_groups(space)
+            if frozen:
+                for name, groups in frozen.items():
+                    unprunable.append(table.structure(groups, f"frozen: {name} has requires_grad=False, and removing "
+                                                              "these groups would change it; unfreeze it to prune them"))
+                table = table.without(np.unique(np.concatenate(list(frozen.values()))))
+                space = SearchSpace(self.model, table)
             failures = verify_space(self.model, self.example_inputs, space)
             if failures:
                 unprunable += [table.structure(f.groups, probe_reason(f.reason)) for f in failures]
@@ -286,3 +314,47 @@ class GETA:
             if inputs and all(node in nonnegative for node in inputs):
                 result.add(layer.name)
         return result
+
+
+def _frozen_groups(space: SearchSpace) -> dict[str, np.ndarray]:
+    """For each frozen parameter (``requires_grad=False``) that groups cut, those groups.
+
+    A frozen tensor is the user's promise that it stays as it is; pruning would zero its slices. Groups
+    found in several frozen tensors are listed under the first."""
+    found: dict[str, np.ndarray] = {}
+    taken = np.zeros(len(space), dtype=bool)
+    for member in space.members:
+        if member.trainable and not member.tensor.requires_grad:
+            groups = np.unique(member.groups.numpy())
+            groups = groups[~taken[groups]]
+            if len(groups):
+                taken[groups] = True
+                found[member.name] = groups
+    return found
+
+
+def check_not_wrapped(model: nn.Module) -> None:
+    """Refuse a model wrapped for data parallelism: GETA must see (and copy) the module itself.
+
+    A wrapper's forward scatters, gathers or shards parameters, which torch.export cannot follow, and
+    a copy of a DDP wrapper would hold a second process group's handles."""
+    wrappers: list[type] = [nn.DataParallel, nn.parallel.DistributedDataParallel]
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # a model wrapped in FSDP has imported it
+    if fsdp is not None:
+        wrappers += [fsdp.FullyShardedDataParallel, fsdp.FSDPModule]
+    for wrapper in wrappers:
+        if isinstance(model, wrapper):
+            raise ModelError(
+                f"the model is wrapped in {wrapper.__name__}; pass the module itself to GETA and wrap g.model "
+                "afterwards: g = geta.GETA(model.module, x); opt = g.qasso(...); "
+                f"wrapped = {wrapper.__name__}(g.model); train wrapped with opt"
+            )
+
+
+def check_finite_parameters(model: nn.Module) -> None:
+    """Raise ModelError naming the first floating parameter that holds NaN or inf: its quantizer's range
+    and every gradient through it would be non-finite."""
+    for name, parameter in model.named_parameters():
+        if parameter.is_floating_point() and not bool(torch.isfinite(parameter).all()):
+            bad = int((~torch.isfinite(parameter)).sum())
+            raise ModelError(f"parameter {name} holds {bad} non-finite values (NaN or inf); load finite weights first")

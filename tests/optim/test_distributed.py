@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -53,3 +54,14 @@ def test_ranks_take_the_same_decisions_and_end_identical(tmp_path: Path) -> None
     assert first["state"].keys() == second["state"].keys()
     for key in first["state"]:
         assert torch.equal(first["state"][key], second["state"][key]), key
+
+
+def test_a_model_wrapped_for_data_parallelism_is_refused_with_the_order_to_use(tmp_path: Path) -> None:
+    with pytest.raises(geta.ModelError, match=r"wrapped in DataParallel; pass the module itself.*DataParallel\(g.model\)"):
+        geta.GETA(nn.DataParallel(_model()), torch.randn(8, 6))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(geta.ModelError, match="wrapped in DistributedDataParallel; pass the module itself"):
+            geta.GETA(DistributedDataParallel(_model()), torch.randn(8, 6))
+    finally:
+        dist.destroy_process_group()

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from geta.errors import ModelError
+from geta.errors import ConfigError, ModelError
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,22 @@ class ExampleInputs:
         """The same inputs with every tensor moved to ``device``."""
         move = lambda v: v.to(device) if isinstance(v, Tensor) else v  # noqa: E731
         return ExampleInputs(tuple(move(a) for a in self.args), {k: move(v) for k, v in self.kwargs.items()})
+
+    def check_finite(self, what: str) -> None:
+        """Raise ConfigError naming ``what`` and the input if a floating tensor holds NaN or inf.
+
+        A single NaN pixel would otherwise set every activation range it reaches to NaN (calibration)
+        or make every step's gradient non-finite (training), without a word about its source."""
+        named = [(f"positional input {i}", v) for i, v in enumerate(self.args)]
+        named += [(f"input {k!r}", v) for k, v in self.kwargs.items()]
+        for name, value in named:
+            if isinstance(value, Tensor) and value.is_floating_point():
+                bad = int((~torch.isfinite(value)).sum())
+                if bad:
+                    raise ConfigError(
+                        f"{what}: {name} holds {bad} non-finite value{'s' if bad > 1 else ''} (NaN or inf) of "
+                        f"{value.numel()}; clean the data (e.g. torch.nan_to_num) or leave the batch out"
+                    )
 
     def run(self, model: nn.Module) -> Any:
         """Call ``model`` on these inputs."""

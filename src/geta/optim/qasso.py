@@ -54,7 +54,8 @@ class QassoMetrics:
     """What a step left behind: stage, sparsity, bit widths (Eq. 3, continuous) and relative BOPs.
 
     Bit statistics are over quantizers (a per-channel quantizer counts with its mean); None where
-    the model has no quantizer of that kind. ``rel_bops`` uses the dense model's MACs."""
+    the model has no quantizer of that kind. ``rel_bops`` uses the dense model's MACs.
+    ``skipped_steps`` counts the calls of ``step()`` so far that found no usable gradient."""
 
     step: int
     stage: Stage
@@ -68,6 +69,42 @@ class QassoMetrics:
     act_bits_min: float | None
     act_bits_max: float | None
     rel_bops: float
+    skipped_steps: int = 0
+
+
+@dataclass(frozen=True)
+class QassoSettings:
+    """The settings a QASSO run was made with, as given; a checkpoint resumes only under the same ones.
+
+    Learning rates are left out: they live in the base optimizer's ``param_groups`` (which the
+    checkpoint restores) and schedulers change them on purpose."""
+
+    target_sparsity: float
+    total_steps: int
+    weight_bits: tuple[int, int]
+    act_bits: tuple[int, int]
+    warmup_steps: int | None
+    projection_periods: int | None
+    projection_steps: int | None
+    bit_reduction: int | None
+    pruning_periods: int | None
+    pruning_steps: int | None
+    stage_shares: tuple[float, ...] | None
+    eps: float
+    eta: float
+    xi: float
+    saliency_weights: tuple[tuple[str, float], ...]
+    round_to: int
+
+    def differences(self, saved: Mapping[str, Any]) -> list[str]:
+        """``name: saved -> current`` for every setting ``saved`` (from a checkpoint) holds differently."""
+        current = asdict(self)
+        found = []
+        for name, value in current.items():
+            before = saved.get(name, "missing")
+            if _plain(before) != _plain(value):
+                found.append(f"{name}: checkpoint {_plain(before)!r}, this optimizer {_plain(value)!r}")
+        return found
 
 
 class QASSO(torch.optim.Optimizer):
@@ -106,11 +143,15 @@ class QASSO(torch.optim.Optimizer):
     ) -> None:
         if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, (int, float)) or not 0 <= target_sparsity < 1:
             raise ConfigError(f"target_sparsity={target_sparsity!r} must lie in [0, 1)")
-        if not lr > 0:
-            raise ConfigError(f"lr={lr} must be positive")
+        if not _finite_number(lr) or not lr > 0:
+            raise ConfigError(f"lr={lr} must be a finite positive number")
         lr_quant = min(lr, DEFAULT_LR_QUANT) if lr_quant is None else lr_quant
-        if not lr_quant >= 0:
-            raise ConfigError(f"lr_quant={lr_quant} must be non-negative")
+        if not _finite_number(lr_quant) or not lr_quant >= 0:
+            raise ConfigError(f"lr_quant={lr_quant} must be a finite non-negative number")
+        for name, value in base_kwargs.items():
+            numbers = value if isinstance(value, (tuple, list)) else (value,)
+            if any(isinstance(v, (float, Tensor)) and not _finite_number(v) for v in numbers):
+                raise ConfigError(f"{name}={value!r} for the base optimizer must be finite")
         if not eps >= 0 or not 0 < eta < 1 or not 0 < xi < 1:
             raise ConfigError(f"need eps >= 0 and eta, xi in (0, 1); got eps={eps}, eta={eta}, xi={xi}")
         weight_range = check_bit_range(weight_bits, "weight_bits")
@@ -140,6 +181,12 @@ class QASSO(torch.optim.Optimizer):
         self.act_schedule = BitSchedule.create(act_range, act_start, periods, bit_reduction)
 
         self.round_to = check_round_to(round_to)
+        self.settings = QassoSettings(
+            float(target_sparsity), self.schedule.total_steps, weight_range, act_range, warmup_steps,
+            projection_periods, projection_steps, bit_reduction, pruning_periods, pruning_steps,
+            None if stage_shares is None else tuple(float(v) for v in stage_shares), self.eps, self.eta, self.xi,
+            tuple(sorted(self.saliency_weights.items())), self.round_to,
+        )
         self.target_groups = round(target_sparsity * len(self.space))
         if self.target_groups:
             # raises when out of reach; in whole chunks the target becomes the count they reach
@@ -159,10 +206,12 @@ class QASSO(torch.optim.Optimizer):
         self.state = self.base.state
 
         self.steps_done = 0
+        self.skipped_steps = 0
         self.pruned = torch.zeros(len(self.space), dtype=torch.bool)
         self.redundant = torch.zeros(len(self.space), dtype=torch.bool)
+        self.chosen_period: int | None = None  # the joint period whose redundant groups are chosen
         self._forgetting = Forgetting([])
-        self._warned_nonfinite = False
+        self._warned_skip = False
         self._macs: MacCount | None = None
         self._costs: Tensor | None = None
 
@@ -173,54 +222,83 @@ class QASSO(torch.optim.Optimizer):
         """The stage the next step belongs to."""
         return self.schedule.position(self.steps_done).stage
 
+    @property
+    def finished(self) -> bool:
+        """Whether ``total_steps`` calls of :meth:`step` are done: the target sparsity and bit ranges hold."""
+        return self.steps_done >= self.schedule.total_steps
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """One QASSO step: the base step plus this stage's projection, forgetting and zeroing."""
+        """One QASSO step: the base step plus this stage's projection, forgetting and zeroing.
+
+        Every call advances the schedule. A call that finds no usable gradient (inf or NaN, or none at
+        all: no backward since ``zero_grad``) skips the base step and the forgetting, but keeps the
+        schedule's events: the bit projection, the choice of a period's groups (made at the period's
+        first usable step, at its last step at the latest) and their removal at the period end. So
+        after ``total_steps`` calls the target sparsity and the bit ranges hold exactly, however many
+        steps were skipped."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if not self._gradients_finite():
-            if not self._warned_nonfinite:
-                warnings.warn(
-                    f"step {self.steps_done}: a gradient is not finite (inf or NaN); QASSO skips such steps "
-                    "(this warning is shown once)", RuntimeWarning, stacklevel=2,
-                )
-                self._warned_nonfinite = True
-            return loss
+        problem = self._gradient_problem()
+        if problem is not None:
+            self.skipped_steps += 1
+            if not self._warned_skip:
+                warnings.warn(f"step {self.steps_done}: {problem}; QASSO skips the base step of such calls but keeps "
+                              "its schedule (this warning is shown once)", RuntimeWarning, stacklevel=2)
+                self._warned_skip = True
         position = self.schedule.position(self.steps_done)
-        if position.stage is Stage.JOINT and position.step == 0:
+        joint = position.stage is Stage.JOINT
+        period_end = joint and position.step == self.schedule.pruning_steps - 1
+        if joint and self.chosen_period != position.period and (problem is None or period_end):
             self._choose_redundant(position.period)
         if position.stage is Stage.COOLDOWN:
             for quantizer in self.weight_quantizers + self.act_quantizers:
                 for parameter in quantizer.parameters():
                     parameter.grad = None
-        forgetting = position.stage is Stage.JOINT and bool(self._forgetting)
-        if forgetting:
-            self._forgetting.snapshot()
-        self.base.step()
-        for quantizer in self.weight_quantizers + self.act_quantizers:
-            quantizer.constrain_()
-        weight_bounds = self.weight_schedule.bounds(position, self.schedule.projection_periods - 1)
-        if forgetting:
-            steps_left = self.schedule.pruning_steps - position.step
-            self._forgetting.forget_(steps_left=steps_left, eps=self.eps, eta=self.eta, xi=self.xi, bits=weight_bounds)
+        if problem is None:
+            self._base_step(position)
         self._project_bits(position)
-        if position.stage is Stage.JOINT and position.step == self.schedule.pruning_steps - 1:
+        if period_end:
             self.pruned |= self.redundant
             self.redundant.zero_()
             self._forgetting = Forgetting([])
         if self.pruned.any():
             self.space.zero_(self.pruned)
         self.steps_done += 1
+        if self.steps_done == self.schedule.total_steps and self.skipped_steps:
+            warnings.warn(
+                f"QASSO skipped the base step of {self.skipped_steps} of its {self.steps_done} steps (no usable "
+                "gradient); the target sparsity and bit ranges hold, but those steps did not train the model",
+                RuntimeWarning, stacklevel=2,
+            )
         if self.callback is not None:
             self.callback(self.metrics())
         return loss
 
-    def _gradients_finite(self) -> bool:
+    def _base_step(self, position: Position) -> None:
+        """The base optimizer's step, the quantizers kept valid, and this step's forgetting (Eq. 6, 14)."""
+        forgetting = position.stage is Stage.JOINT and bool(self._forgetting)
+        if forgetting:
+            self._forgetting.snapshot()
+        self.base.step()
+        for quantizer in self.weight_quantizers + self.act_quantizers:
+            quantizer.constrain_()
+        if forgetting:
+            weight_bounds = self.weight_schedule.bounds(position, self.schedule.projection_periods - 1)
+            steps_left = self.schedule.pruning_steps - position.step
+            self._forgetting.forget_(steps_left=steps_left, eps=self.eps, eta=self.eta, xi=self.xi, bits=weight_bounds)
+
+    def _gradient_problem(self) -> str | None:
+        """Why this step's gradients cannot be used, or None."""
         grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return "no parameter has a gradient (call loss.backward() before opt.step())"
         # the largest |g| (one fused pass) is inf or NaN exactly when some element is
-        return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=math.inf))) if grads else True
+        if not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=math.inf))):
+            return "a gradient is not finite (inf or NaN)"
+        return None
 
     def _project_bits(self, position: Position) -> None:
         last = self.schedule.projection_periods - 1
@@ -238,6 +316,7 @@ class QASSO(torch.optim.Optimizer):
         order = torch.cat([self.pruned.nonzero().flatten(), candidate_index[torch.argsort(scores[candidate_index], stable=True)]])
         chosen = self.space.select(order, wanted, self.round_to)
         self.redundant = chosen & ~self.pruned
+        self.chosen_period = period
         self._forgetting = self._forget_plan(self.redundant)
 
     def _group_costs(self) -> Tensor | None:
@@ -287,6 +366,7 @@ class QASSO(torch.optim.Optimizer):
             weight_bits_mean=weight[0], weight_bits_min=weight[1], weight_bits_max=weight[2],
             act_bits_mean=act[0], act_bits_min=act[1], act_bits_max=act[2],
             rel_bops=report.rel_bops,
+            skipped_steps=self.skipped_steps,
         )
 
     # ------------------------------------------------------------------ checkpoints
@@ -304,12 +384,20 @@ class QASSO(torch.optim.Optimizer):
                 "schedule": asdict(self.schedule),
                 "weight_schedule": asdict(self.weight_schedule),
                 "act_schedule": asdict(self.act_schedule),
-                "warned_nonfinite": self._warned_nonfinite,
+                "skipped_steps": self.skipped_steps,
+                "chosen_period": self.chosen_period,
+                "warned_skip": self._warned_skip,
+                "settings": _plain(asdict(self.settings)),
             },
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:  # type: ignore[override]
-        """Restore a checkpoint of :meth:`state_dict`; its schedules replace the ones computed at construction."""
+        """Restore a checkpoint of :meth:`state_dict`, made by an optimizer with the same settings.
+
+        A setting that differs (target sparsity, step budget or stage lengths, bit ranges, eps/eta/xi,
+        saliency weights, round_to) is refused by name: the checkpoint's schedule and chosen groups
+        follow from its own settings. The schedules are taken from the checkpoint, since they also
+        depend on the quantizers' bit widths when the run started."""
         if "qasso" not in state_dict or "base" not in state_dict:
             raise ConfigError("not a QASSO checkpoint: expected the keys 'base' and 'qasso' (from QASSO.state_dict())")
         own = state_dict["qasso"]
@@ -317,6 +405,15 @@ class QASSO(torch.optim.Optimizer):
             raise ConfigError(
                 f"the checkpoint has {own['groups']} groups but this model has {len(self.space)}; "
                 "resume with the same model and GETA settings"
+            )
+        if "settings" not in own:
+            raise ConfigError("the checkpoint holds no QASSO settings (made by an older geta); it cannot be checked, "
+                              "so it is not resumed")
+        differences = self.settings.differences(own["settings"])
+        if differences:
+            raise ConfigError(
+                "the checkpoint was made with other QASSO settings (" + "; ".join(differences) + "); "
+                "build the optimizer with the checkpoint's settings to resume it"
             )
         self.base.load_state_dict(state_dict["base"])
         self.param_groups = self.base.param_groups
@@ -328,7 +425,9 @@ class QASSO(torch.optim.Optimizer):
         self.schedule = Schedule(**own["schedule"])
         self.weight_schedule = BitSchedule(**own["weight_schedule"])
         self.act_schedule = BitSchedule(**own["act_schedule"])
-        self._warned_nonfinite = bool(own["warned_nonfinite"])
+        self.skipped_steps = int(own["skipped_steps"])
+        self.chosen_period = None if own["chosen_period"] is None else int(own["chosen_period"])
+        self._warned_skip = bool(own["warned_skip"])
         self._forgetting = self._forget_plan(self.redundant)
 
     # ------------------------------------------------------------------ construction helpers
@@ -354,6 +453,24 @@ def _base_class(optimizer: object) -> type[torch.optim.Optimizer]:
     if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
         return optimizer
     raise ConfigError(f"optimizer must be a name or a torch.optim.Optimizer subclass, got {optimizer!r}")
+
+
+def _finite_number(value: object) -> bool:
+    """Whether ``value`` is a real number (or one-element tensor) that is finite."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, Tensor):
+        return value.numel() == 1 and bool(torch.isfinite(value).all())
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _plain(value: object) -> object:
+    """``value`` with tuples as lists, as a checkpoint round trip (e.g. through JSON) gives them back."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def _unique(items: object) -> list:

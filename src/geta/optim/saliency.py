@@ -58,7 +58,8 @@ def group_statistics(space: SearchSpace) -> dict[str, Tensor]:
         if not member.trainable:
             continue
         x = member.tensor.detach()
-        g = member.tensor.grad if member.tensor.grad is not None else torch.zeros_like(x)
+        # a choice forced at a skipped step (QASSO) may meet non-finite gradients: they count as zero
+        g = member.tensor.grad.nan_to_num(0.0, 0.0, 0.0) if member.tensor.grad is not None else torch.zeros_like(x)
         per_position = {
             "xx": x * x, "gg": g * g, "xg": x * g, "xg2": (x * g) ** 2, "n": torch.ones_like(x),
         }

@@ -31,6 +31,8 @@ def calibrate(model: nn.Module, quantizers: list[Quantizer], batches: Iterable[o
     inputs = [ExampleInputs.from_user(batch) for batch in batches]
     if not inputs:
         raise ConfigError("calibration got no batches; pass at least one batch shaped like example_inputs")
+    for index, batch in enumerate(inputs):
+        batch.check_finite(f"calibration batch {index}")
     try:
         try:
             _observe(model, quantizers, inputs, _training_pass(model))
@@ -43,6 +45,12 @@ def calibrate(model: nn.Module, quantizers: list[Quantizer], batches: Iterable[o
     finally:
         for quantizer in quantizers:
             quantizer.observing = False
+    excluded = sum(quantizer.observed_nonfinite for quantizer in quantizers)
+    if excluded:
+        warnings.warn(
+            f"calibration: {excluded} non-finite activation values (NaN or inf) were produced inside the model from "
+            "finite batches and left out of the activation ranges", RuntimeWarning, stacklevel=3,
+        )
     unseen = []
     for quantizer in quantizers:
         if quantizer.observed_max is None:
@@ -57,7 +65,7 @@ def _observe(
     model: nn.Module, quantizers: list[Quantizer], inputs: list[ExampleInputs], mode: contextlib.AbstractContextManager
 ) -> None:
     for quantizer in quantizers:
-        quantizer.observing, quantizer.observed_max = True, None
+        quantizer.observing, quantizer.observed_max, quantizer.observed_nonfinite = True, None, 0
     with mode, torch.no_grad():
         for batch in inputs:
             batch.run(model)

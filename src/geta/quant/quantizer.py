@@ -46,6 +46,7 @@ class Quantizer(nn.Module):
         self.d = nn.Parameter(F.step_for_bits(float(bits), self.q_m.detach(), self.t.detach(), signed))
         self.observing = False
         self.observed_max: Tensor | None = None
+        self.observed_nonfinite = 0  # values left out of the observed range (calibration warns)
         self.traced_as_call = False  # graph capture: forward is one quantizer_call node (see capture.py)
         self.passed_through = False  # forward returns its input (the search-space probe, pruning/verify.py)
 
@@ -66,7 +67,13 @@ class Quantizer(nn.Module):
 
     @torch.no_grad()
     def _observe(self, x: Tensor) -> None:
-        current = self._max_abs(x.detach() if self.signed else x.detach().clamp_min(0))
+        """Widen the observed range to ``x``; non-finite values are counted and left out."""
+        x = x.detach()
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            self.observed_nonfinite += int((~finite).sum())
+            x = torch.where(finite, x, torch.zeros_like(x))
+        current = self._max_abs(x if self.signed else x.clamp_min(0))
         self.observed_max = current if self.observed_max is None else torch.maximum(self.observed_max, current)
 
     def constrained_parameters(self) -> tuple[Tensor, Tensor, Tensor]:
