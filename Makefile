@@ -36,7 +36,7 @@ data:
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
 
 demo: $(STAMP) data
-	$(VENV)/bin/geta compress cnn-digits
+	$(VENV)/bin/geta compress cnn-digits --overwrite
 
 test: test-main test-vision
 

@@ -6,8 +6,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from geta.recipes import Recipe
+    from geta.run import RunResult, Settings
 
 app = typer.Typer(help="geta: joint structured pruning and quantization-aware training for PyTorch models.")
 
@@ -129,91 +134,146 @@ def compress(
                    "quantizes every layer (default: the recipe's, first and last)."
     ),
     threads: int | None = typer.Option(None, help="CPU threads of torch (default: the recipe's, else torch's)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an --out folder that holds files (as a whole, once the new run is complete)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; only the final lines."),
 ) -> None:
     """Train RECIPE's model densely, compress it with GETA (QASSO) or run a baseline, evaluate, and write report.json, report.md, PNG plots and the compact model into the output folder.
 
     Every method starts from the same dense model and gets the same compression budget; unset options take the recipe's values (`geta recipes`). With several methods each gets its own subfolder and comparison.md sums them up.
+
+    Everything is checked before training (a wrong setting, recipe, --skip layer, missing data or --out: exit 2). The run is written into a folder beside --out and renamed into place once complete; Ctrl-C leaves --out as it was (exit 130).
     """
     from geta.errors import ConfigError, GetaError
     from geta.recipes import get_recipe
-    from geta.run import METHODS, Display, Settings, run_methods
-    from geta.run.artifacts import write_comparison, write_run
+    from geta.run import METHODS, Settings
+    from geta.run.artifacts import staged_folder
+    from geta.run.harness import check_run
 
+    out = out or Path("runs") / recipe
     try:
-        chosen = get_recipe(recipe)
-        methods = list(dict.fromkeys(m for name in baseline for m in (METHODS if name == "all" else (name,))))
-        settings = Settings(epochs=epochs, dense_epochs=dense_epochs, sparsity=sparsity, weight_bits=weight_bits,
-                            act_bits=act_bits, seed=seed, limit_batches=limit_batches, lr=lr, compress_lr=compress_lr,
-                            qasso=_qasso(round_to, saliency_macs, stages), skip=_skip(skip))
-        settings.resolve(chosen)
-        if threads is not None and threads < 1:
-            raise ConfigError(f"--threads {threads}: give at least 1")
-        if any(m not in METHODS for m in methods):
-            raise ConfigError(f"unknown method {next(m for m in methods if m not in METHODS)!r}; "
-                              f"choose from {', '.join(METHODS)} or all")
-        out = out or Path("runs") / recipe
-        _check_writable(out)
-    except ConfigError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
-    import torch
-
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or chosen.threads or previous_threads)
-    display = Display(mode="quiet" if quiet else "live" if sys.stderr.isatty() else "plain")
-    try:
-        with display:
-            results = run_methods(chosen, settings, methods, display=display)
-    except GetaError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
-    finally:
-        torch.set_num_threads(previous_threads)
-    for result in results:
-        folder = out if len(results) == 1 else out / result.method
-        paths = write_run(result, folder)
-        typer.echo(f"{result.method}: test accuracy {result.accuracy:.4f} (dense {result.accuracy_dense:.4f}), "
-                   f"rel. BOPs {100 * result.rel_bops:.3f}%, group sparsity {100 * result.group_sparsity:.1f}%, "
-                   f"{result.params:,} of {result.params_dense:,} params, {result.wall_s:.1f} s")
-        typer.echo(f"report: {paths['report_md']} (and {paths['report_json'].name}, plots, model in {folder})")
-    if len(results) > 1:
-        typer.echo(f"comparison: {write_comparison(results, out)['comparison_md']}")
+        try:
+            chosen = get_recipe(recipe)
+            methods = list(dict.fromkeys(m for name in baseline for m in (METHODS if name == "all" else (name,))))
+            settings = Settings(epochs=epochs, dense_epochs=dense_epochs, sparsity=sparsity, weight_bits=weight_bits,
+                                act_bits=act_bits, seed=seed, limit_batches=limit_batches, lr=lr, compress_lr=compress_lr,
+                                qasso=_qasso(round_to, saliency_macs, stages), skip=_skip(skip))
+            settings.resolve(chosen)
+            if threads is not None and threads < 1:
+                raise ConfigError(f"--threads {threads}: give at least 1")
+            if any(m not in METHODS for m in methods):
+                raise ConfigError(f"unknown method {next(m for m in methods if m not in METHODS)!r}; "
+                                  f"choose from {', '.join(METHODS)} or all")
+            _check_out(out, overwrite)
+            check_run(chosen, settings)
+        except GetaError as error:
+            raise _error(error, 2) from None
+        results = _run(chosen, settings, methods, threads, quiet)
+        try:
+            with staged_folder(out, overwrite=overwrite) as staging:
+                lines = _write(results, staging, out)
+        except OSError as error:
+            raise _error(f"--out {out}: cannot write there ({error.strerror or error})", 1) from None
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: {out} left as it was", err=True)
+        raise typer.Exit(130) from None
+    for line in lines:
+        typer.echo(line)
 
 
 @app.command()
 def inspect(path: Path = typer.Argument(..., help="A model saved by geta.save (model.safetensors).")) -> None:
-    """Print a saved model's layers (weight shape, weight and activation bits, width, bytes) and its size."""
+    """Print a saved model's layers (weight shape, weight and activation bits, width, bytes) and its size.
+
+    The file is checked as geta.load checks it; a bad file is one line on stderr and exit status 1, and
+    warnings (an old file without a checksum) are one line each on stderr."""
+    import warnings
+
     from geta.errors import SavedModelError
     from geta.export.inspect import format_summary, summarize
 
     try:
-        typer.echo(format_summary(summarize(path), path))
+        with warnings.catch_warnings(record=True) as caught:
+            text = format_summary(summarize(path), path)
     except SavedModelError as error:
-        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"error: {' '.join(str(error).splitlines())}", err=True)
         raise typer.Exit(1) from None
+    for warning in caught:
+        typer.echo(f"warning: {' '.join(str(warning.message).splitlines())}", err=True)
+    typer.echo(text)
 
 
-def _check_writable(out: Path) -> None:
-    """ConfigError unless files can be written into folder ``out`` (checked before any training; the
-    folders made for the check are removed again)."""
+def _check_out(out: Path, overwrite: bool) -> None:
+    """ConfigError unless the run can become folder ``out``: not a file, nor the current folder or one
+    above it; holding no files unless ``overwrite``; its parent writable, as the run is staged there
+    and renamed (the folders made for that check are removed again)."""
     from geta.errors import ConfigError
+    from geta.run.artifacts import make_folders, remove_folders
 
+    target = out.resolve()
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"--out {out}: not a folder")
+    if Path.cwd().is_relative_to(target):
+        raise ConfigError(f"--out {out}: holds the current folder; choose another")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise ConfigError(f"--out {out}: holds an earlier run; pass --overwrite to replace it, or choose another --out")
     created: list[Path] = []
     try:
-        for folder in [*reversed(out.parents), out]:
-            if not folder.exists():
-                folder.mkdir()
-                created.append(folder)
-        if not out.is_dir():
-            raise ConfigError(f"--out {out}: not a folder")
-        with tempfile.TemporaryFile(dir=out):
+        created = make_folders(target.parent)
+        with tempfile.TemporaryFile(dir=target.parent):
             pass
     except OSError as error:
         raise ConfigError(f"--out {out}: cannot write there ({error.strerror or error})") from None
     finally:
-        for folder in reversed(created):
-            folder.rmdir()
+        remove_folders(created)
+
+
+def _run(recipe: Recipe, settings: Settings, methods: list[str], threads: int | None, quiet: bool) -> list[RunResult]:
+    """``run_methods`` on ``threads`` torch threads (the previous number given back after) with the progress
+    display. A wrong setting found on the way (a budget too short for the data's batches) is exit 2, another
+    GetaError (e.g. data that fails to load) exit 1."""
+    import torch
+
+    from geta.errors import ConfigError, GetaError
+    from geta.run import Display, run_methods
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or recipe.threads or previous_threads)
+    display = Display(mode="quiet" if quiet else "live" if sys.stderr.isatty() else "plain")
+    try:
+        with display:
+            return run_methods(recipe, settings, methods, display=display)
+    except ConfigError as error:
+        raise _error(error, 2) from None
+    except GetaError as error:
+        raise _error(error, 1) from None
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _write(results: list[RunResult], staging: Path, out: Path) -> list[str]:
+    """Write ``results`` into ``staging`` (a subfolder each and comparison.md when several), which becomes
+    ``out``; returns the lines that sum each up and say where its report is."""
+    from geta.run.artifacts import write_comparison, write_run
+
+    lines = []
+    for result in results:
+        staged, final = (staging, out) if len(results) == 1 else (staging / result.method, out / result.method)
+        paths = write_run(result, staged)
+        lines.append(f"{result.method}: test accuracy {result.accuracy:.4f} (dense {result.accuracy_dense:.4f}), "
+                     f"rel. BOPs {100 * result.rel_bops:.3f}%, group sparsity {100 * result.group_sparsity:.1f}%, "
+                     f"{result.params:,} of {result.params_dense:,} params, {result.wall_s:.1f} s")
+        lines.append(f"report: {final / paths['report_md'].name} (and {paths['report_json'].name}, plots, model in {final})")
+    if len(results) > 1:
+        lines.append(f"comparison: {out / write_comparison(results, staging)['comparison_md'].name}")
+    return lines
+
+
+def _error(message: object, code: int) -> typer.Exit:
+    """Print ``message`` as one line on stderr (its lines joined); returns the Exit with ``code`` to raise."""
+    typer.echo(f"error: {' '.join(str(message).splitlines())}", err=True)
+    return typer.Exit(code)
 
 
 def _weight_count(model: object) -> int:

@@ -16,6 +16,7 @@ from torch.nn.utils import parametrize
 
 import geta
 from geta.export.inspect import summarize
+from geta.export.packed import tensor_checksum
 from geta.models.cifar import ResNet20, vgg7_bn
 from geta.quant.prepare import INPUT_QUANTIZER
 
@@ -115,7 +116,8 @@ def test_unregistered_custom_module_saves_and_loads_into_a_given_model(tmp_path:
 
 
 def _rewrite(source: Path, target: Path, header_edit=None, tensor_edit=None) -> Path:
-    """A copy of a saved model with its JSON header and/or tensors edited."""
+    """A copy of a saved model with its JSON header and/or tensors edited, and the checksum of the edited
+    tensors recorded, so that what is refused is the edit itself (test_validation.py: the checksum)."""
     with safe_open(str(source), framework="pt") as file:
         metadata = file.metadata()
         tensors = {name: file.get_tensor(name) for name in file.keys()}
@@ -124,6 +126,7 @@ def _rewrite(source: Path, target: Path, header_edit=None, tensor_edit=None) -> 
         header_edit(header)
     if tensor_edit is not None:
         tensor_edit(tensors)
+    header["tensor_sha256"] = tensor_checksum(tensors)
     save_file(tensors, str(target), metadata={"geta": json.dumps(header)})
     return target
 
@@ -211,3 +214,10 @@ def test_loading_never_unpickles(saved_resnet: Path, monkeypatch: pytest.MonkeyP
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), built("resnet20-weights+activations")(x))
+
+
+def test_a_saved_file_gets_the_mode_of_any_new_file(tmp_path: Path) -> None:
+    from geta.export.packed import new_file_mode
+
+    path = geta.save(nn.Sequential(nn.Linear(3, 2)), tmp_path / "m.safetensors")
+    assert path.stat().st_mode & 0o777 == new_file_mode()

@@ -28,6 +28,7 @@ from geta.run import (
     run_recipe,
     train_dense,
 )
+from geta.export.packed import new_file_mode
 from geta.run.artifacts import write_comparison, write_run
 from geta.run.harness import decay_start
 from geta.run.loop import logits
@@ -97,6 +98,7 @@ def test_every_artifact_is_written_and_the_saved_model_runs(results: dict[str, R
     with torch.no_grad():
         torch.testing.assert_close(logits(loaded, x), logits(result.model, x))
     assert paths["onnx"].stat().st_size > 0
+    assert {path.stat().st_mode & 0o777 for path in paths.values()} == {new_file_mode()}  # safetensors too (it writes 0o600)
     comparison = write_comparison(list(results.values()), tmp_path)
     assert "prune-then-ptq-4bit" in comparison["comparison_md"].read_text()
 

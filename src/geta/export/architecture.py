@@ -43,11 +43,16 @@ from geta.models.cifar import BasicBlock, ResNet20
 from geta.pruning.attention import CompactMultiheadAttention
 from geta.pruning.modules import update_widths
 from geta.quant.layers import spec_for
-from geta.quant.prepare import INPUT_QUANTIZER, QuantizableLayer, attach_input_quantizers, original_parameter
+from geta.quant.prepare import (
+    INPUT_QUANTIZER,
+    QuantizableLayer,
+    attach_input_quantizers,
+    original_parameter,
+)
 from geta.quant.quantizer import Quantizer
 
 _MODULE_INTERNALS = frozenset(nn.Module().__dict__)
-_QUANTIZER_PARAMETERS = ("d", "q_m", "t")
+QUANTIZER_PARAMETERS = ("d", "q_m", "t")  # a quantizer's tensors, as saved
 
 _FUNCTIONS: dict[str, Callable] = {
     "relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
@@ -141,16 +146,47 @@ def describe(model: nn.Module) -> Description:
     return description
 
 
+def check_tree(tree: object, tensors: dict[str, Tensor]) -> None:
+    """Check the JSON of a module tree before anything is built from it, so that a damaged or edited file
+    fails here with SavedModelError naming the module, never later or with a bare KeyError or TypeError.
+
+    Every record has its fields with the right types and attribute values ``build`` can decode; every
+    tensor key it names is in ``tensors`` (by file key) and every tensor there is named; child names are
+    plain (not empty, no dot) so that paths are unique; input quantizers have their file key, and their
+    d, q_m, t are finite and positive; and a shared module (``{"same_as": path}``) refers to a module
+    defined before it that does not contain it, so module references never form a cycle.
+    """
+    check = _TreeCheck(set(), set(), set(), {})
+    _check_module(tree, "", tensors, check)
+    unused = sorted(set(tensors) - check.used)
+    if unused:
+        raise SavedModelError(f"the file holds tensors no module takes: {', '.join(unused[:5])}; the file is damaged")
+
+
+def check_quantizer_parameter(name: str, value: Tensor) -> None:
+    """A saved quantizer's d, q_m or t: floating point, finite and positive (``save`` stores them
+    constrained, see ``functional.constrain``), so that NaN, zero or negative values are refused."""
+    bad = ~(torch.isfinite(value) & (value > 0)) if value.is_floating_point() else None
+    if bad is None or bool(bad.any()):
+        shown = value.dtype if bad is None else value[bad].reshape(-1)[0].item()
+        raise SavedModelError(
+            f"quantizer parameter {name!r} holds {shown}; d, q_m and t must be finite and positive; the file is damaged")
+
+
 def build(tree: dict, tensors: dict[str, Tensor]) -> nn.Module:
-    """The module described by ``tree`` with ``tensors`` (by file key, already checked) as its state."""
+    """The module described by ``tree`` (passed by :func:`check_tree`) with ``tensors`` (by file key, already
+    checked) as its state; raises SavedModelError when a module's width attributes disagree with its tensors."""
     built: dict[str, nn.Module] = {}
     parameters: dict[str, nn.Parameter] = {}
-    return _build_module(tree, "", tensors, built, parameters, {})
+    module = _build_module(tree, "", tensors, built, parameters, {})
+    for path, part in built.items():
+        _check_widths(part, path)
+    return module
 
 
 def load_into(model: nn.Module, tree: dict, tensors: dict[str, Tensor]) -> nn.Module:
     """``model``, the user's dense model as built before pruning, given in place the state that ``tree``
-    and ``tensors`` (by file key, already checked) describe; returns ``model``.
+    (passed by :func:`check_tree`) and ``tensors`` (by file key, already checked) describe; returns ``model``.
 
     Every saved module must be at the same path in ``model`` with the same parameter, buffer and child
     names, and every saved tensor must fit in the dense one it replaces (same rank, no dimension larger).
@@ -159,11 +195,8 @@ def load_into(model: nn.Module, tree: dict, tensors: dict[str, Tensor]) -> nn.Mo
     handlers, as in subnet construction), each module's class must be the saved one (checked after that,
     since a width handler may turn a module into its compact class) and the input quantizers are attached.
     """
-    match = _Match({}, {}, [], set())
+    match = _Match({}, {}, [])
     _match_module(tree, model, "", tensors, match)
-    unused = sorted(set(tensors) - match.used)
-    if unused:
-        raise SavedModelError(f"the file holds tensors no module takes: {', '.join(unused[:5])}; the file is damaged")
     placed: dict[str, Tensor] = {}
     for module, attr, key in match.slots:
         parameter = attr in module._parameters
@@ -256,19 +289,97 @@ def _tensor_key(
     return key
 
 
+@dataclass
+class _TreeCheck:
+    """What check_tree has seen so far: the paths of the modules defined, of those whose children are being
+    checked (a reference to one of them would be a cycle), the tensor keys named, and decoded configs."""
+
+    defined: set[str]
+    enclosing: set[str]
+    used: set[str]
+    configs: dict[str, object]
+
+
+def _check_module(record: object, path: str, tensors: dict[str, Tensor], check: _TreeCheck) -> None:
+    record = _expect(record, dict, f"{_where(path)} record")
+    if "same_as" in record:
+        target = _expect(record["same_as"], str, f"{_where(path)} 'same_as'")
+        if target in check.enclosing:
+            raise SavedModelError(
+                f"{_where(path)} refers to {_where(target)}, which contains it: module references may not form a "
+                "cycle; the file is damaged")
+        if target not in check.defined:
+            raise SavedModelError(f"{_where(path)} refers to module {target!r}, which is not defined before it")
+        return
+    missing = {"type", "training", "attributes", "parameters", "buffers", "non_persistent_buffers", "children"} - set(record)
+    if missing:
+        raise SavedModelError(f"{_where(path)}'s record lacks {', '.join(sorted(missing))}; the file is damaged")
+    _expect(record["type"], str, f"{_where(path)} type")
+    _expect(record["training"], bool, f"{_where(path)}.training")
+    for attr, encoded in _expect(record["attributes"], dict, f"{_where(path)} attributes").items():
+        _decode(encoded, f"{_where(path)}.{attr}", check.configs)
+    for attr in _expect(record.get("unsaved_attributes", []), list, f"{_where(path)} unsaved attributes"):
+        _expect(attr, str, f"{_where(path)} unsaved attribute name")
+    for group in ("parameters", "buffers"):
+        for key in _expect(record[group], dict, f"{_where(path)} {group}").values():
+            if key is not None:
+                _tensor(key, tensors, path)
+                check.used.add(key)
+    for attr in _expect(record["non_persistent_buffers"], list, f"{_where(path)} non-persistent buffers"):
+        _expect(attr, str, f"{_where(path)} non-persistent buffer name")
+    if "input_quantizer" in record:
+        _check_input_quantizer(record["input_quantizer"], path, tensors, check)
+    check.defined.add(path)
+    check.enclosing.add(path)
+    for attr, child in _expect(record["children"], dict, f"{_where(path)} children").items():
+        if attr == "" or "." in attr:
+            raise SavedModelError(f"{_where(path)} has a child named {attr!r}; child names are not empty and have no dot")
+        if child is not None:
+            _check_module(child, _join(path, attr), tensors, check)
+    check.enclosing.remove(path)
+
+
+def _check_input_quantizer(entry: object, path: str, tensors: dict[str, Tensor], check: _TreeCheck) -> None:
+    entry = _expect(entry, dict, f"{_where(path)} input quantizer")
+    key = _join(path, INPUT_QUANTIZER)
+    if entry.get("key") != key:
+        raise SavedModelError(f"{_where(path)} input quantizer has key {entry.get('key')!r}; expected {key!r}")
+    _expect(entry.get("signed"), bool, f"{_where(path)} input quantizer 'signed'")
+    bits = _expect(entry.get("bits"), int, f"{_where(path)} input quantizer 'bits'")
+    if not 1 <= bits <= 32:
+        raise SavedModelError(f"{_where(path)} input quantizer has {bits} bits; expected 1 to 32")
+    for name in QUANTIZER_PARAMETERS:
+        value = _tensor(f"{key}.{name}", tensors, path)
+        if value.shape != ():
+            raise SavedModelError(f"{key}.{name} has shape {tuple(value.shape)}; an input quantizer's is ()")
+        check_quantizer_parameter(f"{key}.{name}", value)
+        check.used.add(f"{key}.{name}")
+
+
+def _check_widths(module: nn.Module, path: str) -> None:
+    """The width attributes a built module has from the file must be those its tensors give (the pruning
+    width handlers, as subnet construction sets them): a Linear saved as 4 -> 3 holds a 3 x 4 weight."""
+    declared_class, declared = type(module), dict(module.__dict__)
+    update_widths(module)
+    if type(module) is not declared_class:
+        raise SavedModelError(f"{_where(path)}: its tensors do not fit a {type_name(declared_class)}; the file is damaged")
+    for attr, value in module.__dict__.items():
+        if attr in _MODULE_INTERNALS or attr in declared and (value is declared[attr] or value == declared[attr]):
+            continue
+        stated = f"{attr}={declared[attr]!r}" if attr in declared else f"no {attr}"
+        raise SavedModelError(f"{_where(path)} declares {stated}, but its tensors give {value!r}; the file is damaged")
+
+
 def _build_module(
-    record: object, path: str, tensors: dict[str, Tensor], built: dict[str, nn.Module],
+    record: dict, path: str, tensors: dict[str, Tensor], built: dict[str, nn.Module],
     parameters: dict[str, nn.Parameter], configs: dict[str, object],
 ) -> nn.Module:
-    record = _check_record(record, path)
     if "same_as" in record:
-        if record["same_as"] not in built:
-            raise SavedModelError(f"{_where(path)} refers to module {record['same_as']!r}, which is not defined before it")
         return built[record["same_as"]]
     name = record["type"]
-    cls = allowed_module(name) if isinstance(name, str) else None
+    cls = allowed_module(name)
     if cls is None:
-        short = name.rpartition(".")[2] if isinstance(name, str) else "MyModel"
+        short = name.rpartition(".")[2]
         raise SavedModelError(
             f"{_where(path)} has layer type {name!r}, which is not allow-listed, so the file alone cannot rebuild "
             f"it (nothing was run). Build the model as before pruning and pass it: geta.load(path, model={short}(...)) "
@@ -277,24 +388,24 @@ def _build_module(
     if record.get("unsaved_attributes"):
         raise SavedModelError(
             f"{_where(path)} ({name}) has attributes that are not plain values and were not saved "
-            f"({', '.join(map(str, record['unsaved_attributes']))}); build the model as before pruning and pass it: "
+            f"({', '.join(record['unsaved_attributes'])}); build the model as before pruning and pass it: "
             "geta.load(path, model=MyModel(...)) with the original constructor arguments"
         )
     module = cls.__new__(cls)
     nn.Module.__init__(module)
-    module.training = _expect(record["training"], bool, f"{_where(path)}.training")
-    for attr, encoded in _expect(record["attributes"], dict, f"{_where(path)} attributes").items():
+    module.training = record["training"]
+    for attr, encoded in record["attributes"].items():
         _check_attribute_name(cls, attr, path)
         object.__setattr__(module, attr, _decode(encoded, f"{_where(path)}.{attr}", configs))
-    for attr, key in _expect(record["parameters"], dict, f"{_where(path)} parameters").items():
+    for attr, key in record["parameters"].items():
         _check_attribute_name(cls, attr, path)
-        module.register_parameter(attr, None if key is None else _parameter(key, tensors, parameters, path))
-    non_persistent = set(_expect(record["non_persistent_buffers"], list, f"{_where(path)} non-persistent buffers"))
-    for attr, key in _expect(record["buffers"], dict, f"{_where(path)} buffers").items():
+        module.register_parameter(attr, None if key is None else _parameter(key, tensors, parameters))
+    non_persistent = set(record["non_persistent_buffers"])
+    for attr, key in record["buffers"].items():
         _check_attribute_name(cls, attr, path)
-        module.register_buffer(attr, None if key is None else _tensor(key, tensors, path), persistent=attr not in non_persistent)
+        module.register_buffer(attr, None if key is None else tensors[key], persistent=attr not in non_persistent)
     built[path] = module
-    for attr, child in _expect(record["children"], dict, f"{_where(path)} children").items():
+    for attr, child in record["children"].items():
         _check_attribute_name(cls, attr, path, child=True)
         child_module = None if child is None else _build_module(child, _join(path, attr), tensors, built, parameters, configs)
         module.add_module(attr, child_module)
@@ -306,17 +417,15 @@ def _build_module(
 @dataclass
 class _Match:
     """What load_into changes, collected before it changes anything: the user's modules and their records
-    by path, the paths by module identity, the (module, attribute, file key) of every tensor, the keys used."""
+    by path, the paths by module identity, and the (module, attribute, file key) of every tensor."""
 
     modules: dict[str, tuple[nn.Module, dict]]
     paths: dict[int, str]
     slots: list[tuple[nn.Module, str, str]]
-    used: set[str]
 
 
-def _match_module(record: object, module: nn.Module, path: str, tensors: dict[str, Tensor], match: _Match) -> None:
+def _match_module(record: dict, module: nn.Module, path: str, tensors: dict[str, Tensor], match: _Match) -> None:
     """Check ``module`` of the user's model against its saved ``record`` and its children against theirs."""
-    record = _check_record(record, path)
     if "same_as" in record:
         if match.paths.get(id(module)) != record["same_as"]:
             raise SavedModelError(
@@ -327,11 +436,10 @@ def _match_module(record: object, module: nn.Module, path: str, tensors: dict[st
             f"{_where(path)} is module {match.paths[id(module)]!r} in the given model but not in the file")
     if parametrize.is_parametrized(module) or hasattr(module, INPUT_QUANTIZER):
         raise SavedModelError(f"{_where(path)} already has geta quantizers; pass a freshly built dense model")
-    _expect(record["training"], bool, f"{_where(path)}.training")
     match.modules[path] = (module, record)
     match.paths[id(module)] = path
     for group, table in (("parameters", module._parameters), ("buffers", module._buffers)):
-        saved = _expect(record[group], dict, f"{_where(path)} {group}")
+        saved = record[group]
         _same_names(path, group, saved, table)
         for attr, key in saved.items():
             if (key is None) != (table[attr] is None):
@@ -339,17 +447,14 @@ def _match_module(record: object, module: nn.Module, path: str, tensors: dict[st
                                       "but not in the given model; pass the model built with the same arguments")
             if key is None:
                 continue
-            value, dense = _tensor(key, tensors, path), table[attr]
+            value, dense = tensors[key], table[attr]
             if value.dim() != dense.dim() or any(s > d for s, d in zip(value.shape, dense.shape)):
                 raise SavedModelError(
                     f"{_where(path)}.{attr} is {tuple(value.shape)} in the file, which does not fit the given model's "
                     f"{tuple(dense.shape)}; pass the model as built before pruning, with the same arguments"
                 )
             match.slots.append((module, attr, key))
-            match.used.add(key)
-    if "input_quantizer" in record:
-        match.used.update(f"{_join(path, INPUT_QUANTIZER)}.{name}" for name in _QUANTIZER_PARAMETERS)
-    children = _expect(record["children"], dict, f"{_where(path)} children")
+    children = record["children"]
     _same_names(path, "children", children, module._modules)
     for attr, child_record in children.items():
         child = module._modules[attr]
@@ -368,46 +473,27 @@ def _same_names(path: str, group: str, saved: dict, current: dict) -> None:
         )
 
 
-def _attach_input_quantizer(module: nn.Module, path: str, entry: object, tensors: dict[str, Tensor]) -> None:
-    entry = _expect(entry, dict, f"{_where(path)} input quantizer")
+def _attach_input_quantizer(module: nn.Module, path: str, entry: dict, tensors: dict[str, Tensor]) -> None:
     spec = spec_for(module)
     if spec is None or not spec.inputs:
         raise SavedModelError(f"{_where(path)} has an input quantizer but is not a layer geta quantizes inputs of")
-    signed = _expect(entry.get("signed"), bool, f"{_where(path)} input quantizer 'signed'")
-    bits = _expect(entry.get("bits"), int, f"{_where(path)} input quantizer 'bits'")
-    if not 1 <= bits <= 32:
-        raise SavedModelError(f"{_where(path)} input quantizer has {bits} bits; expected 1 to 32")
     layer = QuantizableLayer(path, module, type(module).__name__, spec, spec.weight_names(module))
-    attach_input_quantizers([layer], max(bits, 2), set() if signed else {path})
-    key = _join(path, INPUT_QUANTIZER)
+    attach_input_quantizers([layer], max(entry["bits"], 2), set() if entry["signed"] else {path})
     with torch.no_grad():
-        for name in _QUANTIZER_PARAMETERS:
-            value = _tensor(f"{key}.{name}", tensors, path)
-            if value.shape != ():
-                raise SavedModelError(f"{key}.{name} has shape {tuple(value.shape)}; an input quantizer's is ()")
-            getattr(layer.input_quantizer, name).copy_(value)
+        for name in QUANTIZER_PARAMETERS:
+            getattr(layer.input_quantizer, name).copy_(tensors[f"{entry['key']}.{name}"])
 
 
-def _parameter(key: object, tensors: dict[str, Tensor], parameters: dict[str, nn.Parameter], path: str) -> nn.Parameter:
+def _parameter(key: str, tensors: dict[str, Tensor], parameters: dict[str, nn.Parameter]) -> nn.Parameter:
     if key not in parameters:
-        parameters[key] = nn.Parameter(_tensor(key, tensors, path))  # type: ignore[index]
-    return parameters[key]  # type: ignore[index]
+        parameters[key] = nn.Parameter(tensors[key])
+    return parameters[key]
 
 
 def _tensor(key: object, tensors: dict[str, Tensor], path: str) -> Tensor:
     if not isinstance(key, str) or key not in tensors:
         raise SavedModelError(f"{_where(path)} refers to tensor {key!r}, which the file does not hold")
     return tensors[key]
-
-
-def _check_record(record: object, path: str) -> dict:
-    record = _expect(record, dict, f"{_where(path)} record")
-    if "same_as" in record:
-        return record
-    missing = {"type", "training", "attributes", "parameters", "buffers", "non_persistent_buffers", "children"} - set(record)
-    if missing:
-        raise SavedModelError(f"{_where(path)}'s record lacks {', '.join(sorted(missing))}; the file is damaged")
-    return record
 
 
 def _check_attribute_name(cls: type, attr: object, path: str, child: bool = False) -> None:

@@ -1,16 +1,18 @@
 """What ``geta inspect PATH`` prints: a saved model's layers (bits, widths, sizes) and its file size
-against sum(params x bits) / 8 plus metadata. Only the file's header is read; nothing is rebuilt."""
+against sum(params x bits) / 8 plus metadata. The file is checked as ``geta.load`` checks it
+(``packed.read_checked``: checksum, tensor table, architecture), but nothing is rebuilt, so a model
+of a class outside the allow-list is inspected too."""
 
 from __future__ import annotations
 
-import json
+import math
 import os
-import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from geta.errors import SavedModelError
-from geta.export.packed import parse_header
+from geta.export.architecture import QUANTIZER_PARAMETERS
+from geta.export.packed import read_checked
 
 _ELEMENT_BITS = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64, "int64": 64, "int32": 32,
                  "int16": 16, "int8": 8, "uint8": 8, "bool": 8}
@@ -49,46 +51,37 @@ class SizeSummary:
 
 
 def summarize(path: str | os.PathLike) -> SizeSummary:
-    """Read the header of the model saved at ``path`` and account for every byte of the file."""
-    path = Path(path)
-    try:
-        with path.open("rb") as file:
-            (length,) = struct.unpack("<Q", file.read(8))
-            table = json.loads(file.read(length))
-    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SavedModelError(f"{path} is not a readable safetensors file: {error}") from error
-    if not isinstance(table, dict):
-        raise SavedModelError(f"{path} is not a safetensors file (its header is not a JSON object)")
-    header = parse_header(table.pop("__metadata__", None) or {}, path)
-    stored = {name: info["data_offsets"][1] - info["data_offsets"][0] for name, info in table.items()}
-    entries = header.get("tensors", {})
-    summary = SizeSummary(path.stat().st_size, 8 + length, 0, 0, 0)
+    """Check the model saved at ``path`` as ``geta.load`` does, without building it, and account for every
+    byte of the file; raises SavedModelError for a file ``geta.load`` refuses."""
+    saved = read_checked(path)
+    entries = saved.header["tensors"]
+    summary = SizeSummary(Path(path).stat().st_size, saved.header_bytes, 0, 0, 0)
     accounted: set[str] = set()
-    for layer, record in _layers(header.get("architecture", {}), ""):
+    for layer, record in _layers(saved.architecture, ""):
         act = record.get("input_quantizer")
-        row = LayerRow(layer, str(record.get("type", "?")).rsplit(".", 1)[-1], (), None,
-                       act.get("bits") if isinstance(act, dict) else None, _width(record), 0)
-        for group, names in (("parameter", record.get("parameters", {})), ("buffer", record.get("buffers", {}))):
-            for key in names.values():
-                if key is None or key in accounted or key not in entries:
+        row = LayerRow(layer, record["type"].rsplit(".", 1)[-1], (), None,
+                       None if act is None else act["bits"], _width(record), 0)
+        for group in ("parameters", "buffers"):
+            for key in record[group].values():
+                if key is None or key in accounted:
                     continue
                 accounted.add(key)
                 entry = entries[key]
-                quantized = entry.get("kind") == "quantized"
-                size = stored.get(f"{key}.codes" if quantized else key, 0)
+                quantized = entry["kind"] == "quantized"
+                size = saved.stored_bytes[f"{key}.codes" if quantized else key]
                 row.stored_bytes += size
-                if group == "buffer":
+                if group == "buffers":
                     summary.buffer_bytes += size
                     continue
                 summary.parameter_bits += _parameter_bits(entry)
                 if quantized or not row.shape:
-                    row.shape = tuple(entry.get("shape", ()))
+                    row.shape = tuple(entry["shape"])
                 if quantized:
                     low, high = min(entry["bits"]), max(entry["bits"])
                     row.bits = (low, high) if row.bits is None else (min(low, row.bits[0]), max(high, row.bits[1]))
-                    summary.quantizer_bytes += sum(stored.get(f"{key}.{p}", 0) for p in ("d", "q_m", "t"))
-        if isinstance(act, dict):
-            summary.quantizer_bytes += sum(stored.get(f"{act.get('key')}.{p}", 0) for p in ("d", "q_m", "t"))
+                    summary.quantizer_bytes += sum(saved.stored_bytes[f"{key}.{p}"] for p in QUANTIZER_PARAMETERS)
+        if act is not None:
+            summary.quantizer_bytes += sum(saved.stored_bytes[f"{act['key']}.{p}"] for p in QUANTIZER_PARAMETERS)
         if row.stored_bytes:
             summary.rows.append(row)
     return summary
@@ -113,32 +106,30 @@ def format_summary(summary: SizeSummary, path: str | os.PathLike) -> str:
     return "\n".join(text)
 
 
-def _layers(record: object, path: str):
-    """(path, record) of every module record in the tree, parents first."""
-    if not isinstance(record, dict) or "type" not in record:
+def _layers(record: dict | None, path: str) -> Iterator[tuple[str, dict]]:
+    """(path, record) of every module record in a checked tree, parents first; shared modules once."""
+    if record is None or "same_as" in record:
         return
     yield path, record
-    for name, child in (record.get("children") or {}).items():
+    for name, child in record["children"].items():
         yield from _layers(child, f"{path}.{name}" if path else name)
 
 
 def _width(record: dict) -> object:
-    attributes = record.get("attributes", {})
+    attributes = record["attributes"]
     for name in _WIDTH_ATTRIBUTES:
         if name in attributes:
             value = attributes[name]
-            return value["tuple"][-1] if isinstance(value, dict) and "tuple" in value else value
+            return value["tuple"][-1] if isinstance(value, dict) and value.get("tuple") else value
     return "-"
 
 
 def _parameter_bits(entry: dict) -> int:
-    elements = 1
-    for size in entry.get("shape", ()):
-        elements *= size
-    if entry.get("kind") == "quantized":
+    elements = math.prod(entry["shape"])
+    if entry["kind"] == "quantized":
         bits = entry["bits"]
-        return elements // max(len(bits), 1) * sum(bits)
-    return elements * _ELEMENT_BITS.get(entry.get("dtype"), 32)
+        return elements // max(len(bits), 1) * sum(bits)  # a zero-channel weight lists no bits
+    return elements * _ELEMENT_BITS[entry["dtype"]]
 
 
 def _bit_range(bits: tuple[int, int] | None) -> str:

@@ -3,10 +3,14 @@
 The file holds, for each quantized weight ``W`` (key ``k``), its levels ``W^Q / d`` as codes packed at
 the quantizer's integer bit width (``k.codes``, channel after channel when bits differ per channel,
 see ``packing.py``) and the quantizer's constrained ``d``, ``q_m``, ``t`` (``k.d``, ``k.q_m``,
-``k.t``); every other parameter and buffer as it is; and, in the safetensors metadata under
-``"geta"``, JSON with the architecture (``architecture.py``) and each tensor's kind, shape, dtype,
-bit widths, sign and axis. ``load`` checks every tensor against that JSON before rebuilding the
-module, and reproduces every quantized weight exactly as ``level * d``.
+``k.t``); each input quantizer's constrained ``d``, ``q_m``, ``t`` (what its forward uses, so outputs
+are the same); every other parameter and buffer as it is; and, in the safetensors metadata under
+``"geta"``, JSON with the architecture (``architecture.py``), each tensor's kind, shape, dtype,
+bit widths, sign and axis, and the SHA-256 of the tensor data (:func:`tensor_checksum`). ``load``
+checks the checksum, every tensor against that JSON and the JSON itself (``check_tree``) before
+rebuilding the module, and reproduces every quantized weight exactly as ``level * d``. A file of
+format version 1 (older geta, no checksum) still loads, with a warning, since damage to its tensors
+cannot be detected; saving it again adds the checksum.
 
 The loaded model is for inference: its weights are plain tensors holding the quantized values (a
 weight quantizer applied again would not give them back when t != 1), and its layers keep their input
@@ -18,8 +22,12 @@ file's state then replaces.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,16 +38,24 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from geta.errors import ModelError, SavedModelError
-from geta.export.architecture import SavedTensor, build, describe, load_into
+from geta.export.architecture import (
+    QUANTIZER_PARAMETERS,
+    SavedTensor,
+    build,
+    check_quantizer_parameter,
+    check_tree,
+    describe,
+    load_into,
+)
 from geta.export.packing import level_offset, level_range, pack, packed_size, unpack
 
 FORMAT = "geta.packed"
-VERSION = 1
+VERSION = 2  # version 1 files (no checksum) are read too, with a warning
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit on its JSON header
 _DTYPES = {str(dtype).removeprefix("torch."): dtype for dtype in (
     torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64, torch.int32, torch.int16,
     torch.int8, torch.uint8, torch.bool,
 )}
-_QUANTIZER_PARAMETERS = ("d", "q_m", "t")
 
 
 @dataclass
@@ -51,6 +67,19 @@ class Levels:
     bits: list[int]  # per channel (one entry per tensor when axis is None)
     signed: bool
     axis: int | None
+
+
+@dataclass
+class SavedFile:
+    """A saved model checked as a whole (see :func:`read_checked`): its geta JSON and architecture, its
+    tensors by file key (quantized weights as their values), and the bytes each stored tensor and the
+    safetensors header take in the file."""
+
+    header: dict
+    architecture: dict
+    tensors: dict[str, Tensor]
+    stored_bytes: dict[str, int]
+    header_bytes: int
 
 
 def save(model: nn.Module, path: str | os.PathLike) -> Path:
@@ -68,7 +97,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
             continue
         levels = quantized_levels(saved)
         tensors[f"{key}.codes"] = torch.from_numpy(_pack_channels(levels))
-        for name, value in zip(_QUANTIZER_PARAMETERS, saved.quantizer.constrained_parameters()):
+        for name, value in zip(QUANTIZER_PARAMETERS, saved.quantizer.constrained_parameters()):
             tensors[f"{key}.{name}"] = value.detach().to(levels.scale.dtype).cpu().contiguous().clone()
         entries[key] = {
             "kind": "quantized", "dtype": _dtype_name(saved.value), "shape": list(saved.value.shape),
@@ -76,15 +105,38 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
             "scale_dtype": _dtype_name(levels.scale),
         }
     for key, quantizer in description.input_quantizers.items():
-        for name in _QUANTIZER_PARAMETERS:
-            value = getattr(quantizer, name).detach().cpu().contiguous().clone()
+        for name, value in zip(QUANTIZER_PARAMETERS, quantizer.constrained_parameters()):
+            value = value.detach().cpu().contiguous().clone()
             tensors[f"{key}.{name}"] = value
             entries[f"{key}.{name}"] = {"kind": "float", "dtype": _dtype_name(value), "shape": list(value.shape)}
-    header = {"format": FORMAT, "version": VERSION, "architecture": description.tree, "tensors": entries}
+    header = {"format": FORMAT, "version": VERSION, "architecture": description.tree, "tensors": entries,
+              "tensor_sha256": tensor_checksum(tensors)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={"geta": json.dumps(header, separators=(",", ":"))})
+    path.chmod(new_file_mode())  # safetensors writes through a private (0600) temporary file
     return path
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process's umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def tensor_checksum(tensors: dict[str, Tensor]) -> str:
+    """The SHA-256 (hex) of ``tensors`` as stored: in name order, for each its name, dtype and shape as
+    JSON, then its bytes (little-endian, as safetensors stores them), each part preceded by its length."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        record = json.dumps([name, str(tensor.dtype).removeprefix("torch."), list(tensor.shape)]).encode()
+        data = tensor.reshape(-1).view(torch.uint8).numpy()
+        digest.update(struct.pack("<QQ", len(record), data.nbytes))
+        digest.update(record)
+        digest.update(data)
+    return digest.hexdigest()
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
@@ -98,13 +150,105 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     module, and is found before ``model`` changes except for a module class that differs only after
     widths are updated.
 
-    Raises SavedModelError when the file is not a geta model, is truncated, or its JSON and tensors
-    disagree (shapes, dtypes, sizes, codes out of range, unknown layer types); nothing from the file is
-    executed.
+    Raises SavedModelError, before anything is built, for everything :func:`read_checked` checks (a file
+    that is not a geta model, truncated, changed after saving, or whose JSON is malformed or disagrees
+    with its tensors), and while building for unknown layer types or widths that disagree with the
+    tensors; nothing from the file is executed. A version 1 file (no checksum) loads with a UserWarning.
     """
     if model is not None and not isinstance(model, nn.Module):
         raise ModelError(f"geta.load expects model= to be a torch.nn.Module, got {type(model).__name__}")
-    header, stored = read(path)
+    saved = read_checked(path)
+    try:
+        if model is None:
+            return build(saved.architecture, saved.tensors)
+        return load_into(model, saved.architecture, saved.tensors)
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as error:
+        if isinstance(error, SavedModelError):
+            raise
+        raise SavedModelError(f"{path}: the architecture cannot be rebuilt ({type(error).__name__}: {error}); "
+                              "the file is damaged") from error
+
+
+def read_checked(path: str | os.PathLike) -> SavedFile:
+    """The model saved at ``path`` with everything checked that can be without building it: a safetensors
+    file (its header length read and bounded first), a geta file of a known version, its tensors matching
+    their checksum, the tensor table (kinds, dtypes, shapes, bits, codes in range, quantizer parameters
+    finite and positive) and the architecture (:func:`check_tree`: types, references, no cycles).
+    Raises SavedModelError naming the problem; warns (UserWarning) for a version 1 file, which has no
+    checksum. ``geta.load`` and ``geta inspect`` both start here."""
+    path = Path(path)
+    header_bytes = 8 + _header_length(path)
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+            stored = {name: file.get_tensor(name) for name in file.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise SavedModelError(f"{path} is not a readable safetensors file (truncated or damaged?): {error}") from error
+    header = _parse_header(metadata, path)
+    if header["version"] == 1:
+        warnings.warn(f"{path} was saved by an older geta (format version 1) without a checksum of its tensors, so "
+                      "damage to them cannot be detected; save the loaded model again to add one", stacklevel=3)
+    elif tensor_checksum(stored) != header["tensor_sha256"]:
+        raise SavedModelError(f"{path}: the tensor data does not match its checksum: the file was changed or "
+                              "damaged after saving")
+    tensors = _tensors(header, stored)
+    architecture = _expect_dict(header.get("architecture"), "the architecture")
+    try:
+        check_tree(architecture, tensors)
+    except RecursionError as error:
+        raise SavedModelError(f"{path}: the architecture is nested too deeply to be a saved model") from error
+    stored_bytes = {name: tensor.numel() * tensor.element_size() for name, tensor in stored.items()}
+    return SavedFile(header, architecture, tensors, stored_bytes, header_bytes)
+
+
+def _header_length(path: Path) -> int:
+    """The length of the safetensors JSON header (the file's first 8 bytes, little-endian), refused before
+    anything is allocated when it cannot be one (an ONNX or other file renamed, or a truncated one)."""
+    if not path.is_file():
+        raise SavedModelError(f"{path} does not exist or is not a file")
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as file:
+            prefix = file.read(8)
+    except OSError as error:
+        raise SavedModelError(f"{path} cannot be read: {error.strerror or error}") from error
+    if len(prefix) < 8:
+        raise SavedModelError(f"{path} is not a readable safetensors file (truncated or damaged?): it has {size} bytes")
+    (length,) = struct.unpack("<Q", prefix)
+    if length > min(MAX_HEADER_BYTES, size - 8):
+        raise SavedModelError(
+            f"{path} is not a readable safetensors file (truncated or damaged, or another format such as ONNX "
+            f"renamed?): its first 8 bytes give a header of {length:,} bytes, more than the file's {size:,} bytes "
+            f"or the limit of {MAX_HEADER_BYTES:,}"
+        )
+    return length
+
+
+def _parse_header(metadata: dict[str, str], path: Path) -> dict:
+    """The geta JSON of a safetensors file's metadata, with its format, version and checksum field checked."""
+    if "geta" not in metadata:
+        raise SavedModelError(f"{path} is a safetensors file but not a model saved by geta.save (no 'geta' metadata)")
+    try:
+        header = json.loads(metadata["geta"])
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise SavedModelError(f"{path}: the geta JSON is not valid JSON ({error}); the file is damaged") from error
+    header = _expect_dict(header, "the geta JSON")
+    version = header.get("version")
+    if header.get("format") != FORMAT or type(version) is not int or version not in (1, VERSION):
+        raise SavedModelError(
+            f"{path} has format {header.get('format')!r} version {version!r}; "
+            f"this geta reads {FORMAT!r} versions 1 and {VERSION}"
+        )
+    checksum = header.get("tensor_sha256")
+    if version == VERSION and not (isinstance(checksum, str) and len(checksum) == 64):
+        raise SavedModelError(f"{path}: the geta JSON lacks the checksum of the tensor data (tensor_sha256); "
+                              "the file was changed after saving")
+    return header
+
+
+def _tensors(header: dict, stored: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The tensors by file key that the tensor table describes, each checked against its entry (quantized
+    weights as their values), and no stored tensor left undescribed."""
     tensors: dict[str, Tensor] = {}
     expected_names: set[str] = set()
     for key, entry in _expect_dict(header.get("tensors"), "the tensor table").items():
@@ -113,53 +257,14 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
             expected_names.add(key)
             tensors[key] = _checked(stored, key, _dtype(entry, "dtype", key), _shape(entry, key))
         elif entry.get("kind") == "quantized":
-            names = {f"{key}.codes"} | {f"{key}.{name}" for name in _QUANTIZER_PARAMETERS}
-            expected_names |= names
+            expected_names |= {f"{key}.codes"} | {f"{key}.{name}" for name in QUANTIZER_PARAMETERS}
             tensors[key] = _dequantize(key, entry, stored)
         else:
             raise SavedModelError(f"tensor {key!r} has kind {entry.get('kind')!r}; expected 'float' or 'quantized'")
     unexpected = sorted(set(stored) - expected_names)
     if unexpected:
         raise SavedModelError(f"the file holds tensors its JSON does not describe: {', '.join(unexpected[:5])}")
-    tree = _expect_dict(header.get("architecture"), "the architecture")
-    try:
-        return build(tree, tensors) if model is None else load_into(model, tree, tensors)
-    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as error:
-        if isinstance(error, SavedModelError):
-            raise
-        raise SavedModelError(f"{path}: the architecture cannot be rebuilt ({type(error).__name__}: {error}); "
-                              "the file is damaged") from error
-
-
-def read(path: str | os.PathLike) -> tuple[dict, dict[str, Tensor]]:
-    """The JSON header and the raw tensors of a saved model, checked to be a geta file."""
-    path = Path(path)
-    if not path.is_file():
-        raise SavedModelError(f"{path} does not exist or is not a file")
-    try:
-        with safe_open(str(path), framework="pt") as file:
-            metadata = file.metadata() or {}
-            stored = {name: file.get_tensor(name) for name in file.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise SavedModelError(f"{path} is not a readable safetensors file (truncated or damaged?): {error}") from error
-    return parse_header(metadata, path), stored
-
-
-def parse_header(metadata: dict[str, str], path: Path) -> dict:
-    """The geta JSON of a safetensors file's metadata, with its format and version checked."""
-    if "geta" not in metadata:
-        raise SavedModelError(f"{path} is a safetensors file but not a model saved by geta.save (no 'geta' metadata)")
-    try:
-        header = json.loads(metadata["geta"])
-    except (json.JSONDecodeError, RecursionError) as error:
-        raise SavedModelError(f"{path}: the geta JSON is not valid JSON ({error}); the file is damaged") from error
-    header = _expect_dict(header, "the geta JSON")
-    if header.get("format") != FORMAT or header.get("version") != VERSION:
-        raise SavedModelError(
-            f"{path} has format {header.get('format')!r} version {header.get('version')!r}; "
-            f"this geta reads {FORMAT!r} version {VERSION}"
-        )
-    return header
+    return tensors
 
 
 def quantized_levels(saved: SavedTensor) -> Levels:
@@ -204,12 +309,10 @@ def _dequantize(key: str, entry: dict, stored: dict[str, Tensor]) -> Tensor:
     ):
         raise SavedModelError(f"tensor {key!r}: 'bits' must list {channels} integers in 1..32")
     parameter_shape = () if axis is None else (channels,)
-    d = _checked(stored, f"{key}.d", scale_dtype, parameter_shape)
-    for name in ("q_m", "t"):
-        _checked(stored, f"{key}.{name}", scale_dtype, parameter_shape)
-    if not bool(torch.isfinite(d).all()) or not bool((d > 0).all()):
-        raise SavedModelError(f"tensor {key!r}: the step d must be finite and positive")
-    per_channel = int(np.prod(shape, dtype=np.int64)) // channels if channels else 0
+    for name in QUANTIZER_PARAMETERS:
+        check_quantizer_parameter(f"{key}.{name}", _checked(stored, f"{key}.{name}", scale_dtype, parameter_shape))
+    d = stored[f"{key}.d"]
+    per_channel = math.prod(shape) // channels if channels else 0
     sizes = [packed_size(per_channel, b) for b in bits]
     codes = _checked(stored, f"{key}.codes", torch.uint8, (sum(sizes),)).numpy()
     rows, start = [], 0
@@ -269,7 +372,7 @@ def _shape(entry: dict, key: str) -> tuple[int, ...]:
 
 def _dtype(entry: dict, field: str, key: str) -> torch.dtype:
     name = entry.get(field)
-    if name not in _DTYPES:
+    if not isinstance(name, str) or name not in _DTYPES:
         raise SavedModelError(f"tensor {key!r}: {field} {name!r} is not one of {', '.join(_DTYPES)}")
     return _DTYPES[name]
 

@@ -83,13 +83,18 @@ def _offline() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _quiet(transformers: ModuleType) -> Iterator[None]:
-    """transformers' warnings silenced for the block: the load report lists the unused pooler weights."""
+    """transformers' warnings and its loading progress bar silenced for the block: the load report lists
+    the unused pooler weights, and the bar would precede every line geta prints."""
     previous = transformers.logging.get_verbosity()
+    bar = transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     try:
         yield
     finally:
         transformers.logging.set_verbosity(previous)
+        if bar:
+            transformers.utils.logging.enable_progress_bar()
 
 
 def _import_transformers() -> ModuleType:

@@ -7,39 +7,82 @@ scaled to the default epochs.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from torch import nn
 
 from geta.data.split import Split
+from geta.data.text import TextData
 from geta.recipes.recipe import Recipe, register_recipe
 
 
-def _digits() -> tuple[nn.Module, Split]:
-    from geta.data.digits import load_digits
+def _digits_cnn() -> nn.Module:
     from geta.models.cnn import digits_cnn
 
-    return digits_cnn(), load_digits(seed=0)
+    return digits_cnn()
+
+
+def _digits_data() -> Split:
+    """The digits (bundled with scikit-learn and read in milliseconds, so checking the data loads them whole)."""
+    from geta.data.digits import load_digits
+
+    return load_digits(seed=0)
+
+
+def _digits() -> tuple[nn.Module, Split]:
+    return _digits_cnn(), _digits_data()
+
+
+def _fashion_mnist_folder() -> Path:
+    """Where load_fashion_mnist finds the four files, downloading them first where it would (cheap once there)."""
+    from geta.data.fashion_mnist import _find_or_download
+
+    return _find_or_download(None, download=os.environ.get("GETA_OFFLINE", "") in ("", "0"))
+
+
+def _resnet20() -> nn.Module:
+    from geta.models.cifar import ResNet20
+
+    return ResNet20(classes=10, in_channels=1)
 
 
 def _resnet20_fmnist() -> tuple[nn.Module, Split]:
     from geta.data.fashion_mnist import load_fashion_mnist
-    from geta.models.cifar import ResNet20
 
-    return ResNet20(classes=10, in_channels=1), load_fashion_mnist(seed=0)
+    return _resnet20(), load_fashion_mnist(seed=0)
+
+
+def _vgg7() -> nn.Module:
+    from geta.models.cifar import vgg7_bn
+
+    return vgg7_bn(classes=10, in_channels=1, image_size=28)
 
 
 def _vgg7_fmnist() -> tuple[nn.Module, Split]:
     from geta.data.fashion_mnist import load_fashion_mnist
-    from geta.models.cifar import vgg7_bn
 
-    return vgg7_bn(classes=10, in_channels=1, image_size=28), load_fashion_mnist(seed=0)
+    return _vgg7(), load_fashion_mnist(seed=0)
+
+
+def _bbc_news() -> TextData:
+    """The articles (read in hundredths of a second, so checking the data loads them whole)."""
+    from geta.data.bbc_news import load_bbc_news
+
+    return load_bbc_news(seed=0)
+
+
+def _minilm() -> nn.Module:
+    from geta.models.minilm import minilm_classifier
+
+    return minilm_classifier(len(_bbc_news().classes), max_length=128)[0]
 
 
 def _minilm_bbc() -> tuple[nn.Module, Split]:
-    from geta.data.bbc_news import load_bbc_news
     from geta.data.text import tokenize_split
     from geta.models.minilm import minilm_classifier
 
-    data = load_bbc_news(seed=0)
+    data = _bbc_news()
     model, tokenizer = minilm_classifier(len(data.classes), max_length=128)
     return model, tokenize_split(data, tokenizer)
 
@@ -49,6 +92,8 @@ CNN_DIGITS = register_recipe(Recipe(
     description="small CNN (14k weights) on sklearn digits; weights+activations, 50% of channels removed, 4-8 bits",
     expected_time="under 1 min",
     setup=_digits,
+    check_data=_digits_data,
+    build_model=_digits_cnn,
     quantize="weights+activations",
     dense_epochs=10,
     epochs=25,
@@ -69,6 +114,8 @@ RESNET20_FMNIST = register_recipe(Recipe(
     description="ResNet20 on Fashion-MNIST (paper Table 2); weights only, 40% of channels removed, 4-8 bits",
     expected_time="about 1.5 h",
     setup=_resnet20_fmnist,
+    check_data=_fashion_mnist_folder,
+    build_model=_resnet20,
     quantize="weights",
     dense_epochs=10,
     epochs=10,
@@ -87,6 +134,8 @@ VGG7_FMNIST = register_recipe(Recipe(
     description="VGG7 on Fashion-MNIST (paper Table 3); weights+activations, 50% of channels removed, 4-8 bits",
     expected_time="about 4 h",
     setup=_vgg7_fmnist,
+    check_data=_fashion_mnist_folder,
+    build_model=_vgg7,
     quantize="weights+activations",
     dense_epochs=10,
     epochs=10,
@@ -105,6 +154,8 @@ MINILM_BBC = register_recipe(Recipe(
     description="pretrained MiniLM-L6 fine-tuned on BBC News (paper Table 5); weights only, 50% of groups, 4-8 bits",
     expected_time="about 25 min",
     setup=_minilm_bbc,
+    check_data=_bbc_news,
+    build_model=_minilm,
     quantize="weights",
     dense_epochs=2,
     epochs=4,

@@ -25,6 +25,11 @@ class Recipe:
     ``skip``: layers kept at full precision (``geta.FIRST`` / ``geta.LAST``, names, globs).
     ``threads``: CPU threads ``geta compress`` gives torch (None: torch's default); a small model's
     tensors are too small for several threads to pay off.
+    ``check_data()`` and ``build_model()`` let ``geta compress`` check a run before it loads the data
+    (:func:`geta.run.harness.check_run`): ``check_data()`` raises what ``setup()`` would when the data
+    cannot be found (cheaply: files, packages; what it returns is ignored); ``build_model()`` builds
+    the model as ``setup()`` does but without the data, so that the ``skip`` names are checked
+    against its layers. Left None, both are checked once ``setup()`` has run, still before training.
     """
 
     name: str
@@ -45,6 +50,8 @@ class Recipe:
     skip: tuple[object, ...] = (FIRST, LAST)
     pretrained: bool = False
     threads: int | None = None
+    check_data: Callable[[], object] | None = None
+    build_model: Callable[[], nn.Module] | None = None
 
 
 RECIPES: dict[str, Recipe] = {}

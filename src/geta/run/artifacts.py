@@ -1,15 +1,22 @@
 """What ``geta compress`` writes: report.json, report.md, the plots and the compact model
-(``model.safetensors`` with packed integers and ``model.onnx``, by ``geta.export.write_artifacts``)."""
+(``model.safetensors`` with packed integers and ``model.onnx``, by ``geta.export.write_artifacts``),
+staged in a folder beside the target and renamed into place once complete (:func:`staged_folder`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import safetensors.torch
 
 from geta.errors import SavedModelError
 from geta.export import write_artifacts
+from geta.export.packed import new_file_mode
 from geta.run.plots import plot_curves, plot_layers
 from geta.run.result import RunResult
 
@@ -40,7 +47,74 @@ def write_run(result: RunResult, out_dir: Path) -> dict[str, Path]:
     paths["report_json"].write_text(json.dumps(data, indent=2) + "\n")
     paths["report_md"] = out_dir / "report.md"
     paths["report_md"].write_text(markdown(result, paths, data.get("export_error", "")))
+    mode = new_file_mode()  # the state-dict fallback is written by safetensors too (0600)
+    for path in paths.values():
+        path.chmod(mode)
     return paths
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """A new folder beside ``out`` (``.NAME.tmp-RANDOM``) to write a run into, renamed to ``out`` when the
+    block completes, so that ``out`` never holds a half-written run.
+
+    An ``out`` that holds files is replaced as a whole, and only with ``overwrite``: no old file stays
+    beside the new ones. On any exception, KeyboardInterrupt included, the staged folder and the parent
+    folders made for it are removed and ``out`` is left as it was. A symbolic link is followed: the
+    folder it points to is the one replaced."""
+    target = out.resolve()
+    created = make_folders(target.parent)
+    staging = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
+    try:
+        staging.mkdir()
+        yield staging
+        _publish(staging, target, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        remove_folders(created)
+        raise
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns those created, outermost first (for
+    :func:`remove_folders`). None is left behind when one cannot be made."""
+    created: list[Path] = []
+    try:
+        for path in [*reversed(folder.parents), folder]:
+            if not path.exists():
+                path.mkdir()
+                created.append(path)
+    except BaseException:
+        remove_folders(created)
+        raise
+    return created
+
+
+def remove_folders(created: list[Path]) -> None:
+    """Remove the folders :func:`make_folders` created, innermost first, as far as they are still empty."""
+    for path in reversed(created):
+        try:
+            path.rmdir()
+        except OSError:
+            return
+
+
+def _publish(staging: Path, target: Path, overwrite: bool) -> None:
+    """Rename ``staging`` to ``target``; a ``target`` with files in it is moved aside first (with
+    ``overwrite``), put back if the rename fails, and deleted once the new folder is in place."""
+    if not (target.is_dir() and any(target.iterdir())):
+        os.replace(staging, target)
+        return
+    if not overwrite:
+        raise FileExistsError(f"{target} holds files of an earlier run; pass overwrite=True to replace it")
+    old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
+    os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old)
 
 
 def write_comparison(results: list[RunResult], out_dir: Path) -> dict[str, Path]:

@@ -23,6 +23,7 @@ from geta.graph.inputs import ExampleInputs
 from geta.metrics.cost import count_macs
 from geta.optim.qasso import BASE_OPTIMIZERS
 from geta.optim.schedule import Schedule
+from geta.quant.prepare import find_layers, resolve_skip
 from geta.recipes.recipe import Recipe, get_recipe
 from geta.run.costs import dense_cost, estimated_rel_bops, layer_rows, model_report
 from geta.run.loop import accuracy, batches_per_epoch, constant_then_cosine, shuffled_batches, train
@@ -38,6 +39,27 @@ INITIAL_BITS = 16  # quantizers start here; QASSO's projection brings them into 
 STAGE_ARGUMENTS = (
     "warmup_steps", "projection_periods", "projection_steps", "pruning_periods", "pruning_steps", "stage_shares",
 )
+
+
+def check_run(recipe: Recipe | str, settings: Settings | None = None) -> None:
+    """Check, before the run loads its data or trains, what a run of ``recipe`` needs: the
+    settings, that the data can be found (``recipe.check_data``) and that every ``skip`` entry names
+    a layer of the model (built by ``recipe.build_model``). Raises :class:`geta.GetaError` (a
+    :class:`ConfigError` for a wrong setting) with what to do."""
+    recipe = _recipe(recipe)
+    resolved = (settings or Settings()).resolve(recipe)
+    if recipe.check_data is not None:
+        recipe.check_data()
+    if recipe.build_model is not None:
+        check_skip(recipe.build_model(), resolved.skip)
+
+
+def check_skip(model: torch.nn.Module, skip: tuple[str, ...]) -> None:
+    """ConfigError unless every ``skip`` entry matches a quantizable layer of ``model``, as
+    :class:`geta.GETA` checks them (which the methods only build after the dense stage). Module order
+    stands in for the order the layers run in: only whether ``FIRST`` / ``LAST`` find a layer counts."""
+    layers = find_layers(model)
+    resolve_skip(skip, layers, {}, layers)
 
 
 def run_recipe(
@@ -101,6 +123,7 @@ def train_dense(
     start = time.perf_counter()
     torch.manual_seed(resolved.seed)
     model, split = recipe.setup()
+    check_skip(model, resolved.skip)
     per_epoch = batches_per_epoch(split.train_y, recipe.batch_size, resolved.limit_batches)
     _check_budget(resolved, per_epoch)
     steps = resolved.dense_epochs * per_epoch
