@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from geta.cli import _check_out, app
 from geta.errors import GetaError
+from geta.export.packed import new_file_mode
 from geta.recipes import RECIPES, Recipe, get_recipe
 from geta.run import RunResult, Settings, run_methods
-from geta.export.packed import new_file_mode
 
 runner = CliRunner()
 TINY = ["--dense-epochs", "1", "--epochs", "2", "--limit-batches", "10"]
@@ -186,5 +186,9 @@ def test_compress_runs_and_ends_by_printing_where_the_report_is(tmp_path: Path) 
     assert last.startswith("report: ") and str(out / "report.md") in last
     report = json.loads((out / "report.json").read_text())
     assert report["group_sparsity"] == 0.25 and report["settings"]["sparsity"] == 0.25
+    rows = report["latency"]["batches"]
+    assert [row["batch"] for row in rows] == [1, 64] and all(row["dense_ms"] > 0 < row["artifact_ms"] for row in rows)
+    markdown = (out / "report.md").read_text()
+    assert markdown.count(" than the dense model, measured.") == 2 and "## Latency" in markdown
     assert {"report.md", "layers.png", "curves.png", "model.safetensors", "model.onnx"} <= {p.name for p in out.iterdir()}
     assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {new_file_mode()}, "every artifact has one mode"

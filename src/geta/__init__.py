@@ -3,7 +3,7 @@
 from geta.api import GETA
 from geta.errors import ConfigError, GetaError, ModelError, SavedModelError
 from geta.export import export_onnx, load, save
-from geta.metrics.report import LayerReport, Report
+from geta.metrics.report import LayerReport, Report, report
 from geta.optim.qasso import QASSO, QassoMetrics
 from geta.optim.schedule import Stage
 from geta.pruning.heads import register_attention
@@ -13,27 +13,28 @@ from geta.quant.quantizer import Quantizer
 from geta.registry import AttentionAttributes, LayerSpec, ModuleRecord, register_module
 
 __all__ = [
-    "AttentionAttributes",
     "FIRST",
     "GETA",
     "LAST",
+    "QASSO",
+    "AttentionAttributes",
     "ConfigError",
     "GetaError",
     "LayerReport",
     "LayerSpec",
     "ModelError",
     "ModuleRecord",
-    "SavedModelError",
-    "QASSO",
     "QassoMetrics",
     "Quantizer",
     "Report",
+    "SavedModelError",
     "Stage",
     "export_onnx",
     "load",
     "register_attention",
     "register_layer",
     "register_module",
+    "report",
     "save",
 ]
 __version__ = "0.1.0"

@@ -18,7 +18,7 @@ from geta.graph.dependency import DependencyAnalysis, Structure
 from geta.graph.inputs import ExampleInputs, model_device
 from geta.graph.nonnegative import layer_inputs, nonnegative_nodes
 from geta.metrics.cost import count_macs
-from geta.metrics.report import Report, build_report
+from geta.metrics.report import Report, build_report, model_layers
 from geta.optim.qasso import QASSO
 from geta.pruning.groups import Group, SearchSpace
 from geta.pruning.subnet import construct_subnet
@@ -34,6 +34,7 @@ from geta.quant.prepare import (
     remove_input_quantizer,
     resolve_skip,
 )
+from geta.quant.quantizer import Exponent
 
 QuantizeMode = Literal["weights", "weights+activations", "none"]
 _MODES = ("weights", "weights+activations", "none")
@@ -52,6 +53,8 @@ class GETA:
             ``geta.LAST`` name the first and last layer the model runs.
         weight_bits, act_bits: initial bit widths of weight and activation quantizers.
         per_channel: quantize weights per output channel instead of per tensor.
+        exponent: ``"learned"`` (each quantizer learns its exponent t) or ``"fixed"`` (t stays 1: uniform
+            levels, which integer runtimes need for their kernels; see ``geta.export_onnx``).
         calibration_data: batches (shaped like ``example_inputs``) that set activation ranges;
             defaults to ``example_inputs`` alone.
         inplace: modify ``model`` itself instead of a copy.
@@ -71,6 +74,7 @@ class GETA:
         weight_bits: int = 16,
         act_bits: int = 16,
         per_channel: bool = False,
+        exponent: Exponent = "learned",
         calibration_data: Iterable[object] | None = None,
         inplace: bool = False,
     ) -> None:
@@ -108,9 +112,9 @@ class GETA:
         if quantize == "none":
             return
         unsigned = self._nonnegative_inputs(active) if quantize == "weights+activations" else set()
-        attach_weight_quantizers(active, weight_bits, per_channel)
+        attach_weight_quantizers(active, weight_bits, per_channel, exponent)
         if quantize == "weights+activations":
-            attach_input_quantizers(active, act_bits, unsigned)
+            attach_input_quantizers(active, act_bits, unsigned, exponent)
             self.calibrate(calibration_data if calibration_data is not None else [example_inputs])
 
     def calibrate(self, batches: Iterable[object]) -> None:
@@ -126,11 +130,20 @@ class GETA:
                 )
 
     def report(self) -> Report:
-        """MACs, BOPs, relative BOPs, size and per-layer bits and widths of the current model (a warning
-        says so when QASSO has not finished its schedule)."""
+        """MACs, BOPs, relative BOPs, size and per-layer bits and widths of the model as
+        ``construct_subnet()`` would compact it (zeroed groups removed, bits kept), rel. BOPs over the
+        dense model's MACs x 32 x 32; a warning says so when QASSO has not finished its schedule."""
         self._warn_if_unfinished("report()")
-        macs = count_macs(self.model, self.example_inputs, self.layers)
-        return build_report(self.model, self.layers, macs, group_sparsity=self.group_sparsity())
+        # The model as construct_subnet() would compact it: zeroed groups of the search space (once
+        # it is built) removed, bits kept; rel. BOPs over this model's own, dense MACs.
+        dense = count_macs(self.model, self.example_inputs, self.layers)
+        removed = self.groups.zero_mask() if self._space is not None else None
+        if removed is None or not removed.any():
+            return build_report(self.model, self.layers, dense, group_sparsity=self.group_sparsity())
+        compact = construct_subnet(self.model, self.groups, removed)
+        layers = model_layers(compact, dict(self.unquantized()))
+        macs = count_macs(compact, self.example_inputs, layers)
+        return build_report(compact, layers, macs, group_sparsity=self.group_sparsity(), dense_macs=dense.total)
 
     @property
     def groups(self) -> SearchSpace:

@@ -172,7 +172,7 @@ def compress(
         results = _run(chosen, settings, methods, threads, quiet)
         try:
             with staged_folder(out, overwrite=overwrite) as staging:
-                lines = _write(results, staging, out)
+                lines = _write(results, staging, out, threads or 1)
         except OSError as error:
             raise _error(f"--out {out}: cannot write there ({error.strerror or error})", 1) from None
     except KeyboardInterrupt:
@@ -252,15 +252,17 @@ def _run(recipe: Recipe, settings: Settings, methods: list[str], threads: int | 
         torch.set_num_threads(previous_threads)
 
 
-def _write(results: list[RunResult], staging: Path, out: Path) -> list[str]:
+def _write(results: list[RunResult], staging: Path, out: Path, threads: int) -> list[str]:
     """Write ``results`` into ``staging`` (a subfolder each and comparison.md when several), which becomes
-    ``out``; returns the lines that sum each up and say where its report is."""
+    ``out``; returns the lines that sum each up and say where its report is. Latency is timed on
+    ``threads`` onnxruntime threads (``--threads``, else one: a figure that does not depend on the machine's
+    core count)."""
     from geta.run.artifacts import write_comparison, write_run
 
     lines = []
     for result in results:
         staged, final = (staging, out) if len(results) == 1 else (staging / result.method, out / result.method)
-        paths = write_run(result, staged)
+        paths = write_run(result, staged, threads=threads)
         lines.append(f"{result.method}: test accuracy {result.accuracy:.4f} (dense {result.accuracy_dense:.4f}), "
                      f"rel. BOPs {100 * result.rel_bops:.3f}%, group sparsity {100 * result.group_sparsity:.1f}%, "
                      f"{result.params:,} of {result.params_dense:,} params, {result.wall_s:.1f} s")

@@ -1,5 +1,5 @@
-"""geta.export_onnx: opset-21 graphs that pass onnx.checker, integer weights behind DequantizeLinear
-(INT4 up to 4 bits), Q/DQ activations, and onnxruntime outputs that match the torch compact model."""
+"""geta.export_onnx: opset-21 graphs that pass onnx.checker, integer weights (INT8 up to 8 bits, INT4 up to
+4 with weights="int4"), Q/DQ activations, and onnxruntime outputs that match the torch compact model."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 from compact_models import TinyEncoder, compact
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 from torch import nn
 
 import geta
@@ -28,8 +28,9 @@ def _run_both(model: nn.Module, x: torch.Tensor, path: Path) -> tuple[np.ndarray
 
 
 def _weight_types(graph: onnx.GraphProto) -> list[int]:
+    """The types of the integer weight levels: read by a DequantizeLinear or by a Cast (to float)."""
     initializers = {i.name: i for i in graph.initializer}
-    weights = [n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in initializers]
+    weights = [n.input[0] for n in graph.node if n.op_type in ("DequantizeLinear", "Cast") and n.input[0] in initializers]
     return [initializers[name].data_type for name in weights]
 
 
@@ -54,15 +55,22 @@ def test_weights_only_export_matches_torch_to_float_rounding(name: str, tmp_path
     assert len(types) >= quantized and set(types) <= {TensorProto.INT4, TensorProto.INT8}
 
 
-def test_weights_of_at_most_4_bits_are_int4(tmp_path: Path) -> None:
-    g = geta.GETA(nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)), torch.randn(2, 8), weight_bits=4)
+@pytest.mark.parametrize(("weights", "bits", "expected"), [("int8", 4, TensorProto.INT8), ("int4", 4, TensorProto.INT4),
+                                                        ("int4", 8, TensorProto.INT8)])
+def test_weight_format_picks_the_container(weights: str, bits: int, expected: int, tmp_path: Path) -> None:
+    """INT8 up to 8 bits by default (onnxruntime's integer kernels read it); weights="int4" packs up to 4 bits."""
+    g = geta.GETA(nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)), torch.randn(2, 8), weight_bits=bits)
     model = g.construct_subnet().eval()
-    g8 = geta.GETA(nn.Sequential(nn.Linear(8, 6)), torch.randn(2, 8), weight_bits=8)
-    for m, expected in ((model, TensorProto.INT4), (g8.construct_subnet().eval(), TensorProto.INT8)):
-        path = geta.export_onnx(m, torch.randn(2, 8), tmp_path / "m.onnx")
-        ref, out, graph_model = _run_both(m, torch.randn(4, 8), path)
-        assert set(_weight_types(graph_model.graph)) == {expected}
-        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    path = geta.export_onnx(model, torch.randn(2, 8), tmp_path / "m.onnx", weights=weights)
+    ref, out, graph_model = _run_both(model, torch.randn(4, 8), path)
+    assert set(_weight_types(graph_model.graph)) == {expected}
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_an_unknown_weight_format_is_refused(tmp_path: Path) -> None:
+    model = geta.GETA(nn.Sequential(nn.Linear(8, 6)), torch.randn(2, 8)).construct_subnet()
+    with pytest.raises(geta.ConfigError, match="weights='int2'"):
+        geta.export_onnx(model, torch.randn(2, 8), tmp_path / "m.onnx", weights="int2")
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -97,8 +105,8 @@ def _away_from_boundaries(d: float, q_m: float, t: float, top: int, signed: bool
                                                    (0.8, True, 4), (1.0, True, 12), (0.9, True, 20)])
 def test_activation_pattern_is_the_quantizer(t: float, signed: bool, bits: int, tmp_path: Path) -> None:
     """One quantized input feeding an identity weight: onnxruntime equals torch away from level boundaries,
-    for t == 1 and t != 1, signed and unsigned, INT4/UINT4, INT8/UINT8, INT16 and (beyond 16 bits) plain
-    float ops."""
+    for t == 1 and t != 1, signed and unsigned, UINT8 codes up to 8 bits (zero point 128 when signed),
+    INT16 / UINT16 and (beyond 16 bits) plain float ops."""
     layer = nn.Linear(64, 64, bias=False)
     with torch.no_grad():
         layer.weight.copy_(torch.eye(64))
@@ -117,10 +125,10 @@ def test_activation_pattern_is_the_quantizer(t: float, signed: bool, bits: int, 
     ref, out, graph_model = _run_both(model, x, path)
     ops = [n.op_type for n in graph_model.graph.node]
     assert ("QuantizeLinear" in ops) == (bits <= 16) and ("Exp" in ops) == (t != 1.0)
-    zero_points = [i.data_type for i in graph_model.graph.initializer if i.name.endswith("zero_point")]
-    expected = {3: TensorProto.UINT4, 4: TensorProto.INT4, 5: TensorProto.INT8, 6: TensorProto.UINT8, 8: TensorProto.INT8,
-                12: TensorProto.INT16}
-    assert zero_points == ([expected[bits]] if bits in expected else [])
+    zero_points = [numpy_helper.to_array(i) for i in graph_model.graph.initializer
+                   if i.name.startswith("geta_act") and i.name.endswith("zero_point")]
+    expected = {bits: (np.uint8, 128 if signed else 0) for bits in (3, 4, 5, 6, 8)} | {12: (np.int16, 0)}
+    assert [(z.dtype, int(z)) for z in zero_points] == ([expected[bits]] if bits in expected else [])
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
 
 

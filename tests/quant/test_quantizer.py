@@ -1,5 +1,6 @@
 """Tests for ``geta.quant.quantizer.Quantizer``: positivity, bit-width setting and projection,
-range initialization, observation mode, and near-lossless behaviour at 16 bits."""
+range initialization, observation mode, near-lossless behaviour at 16 bits, and the fixed exponent
+(t = 1 through QASSO)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import geta
 from geta.errors import ConfigError
 from geta.quant.quantizer import Quantizer
 
@@ -194,3 +196,38 @@ def test_gradients_reach_parameters():
     for p in (quantizer.d, quantizer.q_m, quantizer.t):
         assert p.grad is not None and p.grad.shape == (4,) and torch.isfinite(p.grad).all()
     assert math.isfinite(quantizer.q_m.grad.abs().sum().item()) and quantizer.q_m.grad.abs().sum() > 0
+
+
+def test_exponent_mode_is_checked():
+    assert Quantizer(8).t.requires_grad and not Quantizer(8, exponent="fixed").t.requires_grad
+    with pytest.raises(ConfigError, match="exponent='fix'"):
+        Quantizer(8, exponent="fix")
+
+
+def test_constrain_writes_a_fixed_exponent_back_to_one():
+    quantizer = Quantizer(8, axis=0, channels=3, exponent="fixed")
+    _set(quantizer, t=1.3)
+    quantizer.constrain_()
+    assert torch.equal(quantizer.t, torch.ones(3))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_fixed_exponent_stays_one_through_qasso(optimizer):
+    """QASSO collects every quantizer parameter; t (no grad) is skipped by the base optimizer and stays
+    exactly 1, while d and q_m train."""
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 8, generator=generator), torch.randn(32, 4, generator=generator)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    g = geta.GETA(model, x, quantize="weights+activations", weight_bits=8, act_bits=8, per_channel=True,
+                  exponent="fixed")
+    quantizers = [m for m in g.model.modules() if isinstance(m, Quantizer)]
+    before = [(q.d.detach().clone(), q.q_m.detach().clone()) for q in quantizers]
+    opt = g.qasso(optimizer, lr=1e-2, lr_quant=1e-2, target_sparsity=0.25, total_steps=10)
+    for _ in range(10):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(g.model(x), y).backward()
+        opt.step()
+    assert len(quantizers) == 4
+    for quantizer in quantizers:
+        assert not quantizer.t.requires_grad and torch.equal(quantizer.t, torch.ones_like(quantizer.t))
+    assert any(not torch.equal(q.d, d) or not torch.equal(q.q_m, q_m) for q, (d, q_m) in zip(quantizers, before))

@@ -17,6 +17,7 @@ from rich.console import Console
 import geta.export
 from geta.data.split import select
 from geta.errors import ConfigError, SavedModelError
+from geta.export.packed import new_file_mode
 from geta.recipes import get_recipe
 from geta.run import (
     METHODS,
@@ -28,14 +29,18 @@ from geta.run import (
     run_recipe,
     train_dense,
 )
-from geta.export.packed import new_file_mode
 from geta.run.artifacts import write_comparison, write_run
 from geta.run.harness import decay_start
 from geta.run.loop import logits
 
 TINY = Settings(dense_epochs=1, epochs=2, limit_batches=10, seed=0)
 REPORT_KEYS = {"accuracy_dense", "accuracy", "rel_bops", "group_sparsity", "params", "size_bits", "layers",
-               "wall_s", "settings", "curves", "stages"}
+               "wall_s", "settings", "curves", "stages", "latency"}
+
+
+def measured(ratio: float) -> str:
+    """How report.md words a measured dense / compressed latency ratio."""
+    return (f"{ratio:.1f} times faster" if ratio >= 1 else f"{1 / ratio:.1f} times slower") + " than the dense model, measured"
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +98,13 @@ def test_every_artifact_is_written_and_the_saved_model_runs(results: dict[str, R
         with Image.open(paths[name]) as image:
             image.verify()
     assert "| test accuracy |" in paths["report_md"].read_text()
+    latency = data["latency"]
+    assert latency["not_measured"] is None and latency["threads"] == 1
+    assert [row["batch"] for row in latency["batches"]] == [1, 64]  # cnn-digits' batch size
+    for row in latency["batches"]:
+        assert row["dense_ms"] > 0 and row["artifact_ms"] > 0
+        assert row["ratio"] == pytest.approx(row["dense_ms"] / row["artifact_ms"])
+        assert f"At batch {row['batch']} the compressed model is {measured(row['ratio'])}." in paths["report_md"].read_text()
     loaded = geta.export.load(paths["safetensors"]).eval()
     x = select(result.example, slice(0, 2))
     with torch.no_grad():
@@ -169,6 +181,9 @@ def test_a_model_geta_export_cannot_save_is_written_as_a_state_dict(
     assert "not allow-listed" in data["export_error"] and data["files"]["state_dict"] == "model_state_dict.safetensors"
     assert safetensors.torch.load_file(paths["state_dict"]).keys() == results["geta"].model.state_dict().keys()
     assert "not allow-listed" in paths["report_md"].read_text()
+    assert data["latency"]["batches"] == [] and "not allow-listed" in data["latency"]["not_measured"]
+    latency = paths["report_md"].read_text().split("## Latency")[1].split("## Layers")[0]
+    assert latency.strip() == f"Not measured: no ONNX artifact to time: {data['export_error']}."
 
 
 def test_skip_chooses_the_full_precision_layers_of_every_method() -> None:

@@ -1,19 +1,54 @@
-"""``geta.export_onnx``: a compact model as ONNX (opset 21) with integer weights and Q/DQ activations.
+"""``geta.export_onnx``: a compact model as ONNX (opset 21) with integer weights and Q/DQ activations, laid
+out so that onnxruntime runs integer kernels wherever the model's own quantizers allow it.
 
-Weights. A quantized weight is x^Q = d * level with integer levels, so it is exported exactly as
-``DequantizeLinear(levels, scale=d)`` (zero point 0, per axis when the quantizer is per channel) with
-the levels in the smallest ONNX integer type that holds every channel's bits: INT4 up to 4 bits (opset
-21; onnxruntime runs it), INT8 up to 8, INT16 up to 16, INT32 beyond.
+Weights. A quantized weight is x^Q = d * level with integer levels, stored as those levels (raw bytes) and
+the step d. Levels of up to 8 bits are INT8 (the type of onnxruntime's integer kernels); with
+``weights="int4"`` levels of up to 4 bits are INT4 instead, half the bytes but read by no integer kernel.
+Beyond 8 bits they are INT16, beyond 16 INT32. The weight is ``DequantizeLinear(levels, d)`` (zero point 0,
+per axis when the quantizer is per channel), except in a layer that reads a quantized input but is not
+fused into an integer kernel (below): there it is ``Cast(levels) * d``, which onnxruntime folds into a
+float constant when a session starts (it never folds a DequantizeLinear, whose float op would recompute it
+on every run). Both give level * d exactly as torch does.
+
+Batch norm. An eval-mode BatchNormalization that alone reads the output of a Conv or Gemm, an output
+that feeds nothing else, is folded into it: with f = gamma / sqrt(var + eps) per channel, the step of
+channel c becomes d_c |f_c| (its levels negated where f_c < 0, so they stay exact) and the bias
+(b - mean) f + beta.
 
 Activations. An input quantizer computes sign(x) * d * min(round(c^t / d), N), c = min(|x|, q_m),
-N = floor(q_m^t / d). With t == 1 that is exactly ``QuantizeLinear(x, d) -> DequantizeLinear -> Clip(-N d,
-N d)`` (unsigned: Clip(0, N d)); the clip is needed because N is usually below the integer type's
-limit. With t != 1 the levels are uniform in c^t, not in x, so the pair is applied to the warped input
-``sign(x) * exp(t * log(min(|x|, q_m)))`` (unsigned: ``relu`` in place of ``|x|`` and no sign), which is
-the quantizer's formula; onnxruntime's exp/log may differ from torch's in the last bit, which can move
-an element to the neighbouring level. Activations take INT4/UINT4 up to 4 bits, INT8/UINT8 up to 8
-and INT16/UINT16 up to 16; a quantizer of more than 16 bits (no such QuantizeLinear type) is exported as the same arithmetic
-(Div, Round, Clip, Mul) without Q/DQ.
+N = floor(q_m^t / d). With t = 1 that is ``QuantizeLinear(x, d, z) -> Clip -> DequantizeLinear(d, z)``
+with the Clip on the integer codes: [z - N, z + N] (unsigned: [0, N]). Up to 8 bits the codes are UINT8,
+z = 128 for a signed quantizer and 0 for an unsigned one, and the Clip is left out where it is the whole
+UINT8 range; clipping the codes between Q and DQ keeps the DQ a direct input of the next op and the Q a
+direct output of the previous one, which onnxruntime's QDQ fusion needs. Beyond 8 bits (INT16 / UINT16,
+z = 0; onnxruntime has no 16-bit integer Clip) the input is clipped to [-N d, N d] before Q instead, the
+same function: N d / d rounds to N. Beyond 16 bits (no QuantizeLinear type) the same arithmetic is
+exported as Clip, Div, Round and Mul. With t != 1 the levels are uniform in c^t, not in x, so Q is
+applied to the warped input ``sign(x) * exp(t * log(min(|x|, q_m)))`` (unsigned: ``relu`` in place of
+``|x|`` and no sign), the quantizer's own formula.
+
+Integer kernels (onnxruntime's CPU provider with its default graph optimizations). Quantizers are first
+moved above the data-movement ops that feed them alone (Flatten, Reshape, Transpose, Squeeze, Unsqueeze,
+MaxPool: the same codes either way). A Conv then runs as QLinearConv when its input is an activation
+quantized to at most 8 bits, its weight is INT8 and its output (batch norm folded) feeds only a quantizer
+of at most 8 bits, directly or through a Relu (then an unsigned one); a Gemm runs as QGemm and a MatMul as
+MatMulIntegerToFloat whenever their input is such an activation. Everything else computes in float on
+the exact quantized values: a conv whose output goes into a residual Add, for instance, which the torch
+model adds in float.
+
+Which export is exact for which quantizer:
+
+* t = 1 (``GETA(..., exponent="fixed")``): the graph computes the torch model's function, up to float
+  rounding (summation order, the folded batch norm) and the int32 bias that onnxruntime gives a fused
+  kernel (the float bias rounded to a multiple of the input step times the weight step), either of which
+  can move an activation lying on a level boundary to the neighbouring level. Integer kernels apply as
+  above.
+* t != 1 (``exponent="learned"``): the warped-input pattern. The warp runs in float before each Q, and
+  onnxruntime's exp/log may differ from torch's in the last bit, which can move an element to the
+  neighbouring level. The levels a quantizer outputs are still uniform, so a MatMul or Gemm reading them
+  still runs an integer kernel, but a Conv whose output feeds a warped quantizer (the warp lies between)
+  runs in float.
+* Weights only (float activations): exact weights and float activations, no integer speed claimed.
 
 The model, of any module class, is traced by torch's TorchScript exporter (opset 20) with the quantizers as
 placeholder nodes, which are then replaced by the patterns above in an opset-21 graph; ``onnx.checker``
@@ -26,7 +61,10 @@ from __future__ import annotations
 import copy
 import os
 import warnings
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -35,7 +73,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from geta.errors import ModelError, SavedModelError
+from geta.errors import ConfigError, ModelError, SavedModelError
 from geta.export.architecture import Description, describe
 from geta.export.packed import quantized_levels
 from geta.graph.inputs import ExampleInputs
@@ -47,19 +85,29 @@ from geta.quant.quantizer import Quantizer
 OPSET = 21
 IR_VERSION = 10  # the first with INT4 / UINT4 (onnx 1.16); opset 21 belongs to it
 _DOMAIN = "geta"
+WeightFormat = Literal["int8", "int4"]
+_WEIGHT_FORMATS = ("int8", "int4")
+# ops that only move or select values: quantizing before them gives the same codes as after them
+_DATA_MOVEMENT = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPool")
 
 
-def export_onnx(model: nn.Module, example_inputs: object, path: str | os.PathLike) -> Path:
+def export_onnx(
+    model: nn.Module, example_inputs: object, path: str | os.PathLike, *, weights: WeightFormat = "int8"
+) -> Path:
     """Write ``model`` (e.g. ``GETA.construct_subnet()``) to ``path`` as ONNX with Q/DQ, checked by onnx.checker.
 
     ``example_inputs``: a tensor, a tuple of positional tensors or a dict of keyword tensors. The first
-    dimension of every input is exported as a dynamic batch dimension.
+    dimension of every input is exported as a dynamic batch dimension. ``weights``: ``"int8"`` (levels of
+    up to 8 bits as INT8, which onnxruntime's integer kernels read) or ``"int4"`` (levels of up to 4 bits
+    as INT4: a smaller file, but those weights compute in float).
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"geta.export_onnx expects a torch.nn.Module, got {type(model).__name__}")
+    if weights not in _WEIGHT_FORMATS:
+        raise ConfigError(f"weights={weights!r} is not a format; use one of {', '.join(map(repr, _WEIGHT_FORMATS))}")
     inputs = ExampleInputs.from_user(example_inputs)
     description = describe(model)
-    exportable = _exportable(model, description)
+    exportable = _exportable(model, description, weights)
     exportable.eval()
     names = [f"input_{i}" for i in range(len(inputs.args))] + list(inputs.kwargs)
     path = Path(path)
@@ -75,18 +123,26 @@ def export_onnx(model: nn.Module, example_inputs: object, path: str | os.PathLik
         )
     graph_model = onnx.load(str(path))
     _lower_placeholders(graph_model)
+    graph = _Graph(graph_model.graph)
+    _hoist_quantizers(graph)
+    _transpose_weight_levels(graph)
+    _fold_batch_norms(graph)
+    _place_weights(graph)
+    graph.remove_unused()
     onnx.checker.check_model(graph_model, full_check=True)
     onnx.save(graph_model, str(path))
     return path
 
 
 def inference_session(path: str | os.PathLike, threads: int | None = None):
-    """An onnxruntime CPU session for an exported model that computes in float32.
+    """An onnxruntime CPU session for an exported model, with float32 where the model computes in float.
 
-    onnxruntime's default graph optimizations turn DequantizeLinear(weights) -> MatMul into MatMulNBits
-    and, by default (``session.qdq_matmulnbits_accuracy_level`` 4), quantize that matmul's input to int8
-    on the fly, an error the torch model does not have (0.007 on outputs of size up to 2 in a 64 x 64
-    test layer); this session sets the accuracy level to float32. ``threads`` sets intra-op threads (default: onnxruntime's).
+    onnxruntime's default graph optimizations turn DequantizeLinear(weights) -> MatMul with a float input
+    (a weight-only model) into MatMulNBits and, by default (``session.qdq_matmulnbits_accuracy_level`` 4),
+    quantize that matmul's input to int8 on the fly, an error the torch model does not have (0.007 on
+    outputs of size up to 2 in a 64 x 64 test layer); this session sets the accuracy level to float32.
+    Inputs that the model itself quantizes run in onnxruntime's integer kernels regardless. ``threads``
+    sets intra-op threads (default: onnxruntime's).
     """
     import onnxruntime
 
@@ -102,15 +158,15 @@ class _DequantizeWeight(torch.autograd.Function):
     """levels * scale in torch; a placeholder node (later DequantizeLinear) in the exported graph."""
 
     @staticmethod
-    def forward(ctx, levels: Tensor, scale: Tensor, axis: int, bits: int, dtype: torch.dtype) -> Tensor:
+    def forward(ctx, levels: Tensor, scale: Tensor, axis: int, container: int, dtype: torch.dtype) -> Tensor:
         shape = [1] * levels.dim()
         if axis >= 0:
             shape[axis] = -1
         return (levels.to(scale.dtype) * scale.reshape(shape if axis >= 0 else ())).to(dtype)
 
     @staticmethod
-    def symbolic(g, levels, scale, axis: int, bits: int, dtype: torch.dtype):
-        out = g.op(f"{_DOMAIN}::DequantizeWeight", levels, scale, axis_i=axis, bits_i=bits)
+    def symbolic(g, levels, scale, axis: int, container: int, dtype: torch.dtype):
+        out = g.op(f"{_DOMAIN}::DequantizeWeight", levels, scale, axis_i=axis, container_i=container)
         out.setType(levels.type().with_dtype(dtype))
         return out
 
@@ -133,16 +189,16 @@ class _QuantizeActivation(torch.autograd.Function):
 class _WeightLevels(nn.Module):
     """A parametrization returning a weight from integer levels and the step d (the original is ignored)."""
 
-    def __init__(self, levels: Tensor, scale: Tensor, axis: int | None, bits: int, dtype: torch.dtype) -> None:
+    def __init__(self, levels: Tensor, scale: Tensor, axis: int | None, container: int, dtype: torch.dtype) -> None:
         super().__init__()
         self.register_buffer("levels", levels)
         self.register_buffer("scale", scale)
         self.axis = -1 if axis is None else axis
-        self.bits = bits
+        self.container = container
         self.dtype = dtype
 
     def forward(self, original: Tensor) -> Tensor:
-        return _DequantizeWeight.apply(self.levels, self.scale, self.axis, self.bits, self.dtype)
+        return _DequantizeWeight.apply(self.levels, self.scale, self.axis, self.container, self.dtype)
 
 
 class _ActivationQuantizer(nn.Module):
@@ -159,7 +215,7 @@ class _ActivationQuantizer(nn.Module):
         return _QuantizeActivation.apply(x, *self.params, self.top, self.signed)
 
 
-def _exportable(model: nn.Module, description: Description) -> nn.Module:
+def _exportable(model: nn.Module, description: Description, weights: WeightFormat) -> nn.Module:
     """A deep copy of ``model`` (described by ``description``) with each quantized weight computed from
     its integer levels and each input quantizer replaced by an exportable one."""
     model = copy.deepcopy(model)
@@ -180,11 +236,11 @@ def _exportable(model: nn.Module, description: Description) -> nn.Module:
         levels = quantized_levels(saved)
         if not levels.signed:
             raise SavedModelError(f"{key}: unsigned weight quantizers are not exported to ONNX")
-        container = _weight_container(max(levels.bits))[1]
+        container, traced = _weight_container(max(levels.bits), weights)
         for module, attr in holders[key]:
-            weights = _WeightLevels(levels.levels.to(container), levels.scale.clone(), levels.axis,
-                                    max(levels.bits), saved.value.dtype)
-            parametrize.register_parametrization(module, attr, weights, unsafe=True)
+            parametrization = _WeightLevels(levels.levels.to(traced), levels.scale.clone(), levels.axis, container,
+                                            saved.value.dtype)
+            parametrize.register_parametrization(module, attr, parametrization, unsafe=True)
     for module in model.modules():
         quantizer = getattr(module, INPUT_QUANTIZER, None)
         if isinstance(quantizer, Quantizer):
@@ -210,9 +266,9 @@ def _holders(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
     return found
 
 
-def _weight_container(bits: int) -> tuple[int, torch.dtype]:
+def _weight_container(bits: int, weights: WeightFormat) -> tuple[int, torch.dtype]:
     """The ONNX type of a signed weight's levels, and the torch type they are traced in."""
-    if bits <= 4:
+    if bits <= 4 and weights == "int4":
         return TensorProto.INT4, torch.int8
     if bits <= 8:
         return TensorProto.INT8, torch.int8
@@ -221,25 +277,33 @@ def _weight_container(bits: int) -> tuple[int, torch.dtype]:
     return TensorProto.INT32, torch.int32
 
 
-def _activation_container(bits: int, signed: bool) -> int | None:
-    """The ONNX integer type of an activation's levels, or None beyond 16 bits (no QuantizeLinear type)."""
-    for limit, types in ((4, (TensorProto.INT4, TensorProto.UINT4)), (8, (TensorProto.INT8, TensorProto.UINT8)),
-                         (16, (TensorProto.INT16, TensorProto.UINT16))):
-        if bits <= limit:
-            return types[0] if signed else types[1]
+def _activation_container(bits: int, signed: bool) -> tuple[int, int] | None:
+    """The ONNX integer type of an activation's codes and its zero point, or None beyond 16 bits (no
+    QuantizeLinear type). Up to 8 bits UINT8 for both signs (onnxruntime's integer kernels take UINT8
+    activations), a signed quantizer's levels -N..N offset by 128."""
+    if bits <= 8:
+        return TensorProto.UINT8, 0 if not signed else 128
+    if bits <= 16:
+        return (TensorProto.INT16 if signed else TensorProto.UINT16), 0
     return None
+
+
+def _integer_tensor(name: str, values: np.ndarray, onnx_type: int) -> TensorProto:
+    """``values`` as an ONNX tensor of ``onnx_type`` stored as raw bytes (INT4 packed two to a byte)."""
+    return numpy_helper.from_array(np.asarray(values).astype(helper.tensor_dtype_to_np_dtype(onnx_type)), name)
 
 
 def _lower_placeholders(model: onnx.ModelProto) -> None:
     """Replace geta's placeholder nodes by standard opset-21 nodes, in place."""
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
     nodes: list[onnx.NodeProto] = []
     for index, node in enumerate(graph.node):
         if node.domain != _DOMAIN:
             nodes.append(node)
         elif node.op_type == "DequantizeWeight":
-            nodes.extend(_lower_weight(node, initializers, graph))
+            nodes.append(_lower_weight(node, initializers, producers))
         elif node.op_type == "QuantizeActivation":
             nodes.extend(_lower_activation(node, f"geta_act{index}", graph))
         else:
@@ -252,24 +316,21 @@ def _lower_placeholders(model: onnx.ModelProto) -> None:
     model.ir_version = max(model.ir_version, IR_VERSION)
 
 
-def _lower_weight(node: onnx.NodeProto, initializers: dict, graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+def _lower_weight(node: onnx.NodeProto, initializers: dict, producers: dict) -> onnx.NodeProto:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    levels_name, scale_name = (_constant_source(name, graph, initializers) for name in node.input)
+    levels_name, scale_name = (_constant_source(name, producers, initializers) for name in node.input)
     if levels_name not in initializers or scale_name not in initializers:
         raise SavedModelError(f"the levels of weight node {node.name} were not exported as constants")
     levels = numpy_helper.to_array(initializers[levels_name])
-    onnx_type = _weight_container(int(attrs["bits"]))[0]
-    replacement = helper.make_tensor(levels_name, onnx_type, levels.shape, levels.astype(np.int64).reshape(-1).tolist())
-    initializers[levels_name].CopyFrom(replacement)
+    initializers[levels_name].CopyFrom(_integer_tensor(levels_name, levels, int(attrs["container"])))
     scale = numpy_helper.to_array(initializers[scale_name]).astype(np.float32)
     initializers[scale_name].CopyFrom(numpy_helper.from_array(scale, scale_name))
     extra = {"axis": int(attrs["axis"])} if int(attrs["axis"]) >= 0 else {}
-    return [helper.make_node("DequantizeLinear", [levels_name, scale_name], list(node.output), name=node.name, **extra)]
+    return helper.make_node("DequantizeLinear", [levels_name, scale_name], list(node.output), name=node.name, **extra)
 
 
-def _constant_source(name: str, graph: onnx.GraphProto, initializers: dict) -> str:
+def _constant_source(name: str, producers: dict, initializers: dict) -> str:
     """The initializer behind ``name``, through the Identity nodes the exporter uses to share equal constants."""
-    producers = {output: node for node in graph.node for output in node.output}
     while name not in initializers and name in producers and producers[name].op_type == "Identity":
         name = producers[name].input[0]
     return name
@@ -287,9 +348,10 @@ def _lower_activation(node: onnx.NodeProto, prefix: str, graph: onnx.GraphProto)
         graph.initializer.append(numpy_helper.from_array(np.asarray(value), f"{prefix}_{name}"))
         return f"{prefix}_{name}"
 
-    def add(op: str, inputs: list[str], name: str, **kwargs) -> str:
-        nodes.append(helper.make_node(op, inputs, [f"{prefix}_{name}"], name=f"{prefix}_{name}", **kwargs))
-        return f"{prefix}_{name}"
+    def add(op: str, inputs: list[str], name: str, output: str | None = None, **kwargs) -> str:
+        output = output or f"{prefix}_{name}"
+        nodes.append(helper.make_node(op, inputs, [output], name=f"{prefix}_{name}", **kwargs))
+        return output
 
     warped = x
     if t != np.float32(1):
@@ -298,16 +360,329 @@ def _lower_activation(node: onnx.NodeProto, prefix: str, graph: onnx.GraphProto)
         power = add("Exp", [add("Mul", [add("Log", [clipped], "log"), constant("t", t)], "t_log")], "power")
         warped = add("Mul", [add("Sign", [x], "sign"), power], "warped") if signed else power
     scale = constant("scale", d)
-    low = constant("low", np.float32(-top) * d if signed else np.float32(0))
-    high = constant("high", np.float32(top) * d)
     container = _activation_container(bits, signed)
+    if container is not None and container[0] == TensorProto.UINT8:
+        zero = container[1]
+        zero_point = constant("zero_point", np.uint8(zero))
+        codes = add("QuantizeLinear", [warped, scale, zero_point], "quantized")
+        low, high = zero - top if signed else 0, zero + top
+        if (low, high) != (0, 255):
+            codes = add("Clip", [codes, constant("low", np.uint8(low)), constant("high", np.uint8(high))], "clip")
+        add("DequantizeLinear", [codes, scale, zero_point], "dequantized", output=y)
+        return nodes
+    low = constant("low", np.float32(-top) * d if signed else np.float32(0))
+    clipped = add("Clip", [warped, low, constant("high", np.float32(top) * d)], "clip")
     if container is None:
-        levels = add("Round", [add("Div", [warped, scale], "ratio")], "levels")
-        dequantized = add("Mul", [levels, scale], "dequantized")
+        levels = add("Round", [add("Div", [clipped, scale], "ratio")], "levels")
+        add("Mul", [levels, scale], "dequantized", output=y)
     else:
-        graph.initializer.append(helper.make_tensor(f"{prefix}_zero_point", container, [], [0]))
-        zero = f"{prefix}_zero_point"
-        quantized = add("QuantizeLinear", [warped, scale, zero], "quantized")
-        dequantized = add("DequantizeLinear", [quantized, scale, zero], "dequantized")
-    nodes.append(helper.make_node("Clip", [dequantized, low, high], [y], name=f"{prefix}_clip"))
+        zero_point = constant("zero_point", np.asarray(container[1], dtype=helper.tensor_dtype_to_np_dtype(container[0])))
+        codes = add("QuantizeLinear", [clipped, scale, zero_point], "quantized")
+        add("DequantizeLinear", [codes, scale, zero_point], "dequantized", output=y)
     return nodes
+
+
+@dataclass
+class _Weight:
+    """A DequantizeLinear of constant levels: the node, its levels (int64), scale (float32), axis (None
+    per tensor) and the ONNX type of the levels."""
+
+    node: onnx.NodeProto
+    levels: np.ndarray
+    scale: np.ndarray
+    axis: int | None
+    onnx_type: int
+
+    def channel_scale(self, axis: int) -> np.ndarray:
+        """The scale of each channel along ``axis``."""
+        if self.axis is None:
+            return np.full(self.levels.shape[axis], self.scale, dtype=np.float32)
+        return self.scale
+
+
+class _Graph:
+    """An ONNX graph with its initializers, producers and consumers, for the rewrites below (which call
+    :meth:`refresh` after changing nodes)."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.initializers = {init.name: init for init in self.graph.initializer}
+        self.producers = {output: node for node in self.graph.node for output in node.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in self.graph.node:
+            for name in node.input:
+                self.consumers[name].append(node)
+        # names read where ``consumers`` does not see them: graph outputs and subgraphs (If, Loop)
+        self.pinned = {output.name for output in self.graph.output} | _subgraph_reads(self.graph)
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of ``name`` if it is an initializer (read through Identity nodes), else None."""
+        name = _constant_source(name, self.producers, self.initializers)
+        return numpy_helper.to_array(self.initializers[name]) if name in self.initializers else None
+
+    def only_consumer(self, name: str) -> onnx.NodeProto | None:
+        """The node reading ``name`` if exactly one does and nothing else (a graph output) reads it."""
+        consumers = self.consumers.get(name, [])
+        return consumers[0] if len(consumers) == 1 and name not in self.pinned else None
+
+    def add_constant(self, value: np.ndarray, base: str, onnx_type: int | None = None) -> str:
+        """A new initializer holding ``value`` (as ``onnx_type`` when given), named after ``base``."""
+        name, count = base, 0
+        while name in self.initializers:
+            count += 1
+            name = f"{base}_{count}"
+        value = np.asarray(value)
+        tensor = numpy_helper.from_array(value, name) if onnx_type is None else _integer_tensor(name, value, onnx_type)
+        self.graph.initializer.append(tensor)
+        self.initializers[name] = tensor
+        return name
+
+    def weight(self, node: onnx.NodeProto | None) -> _Weight | None:
+        """The weight ``node`` dequantizes, if it is a DequantizeLinear of constant integer levels."""
+        if node is None or node.op_type != "DequantizeLinear" or len(node.input) > 2:
+            return None
+        source = _constant_source(node.input[0], self.producers, self.initializers)
+        scale = self.constant(node.input[1])
+        if source not in self.initializers or self.initializers[source].data_type not in _WEIGHT_TYPES or scale is None:
+            return None
+        levels = numpy_helper.to_array(self.initializers[source]).astype(np.int64)
+        axis = int(_attribute(node, "axis", 1)) % levels.ndim if scale.ndim else None
+        return _Weight(node, levels, scale.astype(np.float32), axis, self.initializers[source].data_type)
+
+    def replace(self, old: onnx.NodeProto, new: list[onnx.NodeProto]) -> None:
+        """Put ``new`` in the node list where ``old`` is."""
+        index = list(self.graph.node).index(old)
+        del self.graph.node[index]
+        for offset, node in enumerate(new):
+            self.graph.node.insert(index + offset, node)
+
+    def remove_unused(self) -> None:
+        """Drop the nodes whose outputs nothing reads, then the initializers nothing reads, and the
+        value_info of tensors (some changed or are gone)."""
+        while True:
+            self.refresh()
+            dead = [node for node in self.graph.node
+                    if not any(self.consumers.get(output) or output in self.pinned for output in node.output)]
+            if not dead:
+                break
+            for node in dead:
+                self.graph.node.remove(node)
+        used = set(self.consumers) | self.pinned
+        kept = [init for init in self.graph.initializer if init.name in used]
+        del self.graph.initializer[:]
+        self.graph.initializer.extend(kept)
+        del self.graph.value_info[:]
+
+
+_WEIGHT_TYPES = (TensorProto.INT4, TensorProto.INT8, TensorProto.INT16, TensorProto.INT32)
+
+
+def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Every name that a subgraph of a node of ``graph`` reads (an If's branches, a Loop's body)."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            subgraphs = [attribute.g] if attribute.HasField("g") else list(attribute.graphs)
+            for subgraph in subgraphs:
+                names |= {name for inner in subgraph.node for name in inner.input} | _subgraph_reads(subgraph)
+    return names
+
+
+def _attribute(node: onnx.NodeProto, name: str, default: object) -> object:
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _along(values: np.ndarray, axis: int, dims: int) -> np.ndarray:
+    """``values`` (one per channel) shaped to broadcast along ``axis`` of a ``dims``-dimensional tensor."""
+    shape = [1] * dims
+    shape[axis] = -1
+    return values.reshape(shape)
+
+
+def _hoist_quantizers(graph: _Graph) -> None:
+    """Move each activation QuantizeLinear above the data-movement ops (``_DATA_MOVEMENT``) that feed it
+    alone, so that it directly follows the op computing its input (which can then be fused with it); the
+    codes are the same, quantization being monotone and elementwise."""
+    for q in [node for node in graph.graph.node if node.op_type == "QuantizeLinear"]:
+        scale = graph.constant(q.input[1])
+        while scale is not None and scale.ndim == 0:
+            mover = graph.producers.get(q.input[0])
+            if mover is None or mover.op_type not in _DATA_MOVEMENT or len(mover.output) != 1 \
+                    or graph.only_consumer(mover.output[0]) is not q:
+                break
+            codes = q.output[0]
+            q.input[0], q.output[0] = mover.input[0], f"{codes}_before_{mover.op_type}"
+            mover.input[0], mover.output[0] = q.output[0], codes
+            moved = copy.deepcopy(mover)  # the mover now reads q: it goes right after q
+            graph.graph.node.remove(mover)
+            graph.graph.node.insert(list(graph.graph.node).index(q) + 1, moved)
+            graph.refresh()
+
+
+def _transpose_weight_levels(graph: _Graph) -> None:
+    """Store transposed levels instead of transposing a dequantized weight (the exporter's form of a
+    linear layer on batched sequences), so that the DequantizeLinear feeds the MatMul directly."""
+    for node in list(graph.graph.node):
+        weight = graph.weight(graph.producers.get(node.input[0])) if node.op_type == "Transpose" else None
+        if weight is None or graph.only_consumer(weight.node.output[0]) is not node:
+            continue
+        perm = list(_attribute(node, "perm", range(weight.levels.ndim)[::-1]))
+        levels = graph.add_constant(weight.levels.transpose(perm), f"{weight.node.input[0]}_t", weight.onnx_type)
+        extra = {} if weight.axis is None else {"axis": perm.index(weight.axis)}
+        graph.replace(node, [helper.make_node("DequantizeLinear", [levels, weight.node.input[1]], list(node.output),
+                                              name=f"{weight.node.name}_t", **extra)])
+        graph.refresh()
+
+
+def _fold_batch_norms(graph: _Graph) -> None:
+    """Fold each BatchNormalization into the Conv or Gemm before it where that is exact (module docstring)."""
+    for bn in list(graph.graph.node):
+        layer = graph.producers.get(bn.input[0]) if bn.op_type == "BatchNormalization" else None
+        if layer is None or layer.op_type not in ("Conv", "Gemm") or graph.only_consumer(layer.output[0]) is not bn:
+            continue
+        statistics = [graph.constant(name) for name in bn.input[1:5]]
+        if len(bn.output) > 1 or _attribute(bn, "training_mode", 0) or any(s is None for s in statistics):
+            continue
+        if layer.op_type == "Gemm" and (_attribute(layer, "alpha", 1.0) != 1 or _attribute(layer, "beta", 1.0) != 1):
+            continue
+        gamma, beta, mean, var = (s.astype(np.float64) for s in statistics)
+        factor = gamma / np.sqrt(var + _attribute(bn, "epsilon", 1e-5))
+        bias = graph.constant(layer.input[2]) if len(layer.input) > 2 and layer.input[2] else np.zeros_like(factor)
+        axis = 0 if layer.op_type == "Conv" or _attribute(layer, "transB", 0) else 1
+        folded = None if bias is None else _folded_weight(graph, layer.input[1], factor, axis, bn.output[0])
+        if folded is None:
+            continue
+        new_bias = ((bias.astype(np.float64) - mean) * factor + beta).astype(np.float32)
+        inputs = [layer.input[0], folded, graph.add_constant(new_bias, f"{bn.output[0]}_bias")]
+        del layer.input[:]
+        layer.input.extend(inputs)
+        layer.output[0] = bn.output[0]
+        graph.graph.node.remove(bn)
+        graph.refresh()
+
+
+def _folded_weight(graph: _Graph, name: str, factor: np.ndarray, axis: int, base: str) -> str | None:
+    """The weight ``name`` times ``factor`` along ``axis`` as a new tensor named after ``base`` (a float
+    initializer, or a DequantizeLinear of levels whose steps take |factor|); None if it is neither or is
+    read elsewhere."""
+    value = graph.constant(name)
+    if value is not None:
+        if value.dtype != np.float32:
+            return None
+        return graph.add_constant((value * _along(factor, axis, value.ndim)).astype(np.float32), f"{base}_weight")
+    weight = graph.weight(graph.producers.get(name))
+    if weight is None or graph.only_consumer(name) is None:
+        return None
+    sign = np.where(factor < 0, -1, np.where(factor > 0, 1, 0))
+    levels = weight.levels * _along(sign, axis, weight.levels.ndim)
+    # a zero factor zeroes the channel's levels and keeps its step (a zero step would divide the int32 bias)
+    step = weight.channel_scale(axis).astype(np.float64) * np.where(factor == 0, 1, np.abs(factor))
+    dequantize = helper.make_node(
+        "DequantizeLinear",
+        [graph.add_constant(levels, f"{base}_levels", weight.onnx_type),
+         graph.add_constant(step.astype(np.float32), f"{base}_scale")],
+        [f"{base}_weight"], name=f"{base}_weight", axis=axis,
+    )
+    graph.replace(weight.node, [dequantize])
+    return dequantize.output[0]
+
+
+def _place_weights(graph: _Graph) -> None:
+    """Give a weight's DequantizeLinear a zero point where onnxruntime fuses it into an integer kernel (its
+    QGemm fusion wants one), and a fused Gemm without a quantized output its bias as a float Add (QGemm
+    reads an int32 bias only). Where a layer reads a quantized input but stays a float op whose output
+    reaches no quantizer, make the weight ``Cast(levels) * scale``, a constant that onnxruntime folds: a
+    DequantizeLinear would be recomputed on every run and keep the op off its fast float layouts. (A float
+    weight before a quantizer would be quantized again by onnxruntime, per tensor: not exact.) Weight-only
+    layers keep the DequantizeLinear."""
+    for node in list(graph.graph.node):
+        weight = graph.weight(node)
+        if weight is None:
+            continue
+        consumers = graph.consumers.get(node.output[0], [])
+        unfused = [consumer for consumer in consumers if not _integer_kernel(graph, consumer, weight)]
+        if not unfused and consumers and node.output[0] not in graph.pinned:
+            node.input.append(graph.add_constant(np.zeros(weight.scale.shape), f"{node.output[0]}_zero_point",
+                                                 weight.onnx_type))
+            for consumer in consumers:
+                if consumer.op_type == "Gemm":
+                    _split_bias(graph, consumer)
+        elif any(_dequantized_input(graph, consumer) and not _reaches_quantizer(graph, consumer)
+                 for consumer in unfused):
+            levels = f"{node.output[0]}_levels"
+            scale = weight.scale if weight.axis is None else _along(weight.scale, weight.axis, weight.levels.ndim)
+            graph.replace(node, [
+                helper.make_node("Cast", [node.input[0]], [levels], name=levels, to=TensorProto.FLOAT),
+                helper.make_node("Mul", [levels, graph.add_constant(scale, f"{node.output[0]}_scale")],
+                                 list(node.output), name=f"{node.output[0]}_mul"),
+            ])
+            graph.refresh()
+
+
+def _dequantized_input(graph: _Graph, consumer: onnx.NodeProto) -> bool:
+    """Whether the first input of ``consumer`` is a dequantized activation (computed codes, not constant ones)."""
+    producer = graph.producers.get(consumer.input[0]) if consumer.input else None
+    return producer is not None and producer.op_type == "DequantizeLinear" and graph.constant(producer.input[0]) is None
+
+
+def _integer_kernel(graph: _Graph, consumer: onnx.NodeProto, weight: _Weight) -> bool:
+    """Whether onnxruntime fuses ``consumer``, reading ``weight`` as its second input, into an integer
+    kernel (see the module docstring); a MatMul also keeps it when its input is float (MatMulNBits)."""
+    if len(consumer.input) < 2 or consumer.input[1] != weight.node.output[0] or consumer.input[0] == weight.node.output[0]:
+        return False
+    if consumer.op_type == "MatMul":
+        return weight.onnx_type in (TensorProto.INT4, TensorProto.INT8)
+    if consumer.op_type not in ("Conv", "Gemm") or weight.onnx_type != TensorProto.INT8:
+        return False
+    if not _quantized_activation(graph, graph.producers.get(consumer.input[0])):
+        return False
+    return consumer.op_type == "Gemm" or _feeds_quantizer(graph, consumer)
+
+
+def _quantized_activation(graph: _Graph, node: onnx.NodeProto | None) -> bool:
+    """Whether ``node`` dequantizes UINT8 activation codes with one scale (geta's up-to-8-bit pattern)."""
+    if node is None or node.op_type != "DequantizeLinear" or len(node.input) < 3:
+        return False
+    scale, zero = graph.constant(node.input[1]), graph.constant(node.input[2])
+    return scale is not None and scale.ndim == 0 and zero is not None and zero.dtype == np.uint8
+
+
+def _feeds_quantizer(graph: _Graph, node: onnx.NodeProto) -> bool:
+    """Whether ``node``'s output feeds only a UINT8 QuantizeLinear, directly or through a Relu (then the
+    quantizer must be unsigned, zero point 0, for onnxruntime to drop the Relu)."""
+    consumer = graph.only_consumer(node.output[0])
+    relu = consumer is not None and consumer.op_type == "Relu"
+    if relu:
+        consumer = graph.only_consumer(consumer.output[0])
+    if consumer is None or consumer.op_type != "QuantizeLinear" or len(consumer.input) < 3:
+        return False
+    zero = graph.constant(consumer.input[2])
+    return zero is not None and zero.dtype == np.uint8 and (not relu or int(zero) == 0)
+
+
+def _reaches_quantizer(graph: _Graph, node: onnx.NodeProto) -> bool:
+    """Whether ``node``'s output reaches a QuantizeLinear through ops that each alone read the one before
+    and that onnxruntime looks or moves quantization through (Relu, Clip, data movement)."""
+    name = node.output[0]
+    while (consumer := graph.only_consumer(name)) is not None:
+        if consumer.op_type == "QuantizeLinear":
+            return True
+        if consumer.op_type not in ("Relu", "Clip", "Slice", *_DATA_MOVEMENT):
+            return False
+        name = consumer.output[0]
+    return False
+
+
+def _split_bias(graph: _Graph, gemm: onnx.NodeProto) -> None:
+    """Move the float bias of ``gemm`` (if it has one and feeds no quantizer) into an Add after it."""
+    if len(gemm.input) < 3 or not gemm.input[2] or _feeds_quantizer(graph, gemm) or _attribute(gemm, "beta", 1.0) != 1:
+        return
+    bias, output = gemm.input[2], gemm.output[0]
+    del gemm.input[2:]
+    gemm.output[0] = f"{output}_product"
+    index = list(graph.graph.node).index(gemm)
+    graph.graph.node.insert(index + 1, helper.make_node("Add", [gemm.output[0], bias], [output], name=f"{output}_bias"))
+    graph.refresh()

@@ -81,7 +81,7 @@ def count_macs(model: nn.Module, inputs: ExampleInputs, layers: list[Quantizable
         for weight_name in layer.weight_names:
             parametrizations = getattr(layer.module, "parametrizations", None)
             if parametrizations is not None and weight_name in parametrizations:
-                hook = lambda _m, _i, out, name=layer.name: record(name, out)  # noqa: E731
+                hook = lambda _m, _i, out, name=layer.name: record(name, out)
                 handles.append(parametrizations[weight_name].register_forward_hook(hook))
             else:
                 record(layer.name, original_parameter(layer.module, weight_name))

@@ -3,19 +3,35 @@
 BOPs of a layer = MACs x weight bits x activation bits, with 32 for whatever is not quantized;
 ops outside every layer (attention's activation products) count at 32 x 32. Bits are each
 quantizer's integer bits (the width its levels need, see ``quant.functional.integer_bits``);
-the learned, continuous Eq. 3 values are reported beside them. Relative BOPs divide by the same
-model's MACs x 32 x 32.
+the learned, continuous Eq. 3 values are reported beside them. Relative BOPs divide by the dense
+model's MACs x 32 x 32 (the same model's when no dense one is given).
+
+A model in training still holds its zeroed groups; its cost is that of the compact model
+(``pruning.subnet.construct_subnet``: zeroed groups removed, bits kept), whose MACs are counted on
+that model itself. So every op that ``count_macs`` counts (those with a FLOP formula: convolutions,
+matmuls, attention's products) shrinks as it does in the compact model; element-wise ops, norms,
+pooling and embedding lookups count in neither. Scaling each layer's MACs by the kept fractions of
+its weight's dimensions would be exact for convolutions (depthwise and grouped too) and linear
+layers, but would miss the attention products between activations, which shrink with the heads.
+:class:`CompactCost` keeps the count across training steps and recounts only when the set of
+removed groups changes.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
+import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
-from geta.metrics.cost import MacCount
-from geta.quant.prepare import QuantizableLayer
+from geta.graph.inputs import ExampleInputs, model_device
+from geta.metrics.cost import MacCount, count_macs
+from geta.pruning.groups import SearchSpace
+from geta.pruning.subnet import construct_subnet
+from geta.quant.prepare import INPUT_QUANTIZER, QuantizableLayer, find_layers
 from geta.quant.quantizer import Quantizer
 
 FULL_PRECISION_BITS = 32
@@ -90,12 +106,14 @@ class Report:
 
 
 def build_report(
-    model: nn.Module, layers: list[QuantizableLayer], macs: MacCount, group_sparsity: float = 0.0
+    model: nn.Module, layers: list[QuantizableLayer], macs: MacCount, group_sparsity: float = 0.0,
+    dense_macs: float | None = None,
 ) -> Report:
-    """Assemble the report from counted MACs and the quantizers' current bit widths."""
+    """Assemble the report from counted MACs and the quantizers' current bit widths; rel. BOPs are over
+    ``dense_macs`` x 32 x 32 (default: ``macs.total``, the model's own)."""
     rows = [_layer_row(layer, macs.per_layer.get(layer.name, 0.0)) for layer in layers]
     total_macs = macs.total
-    bops = sum(row.macs * row.weight_bits * row.act_bits for row in rows) + macs.other * FULL_PRECISION_BITS**2
+    bops = _bops(((row.macs, row.weight_bits, row.act_bits) for row in rows), macs.other)
     weight_bits_of = {id(w): _bits_per_element(layer.weight_quantizer, w) for layer in layers for w in layer.weights()}
     quantizer_params = {id(p) for m in model.modules() if isinstance(m, Quantizer) for p in m.parameters()}
     params = [p for p in _unique_parameters(model) if id(p) not in quantizer_params]
@@ -107,7 +125,7 @@ def build_report(
     return Report(
         macs=_integral(total_macs),
         bops=_integral(bops),
-        rel_bops=bops / (total_macs * FULL_PRECISION_BITS**2) if total_macs else 0.0,
+        rel_bops=_relative(bops, total_macs if dense_macs is None else dense_macs),
         params=sum(p.numel() for p in params),
         size_bits=_integral(float(size_bits)),
         avg_weight_bits=avg_weight_bits,
@@ -116,14 +134,98 @@ def build_report(
     )
 
 
+def report(model: nn.Module, example_inputs: object, *, dense: nn.Module | None = None) -> Report:
+    """The cost report of any ``model`` as it is, e.g. a compact model from ``GETA.construct_subnet()``:
+    its MACs on ``example_inputs`` (per example) and the bits of the quantizers it carries (32 for a
+    layer without one; a model from ``geta.load`` has no weight quantizers, so its weights count at 32).
+
+    ``rel_bops`` is its BOPs over ``dense``'s MACs x 32 x 32: pass the uncompressed model to get the
+    figure ``geta compress`` reports; without ``dense``, the model's own MACs are used.
+    ``group_sparsity`` is 0.0: a model on its own has no search space."""
+    inputs = ExampleInputs.from_user(example_inputs)
+    layers = model_layers(model)
+    macs = count_macs(model, inputs.to(model_device(model)), layers)
+    dense_macs = None
+    if dense is not None:
+        # the total needs no split between layers
+        dense_macs = count_macs(dense, inputs.to(model_device(dense)), []).total
+    return build_report(model, layers, macs, dense_macs=dense_macs)
+
+
+def model_layers(model: nn.Module, reasons: Mapping[str, str] | None = None) -> list[QuantizableLayer]:
+    """The quantizable layers of ``model`` with the quantizers it already carries (a compact model's, say).
+
+    ``reasons`` gives the full-precision reason of layers by name (from the GETA object it came from)."""
+    layers = find_layers(model)
+    for layer in layers:
+        layer.weight_quantizer = _carried_weight_quantizer(layer)
+        layer.input_quantizer = getattr(layer.module, INPUT_QUANTIZER, None)
+        layer.full_precision_reason = (reasons or {}).get(layer.name, "")
+    return layers
+
+
+class CompactCost:
+    """Relative BOPs of ``model`` as it would be compacted, cheap enough to compute after every step.
+
+    A compact model's MACs depend only on which groups are removed, so they are counted on the
+    compact model (built by ``construct_subnet``) when that set changes and kept otherwise. Bits
+    are read from the live quantizers on each call, a per-channel quantizer's over the channels
+    the compact model keeps. The result equals ``build_report``'s on the compact model, with
+    ``dense`` (the model's MACs with nothing removed) as the reference."""
+
+    def __init__(self, model: nn.Module, space: SearchSpace, inputs: ExampleInputs, dense: MacCount) -> None:
+        self.model = model
+        self.space = space
+        self.inputs = inputs
+        self.dense = dense
+        self._removed: Tensor | None = None
+        self._macs = dense
+        self._kept: dict[int, Tensor] = {}
+
+    def rel_bops(self, removed: Tensor, layers: list[QuantizableLayer]) -> float:
+        """BOPs of the model without the groups in bool ``removed``, over the dense MACs x 32 x 32."""
+        if self._removed is None or not torch.equal(removed, self._removed):
+            self._recount(removed)
+        terms = (
+            (_integral(self._macs.per_layer.get(layer.name, 0.0)),
+             self._bits(layer.weight_quantizer), self._bits(layer.input_quantizer))
+            for layer in layers
+        )
+        return _relative(_bops(terms, self._macs.other), self.dense.total)
+
+    def _recount(self, removed: Tensor) -> None:
+        self._removed = removed.clone()
+        if not removed.any():
+            self._macs, self._kept = self.dense, {}
+            return
+        compact = construct_subnet(self.model, self.space, removed)
+        self._macs = count_macs(compact, self.inputs, model_layers(compact))
+        self._kept = _kept_channels(self.space, removed)
+
+    def _bits(self, quantizer: Quantizer | None) -> float:
+        return _mean_bits(quantizer, self._kept.get(id(quantizer.d)) if quantizer is not None else None)
+
+
+def _kept_channels(space: SearchSpace, removed: Tensor) -> dict[int, Tensor]:
+    """Per quantizer tensor that the groups in bool ``removed`` cut (by ``id``; a per-channel quantizer's
+    d, q_m and t): a bool mask of the channels the compact model keeps."""
+    kept: dict[int, Tensor] = {}
+    for member in space.members:
+        chosen = member.positions[removed[member.groups]]
+        if member.is_quantizer and len(chosen):
+            mask = kept.setdefault(id(member.tensor), torch.ones(member.tensor.shape[member.dim], dtype=torch.bool))
+            mask[chosen] = False
+    return kept
+
+
 def _layer_row(layer: QuantizableLayer, macs: float) -> LayerReport:
     wq, aq = layer.weight_quantizer, layer.input_quantizer
     return LayerReport(
         name=layer.name,
         kind=layer.kind,
         macs=_integral(macs),
-        weight_bits=_integral(float(wq.integer_bits().mean())) if wq is not None else FULL_PRECISION_BITS,
-        act_bits=_integral(float(aq.integer_bits().mean())) if aq is not None else FULL_PRECISION_BITS,
+        weight_bits=_mean_bits(wq),
+        act_bits=_mean_bits(aq),
         out_width=layer.out_width(),
         params=sum(w.numel() for w in layer.weights()),
         weight_bits_learned=float(wq.bit_width().mean()) if wq is not None else None,
@@ -131,6 +233,36 @@ def _layer_row(layer: QuantizableLayer, macs: float) -> LayerReport:
         act_signed=aq.signed if aq is not None else None,
         full_precision_reason=layer.full_precision_reason,
     )
+
+
+def _mean_bits(quantizer: Quantizer | None, kept: Tensor | None = None) -> float:
+    """A quantizer's integer bits, averaged over its (``kept``) channels; 32 without a quantizer."""
+    if quantizer is None:
+        return FULL_PRECISION_BITS
+    bits = quantizer.integer_bits()
+    if kept is not None:
+        bits = bits[kept.to(bits.device)]
+    return _integral(float(bits.mean()))
+
+
+def _bops(terms: Iterable[tuple[float, float, float]], other_macs: float) -> float:
+    """Sum of MACs x weight bits x activation bits over (macs, weight bits, act bits) terms, plus the
+    MACs outside every layer at 32 x 32."""
+    return sum(macs * weight_bits * act_bits for macs, weight_bits, act_bits in terms) + other_macs * FULL_PRECISION_BITS**2
+
+
+def _relative(bops: float, dense_macs: float) -> float:
+    return bops / (dense_macs * FULL_PRECISION_BITS**2) if dense_macs else 0.0
+
+
+def _carried_weight_quantizer(layer: QuantizableLayer) -> Quantizer | None:
+    """The Quantizer parametrizing the layer's weights, if any (another parametrization is not one)."""
+    for name in layer.weight_names:
+        if parametrize.is_parametrized(layer.module, name):
+            for parametrization in layer.module.parametrizations[name]:
+                if isinstance(parametrization, Quantizer):
+                    return parametrization
+    return None
 
 
 def _bits_per_element(quantizer: Quantizer | None, weight: Tensor) -> Tensor:

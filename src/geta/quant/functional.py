@@ -21,7 +21,6 @@ from torch import Tensor
 
 from geta.errors import ConfigError
 
-
 MIN_CLIP = 1e-30  # q_m floor
 MIN_EXPONENT = 1e-3  # t floor
 MAX_BITS = 32  # d floor: d >= d(32 bits), relative to q_m^t, so tiny ranges still reach any bit width

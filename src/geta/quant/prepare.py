@@ -16,7 +16,7 @@ from torch.nn.utils import parametrize
 
 from geta.errors import ConfigError
 from geta.quant.layers import LayerSpec, spec_for
-from geta.quant.quantizer import Quantizer
+from geta.quant.quantizer import Exponent, Quantizer
 
 INPUT_QUANTIZER = "geta_input_quantizer"
 FIRST = "<first>"
@@ -89,9 +89,11 @@ def resolve_skip(
     return skipped
 
 
-def attach_weight_quantizers(layers: Iterable[QuantizableLayer], bits: int, per_channel: bool) -> None:
+def attach_weight_quantizers(
+    layers: Iterable[QuantizableLayer], bits: int, per_channel: bool, exponent: Exponent = "learned"
+) -> None:
     """Give each layer one weight quantizer shared by its weights; a parameter tied between layers
-    keeps one quantizer. Ranges start at max |W|."""
+    keeps one quantizer. Ranges start at max |W|; ``exponent`` is the quantizers' t mode."""
     by_parameter: dict[int, Quantizer] = {}
     for layer in layers:
         weights = layer.weights()
@@ -99,7 +101,7 @@ def attach_weight_quantizers(layers: Iterable[QuantizableLayer], bits: int, per_
         if quantizer is None:
             axis = layer.spec.out_axis if per_channel else None
             channels = weights[0].shape[axis] if axis is not None else 1
-            quantizer = Quantizer(bits, axis=axis, channels=channels).to(weights[0].device)
+            quantizer = Quantizer(bits, axis=axis, channels=channels, exponent=exponent).to(weights[0].device)
             quantizer.init_from_weights_(weights)
         for name, weight in zip(layer.weight_names, weights):
             by_parameter[id(weight)] = quantizer
@@ -110,13 +112,16 @@ def attach_weight_quantizers(layers: Iterable[QuantizableLayer], bits: int, per_
         layer.module.register_load_state_dict_pre_hook(_rename_loaded_keys)
 
 
-def attach_input_quantizers(layers: Iterable[QuantizableLayer], bits: int, unsigned: set[str]) -> None:
-    """Give each layer that reads activations an input quantizer run by a forward pre-hook."""
+def attach_input_quantizers(
+    layers: Iterable[QuantizableLayer], bits: int, unsigned: set[str], exponent: Exponent = "learned"
+) -> None:
+    """Give each layer that reads activations an input quantizer run by a forward pre-hook; ``exponent``
+    is the quantizers' t mode."""
     for layer in layers:
         if not layer.spec.inputs:
             continue
         device = layer.weights()[0].device
-        quantizer = Quantizer(bits, signed=layer.name not in unsigned).to(device)
+        quantizer = Quantizer(bits, signed=layer.name not in unsigned, exponent=exponent).to(device)
         layer.module.add_module(INPUT_QUANTIZER, quantizer)
         layer.module.register_forward_pre_hook(
             functools.partial(_quantize_inputs, positions=layer.spec.inputs), with_kwargs=True

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from geta.errors import ConfigError
 from geta.quant import functional as F
 from geta.quant.kernel import quantize
+
+Exponent = Literal["learned", "fixed"]
+EXPONENTS = ("learned", "fixed")
 
 
 @torch.library.custom_op("geta::quantizer_call", mutates_args=())
@@ -30,19 +35,27 @@ class Quantizer(nn.Module):
     that axis. ``signed=False`` is for inputs known to be non-negative: levels 0..2^b - 1 instead of
     -(2^(b-1) - 1)..2^(b-1) - 1. Parameters are kept positive: the forward pass clamps them, and
     :meth:`constrain_` clamps the stored values after an optimizer step.
+
+    ``exponent="fixed"`` holds t = 1: t is a parameter that does not require grad (optimizers skip it)
+    and :meth:`constrain_` writes 1 back. The levels are then uniform in x, which integer runtimes need
+    (see ``geta.export.onnx``).
     """
 
-    def __init__(self, bits: int = 16, *, signed: bool = True, axis: int | None = None, channels: int = 1) -> None:
+    def __init__(self, bits: int = 16, *, signed: bool = True, axis: int | None = None, channels: int = 1,
+                 exponent: Exponent = "learned") -> None:
         super().__init__()
         F.check_bits(bits, "bits")
         if axis is not None and channels < 1:
             raise ValueError(f"a per-channel quantizer needs channels >= 1, got {channels}")
+        if exponent not in EXPONENTS:
+            raise ConfigError(f"exponent={exponent!r} is not a mode; use one of {', '.join(map(repr, EXPONENTS))}")
         shape = () if axis is None else (channels,)
         self.signed = signed
         self.axis = axis
+        self.exponent = exponent
         self.initial_bits = int(bits)
         self.q_m = nn.Parameter(torch.ones(shape))
-        self.t = nn.Parameter(torch.ones(shape))
+        self.t = nn.Parameter(torch.ones(shape), requires_grad=exponent == "learned")
         self.d = nn.Parameter(F.step_for_bits(float(bits), self.q_m.detach(), self.t.detach(), signed))
         self.observing = False
         self.observed_max: Tensor | None = None
@@ -53,7 +66,8 @@ class Quantizer(nn.Module):
     def extra_repr(self) -> str:
         granularity = "per-tensor" if self.axis is None else f"per-channel(axis={self.axis}, channels={self.d.numel()})"
         mean_bits = self.bit_width().mean().item()
-        return f"{'signed' if self.signed else 'unsigned'}, {granularity}, bits={mean_bits:.2f}"
+        fixed = ", t fixed at 1" if self.exponent == "fixed" else ""
+        return f"{'signed' if self.signed else 'unsigned'}, {granularity}, bits={mean_bits:.2f}{fixed}"
 
     def forward(self, x: Tensor) -> Tensor:
         if self.passed_through:
@@ -82,9 +96,11 @@ class Quantizer(nn.Module):
 
     @torch.no_grad()
     def constrain_(self) -> None:
-        """Write the constrained values back into d, q_m, t (call after an optimizer step)."""
+        """Write the constrained values back into d, q_m, t (call after an optimizer step); t = 1 when fixed."""
         for stored, value in zip((self.d, self.q_m, self.t), self.constrained_parameters()):
             stored.copy_(value)
+        if self.exponent == "fixed":
+            self.t.fill_(1.0)
 
     def bit_width(self) -> Tensor:
         """The learned bit width, Eq. 3 (one value, or one per channel); no gradient."""

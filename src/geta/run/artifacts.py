@@ -17,36 +17,47 @@ import safetensors.torch
 from geta.errors import SavedModelError
 from geta.export import write_artifacts
 from geta.export.packed import new_file_mode
+from geta.run.latency import Latency, measure_latency
 from geta.run.plots import plot_curves, plot_layers
 from geta.run.result import RunResult
 
 STATE_DICT_FILE = "model_state_dict.safetensors"
 
 
-def write_run(result: RunResult, out_dir: Path) -> dict[str, Path]:
+def write_run(result: RunResult, out_dir: Path, *, threads: int = 1) -> dict[str, Path]:
     """Write every artifact of ``result`` into ``out_dir`` (created); returns them by name.
 
     ``geta.export`` saves a model of any class (one outside its allow-list loads with
     ``geta.load(path, model=...)``). A model it still refuses (e.g. a per-channel input quantizer, unsigned
     weight quantizers in ONNX) is written as its state dict in safetensors instead (no pickle; tied tensors
-    once), and report.json says why under ``export_error``."""
+    once), and report.json says why under ``export_error``.
+
+    Sets ``result.latency``: ``model.onnx`` against the dense model in onnxruntime on ``threads`` threads
+    (:func:`geta.run.latency.measure_latency`), or not measured when there is no ``model.onnx``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "layers_plot": plot_layers(result, out_dir / "layers.png"),
         "curves_plot": plot_curves(result, out_dir / "curves.png"),
     }
-    data = result.to_dict()
+    export_error = ""
     try:
         paths.update(write_artifacts(result.model, result.example, out_dir))
     except SavedModelError as error:
-        data["export_error"] = str(error)
+        export_error = str(error)
         paths["state_dict"] = out_dir / STATE_DICT_FILE
         safetensors.torch.save_model(result.model, str(paths["state_dict"]))
+        result.latency = Latency(threads, not_measured=f"no ONNX artifact to time: {export_error}")
+    else:
+        result.latency = measure_latency(result.dense_model, paths["onnx"], result.example,
+                                         result.settings["batch_size"], threads)
+    data = result.to_dict()
+    if export_error:
+        data["export_error"] = export_error
     data["files"] = {name: path.name for name, path in paths.items()}
     paths["report_json"] = out_dir / "report.json"
     paths["report_json"].write_text(json.dumps(data, indent=2) + "\n")
     paths["report_md"] = out_dir / "report.md"
-    paths["report_md"].write_text(markdown(result, paths, data.get("export_error", "")))
+    paths["report_md"].write_text(markdown(result, paths, export_error))
     mode = new_file_mode()  # the state-dict fallback is written by safetensors too (0600)
     for path in paths.values():
         path.chmod(mode)
@@ -151,6 +162,7 @@ def markdown(result: RunResult, files: dict[str, Path], export_error: str = "") 
         f"| params | {result.params_dense:,} | {result.params:,} |",
         f"| size | {result.size_bits_dense / 8 / 1024:.2f} KiB | {result.size_bits / 8 / 1024:.2f} KiB |",
         f"| group sparsity | 0% | {_pct(result.group_sparsity, 1)} |",
+        "", "## Latency", "", *_latency_lines(result.latency),
         "", "## Layers", "",
         "| layer | kind | weight bits | act bits | kept width / dense | MACs | params | full precision |",
         "|---|---|---|---|---|---|---|---|",
@@ -168,6 +180,24 @@ def markdown(result: RunResult, files: dict[str, Path], export_error: str = "") 
         lines += ["", (f"Compact model: `{files['state_dict'].name}` (a state dict; geta.export cannot save this "
                        f"model: {export_error}).")]
     return "\n".join(lines) + "\n"
+
+
+def _latency_lines(latency: Latency | None) -> list[str]:
+    """report.md's latency section: a table per batch size and each ratio in words, or why it was not measured."""
+    if latency is None:
+        return ["Not measured."]
+    if latency.not_measured:
+        return [f"Not measured: {latency.not_measured.rstrip('.')}."]
+    repeats = sorted({b.repeats for b in latency.batches})
+    threads = f"{latency.threads} thread{'s' if latency.threads > 1 else ''}"
+    method = (f"Milliseconds per call in {latency.runtime} on the CPU, {threads}: the dense float model (exported "
+              "to ONNX for this measurement) and the compressed `model.onnx`, the two called in turn on the same "
+              f"inputs, median of {'/'.join(map(str, repeats))} calls each after a warm-up.")
+    lines = [method, "", "| batch | dense float (ms) | compressed (ms) | dense / compressed |", "|---|---|---|---|"]
+    lines += [f"| {b.batch} | {b.dense_ms:.4f} | {b.artifact_ms:.4f} | {b.ratio:.2f} |" for b in latency.batches]
+    lines.append("")
+    lines += [f"At batch {b.batch} the compressed model is {b.sentence()}." for b in latency.batches]
+    return lines
 
 
 def _pct(value: float, digits: int = 3) -> str:

@@ -26,7 +26,13 @@ from geta.optim.schedule import Schedule
 from geta.quant.prepare import find_layers, resolve_skip
 from geta.recipes.recipe import Recipe, get_recipe
 from geta.run.costs import dense_cost, estimated_rel_bops, layer_rows, model_report
-from geta.run.loop import accuracy, batches_per_epoch, constant_then_cosine, shuffled_batches, train
+from geta.run.loop import (
+    accuracy,
+    batches_per_epoch,
+    constant_then_cosine,
+    shuffled_batches,
+    train,
+)
 from geta.run.progress import Display
 from geta.run.result import DenseModel, Recorder, RunResult, measure_every
 from geta.run.settings import Settings
@@ -220,7 +226,8 @@ def make_result(
         params=report.params, params_dense=dense.cost.params, size_bits=report.size_bits,
         size_bits_dense=dense.cost.size_bits, macs=report.macs, macs_dense=dense.cost.macs,
         wall_s=dense.wall_s + wall, wall_s_dense=dense.wall_s, layers=layer_rows(report, dense.cost),
-        curves=dense.curve + recorder.points, model=model, report=report, example=dense.example,
+        curves=dense.curve + recorder.points, model=model, report=report, dense_model=dense.model,
+        example=dense.example,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -16,6 +16,9 @@ from geta.recipes.recipe import Recipe
 from geta.run.costs import DenseCost
 from geta.run.progress import Display, Point
 from geta.run.settings import Settings
+
+if TYPE_CHECKING:  # geta.run.latency imports onnxruntime, which only writing a run needs
+    from geta.run.latency import Latency
 
 
 @dataclass
@@ -70,7 +73,9 @@ class DenseModel:
 @dataclass
 class RunResult:
     """One method's outcome. ``rel_bops`` = BOPs of ``model`` / (dense MACs x 32 x 32); ``wall_s``
-    includes the dense stage (``wall_s_dense``); ``curves`` cover the dense stage and the method."""
+    includes the dense stage (``wall_s_dense``); ``curves`` cover the dense stage and the method.
+    ``latency`` (the written ONNX artifact against ``dense_model`` in onnxruntime) is None until
+    :func:`geta.run.artifacts.write_run` measures it."""
 
     recipe: str
     method: str
@@ -91,12 +96,15 @@ class RunResult:
     curves: list[Point]
     model: nn.Module = field(repr=False)
     report: Report = field(repr=False)
+    dense_model: nn.Module = field(repr=False)
     example: Inputs = field(repr=False, default=None)  # type: ignore[assignment]
+    latency: Latency | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Every metric, the settings, the per-layer rows and the curves as plain JSON-serializable data."""
-        skipped = ("model", "report", "example", "curves")
+        """Every metric, the settings, the per-layer rows, the latency and the curves as plain JSON-serializable data."""
+        skipped = ("model", "report", "dense_model", "example", "latency", "curves")
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skipped}
+        data["latency"] = None if self.latency is None else self.latency.to_dict()
         data["curves"] = [asdict(point) for point in self.curves]
         data["stages"] = stage_spans(self.curves)
         return data

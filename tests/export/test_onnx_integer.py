@@ -1,0 +1,222 @@
+"""geta.export_onnx for onnxruntime's integer kernels: batch norm folded exactly, the quantizers' Q/DQ laid
+out so that onnxruntime's QDQ fusion applies (QLinearConv, QGemm, MatMulIntegerToFloat), clips placed
+where they keep that fusion, and raw-byte tensors about the size of the packed safetensors file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+import torch.nn.functional as F
+from compact_models import TinyEncoder
+from onnx import TensorProto, helper, numpy_helper
+from torch import Tensor, nn
+
+import geta
+from geta.export.onnx import inference_session
+from geta.quant.prepare import INPUT_QUANTIZER
+
+INTEGER_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "ConvInteger"}
+
+
+class SmallResNet(nn.Module):
+    """A conv-bn-relu stem, one residual block (conv-bn-relu, conv-bn, add, relu) and a linear head."""
+
+    def __init__(self, width: int = 16, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.bn(self.stem(x)))
+        y = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(x + self.bn2(self.conv2(y)))
+        return self.head(x.mean((2, 3)))
+
+
+def _with_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
+    """``model`` in eval mode with batch norms of non-trivial statistics, some gammas negative, one zero."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                channels = module.num_features
+                module.running_mean.copy_(0.2 * torch.randn(channels, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(channels, generator=generator))
+                module.weight.copy_((0.5 + torch.rand(channels, generator=generator)) * torch.where(
+                    torch.rand(channels, generator=generator) < 0.3, -1.0, 1.0))
+                module.weight[0] = 0.0
+                module.bias.copy_(0.2 * torch.randn(channels, generator=generator))
+    return model.eval()
+
+
+def _compact(model: nn.Module, x: Tensor, quantize: str = "weights+activations") -> nn.Module:
+    """``model`` quantized at 8/8 bits per channel with t fixed at 1, a fifth of its groups removed."""
+    calibration = [torch.randn(8, *x.shape[1:], generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    g = geta.GETA(model, x, quantize=quantize, weight_bits=8, act_bits=8, per_channel=True, exponent="fixed",
+                  calibration_data=calibration)
+    g.zero_random_groups(0.2, seed=1)
+    return g.construct_subnet().eval()
+
+
+def _optimized(path: Path, level: onnxruntime.GraphOptimizationLevel) -> tuple[onnxruntime.InferenceSession,
+                                                                               onnx.ModelProto]:
+    """A session at ``level`` (configured like ``inference_session``) and the optimized graph it ran."""
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = level
+    options.optimized_model_filepath = str(path.with_suffix(".optimized.onnx"))
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    options.log_severity_level = 3  # the warning that a fully optimized graph is hardware specific
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session, onnx.load(options.optimized_model_filepath)
+
+
+@pytest.fixture(scope="module")
+def small_resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return _compact(_with_statistics(SmallResNet()), torch.randn(2, 3, 16, 16))
+
+
+@pytest.mark.parametrize("level", [onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL])
+def test_cnn_runs_integer_kernels_within_one_level_of_torch(small_resnet: nn.Module, level, tmp_path: Path) -> None:
+    """The block's first conv (its output feeds only the next quantizer) runs as QLinearConv and the head as
+    QGemm. Outputs may differ from torch where float rounding or onnxruntime's int32 bias moves an activation
+    on a level boundary to its neighbour; the bound is the head's output change if every one of its inputs
+    moved by one level of its input quantizer (step d times the largest row sum of |W|)."""
+    path = geta.export_onnx(small_resnet, torch.randn(2, 3, 16, 16), tmp_path / "m.onnx")
+    exported = {node.op_type for node in onnx.load(str(path)).graph.node}
+    session, optimized = _optimized(path, level)
+    ops = [node.op_type for node in optimized.graph.node]
+    assert "BatchNormalization" not in exported
+    assert {"QLinearConv", "QGemm"} <= set(ops) and ops.count("QLinearConv") == 1
+    x = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    (out,) = session.run(None, {"input_0": x.numpy()})
+    with torch.no_grad():
+        ref = small_resnet(x).numpy()
+    head = small_resnet.head
+    step = float(getattr(head, INPUT_QUANTIZER).constrained_parameters()[0].detach())
+    one_level = step * float(head.weight.detach().abs().sum(1).max())
+    assert np.abs(out - ref).max() <= one_level
+    assert np.abs(out - ref).mean() <= 0.05 * one_level
+
+
+def test_quantizers_move_above_pooling_and_flatten(tmp_path: Path) -> None:
+    """conv-bn-relu-maxpool stages and flatten before the head: each quantizer moves above the MaxPool and
+    Flatten feeding it (same codes), so that every conv is followed by one and all run as QLinearConv."""
+    torch.manual_seed(0)
+    model = _with_statistics(nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 4 * 4, 10),
+    ))
+    compact = _compact(model, torch.randn(2, 3, 16, 16))
+    path = geta.export_onnx(compact, torch.randn(2, 3, 16, 16), tmp_path / "m.onnx")
+    session, optimized = _optimized(path, onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    ops = [node.op_type for node in optimized.graph.node]
+    assert ops.count("QLinearConv") == 2 and ops.count("QGemm") == 1 and "Conv" not in ops
+    x = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    (out,) = session.run(None, {"input_0": x.numpy()})
+    with torch.no_grad():
+        ref = compact(x).numpy()
+    head = compact[-1]
+    step = float(getattr(head, INPUT_QUANTIZER).constrained_parameters()[0].detach())
+    assert np.abs(out - ref).max() <= step * float(head.weight.detach().abs().sum(1).max())
+
+
+def test_batch_norm_is_folded_exactly(tmp_path: Path) -> None:
+    """Weights only (float activations, so no level can move): conv-bn and linear-bn1d folded into the
+    weights' steps (levels negated where gamma < 0, zero where gamma = 0) match torch to float rounding."""
+    torch.manual_seed(0)
+    model = _with_statistics(nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 6),
+        nn.BatchNorm1d(6),
+    ))
+    compact = _compact(model, torch.randn(2, 3, 8, 8), quantize="weights")
+    path = geta.export_onnx(compact, torch.randn(2, 3, 8, 8), tmp_path / "m.onnx")
+    graph = onnx.load(str(path)).graph
+    assert "BatchNormalization" not in {node.op_type for node in graph.node}
+    initializers = {init.name: init for init in graph.initializer}
+    levels = [initializers[node.input[0]] for node in graph.node if node.op_type == "DequantizeLinear"]
+    assert len(levels) == 2 and {init.data_type for init in levels} == {TensorProto.INT8}
+    x = torch.randn(16, 3, 8, 8)
+    (out,) = inference_session(path).run(None, {"input_0": x.numpy()})
+    with torch.no_grad():
+        ref = compact(x).numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_transformer_linears_run_integer_kernels(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _compact(TinyEncoder().eval(), torch.randn(2, 6, 8))
+    path = geta.export_onnx(model, torch.randn(2, 6, 8), tmp_path / "m.onnx")
+    session, optimized = _optimized(path, onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    assert [node.op_type for node in optimized.graph.node].count("MatMulIntegerToFloat") >= 4
+    x = torch.randn(5, 6, 8)
+    (out,) = session.run(None, {"input_0": x.numpy()})
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert np.abs(out - ref).max() <= 0.01 * np.abs(ref).max()
+
+
+def _run(nodes: list[onnx.NodeProto], initializers: list[TensorProto], x: np.ndarray) -> np.ndarray:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [x.size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [x.size])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize(("codes", "zero", "top"), [(np.uint8, 128, 93), (np.uint8, 0, 200), (np.int16, 0, 1500)])
+def test_clipping_before_or_between_q_and_dq_equals_clipping_after(codes: type, zero: int, top: int) -> None:
+    """Q -> DQ -> Clip(-N d, N d) (unsigned: Clip(0, N d)), as the quantizer reads, equals the exported forms:
+    Clip on the codes between Q and DQ (UINT8) and Clip(x) before Q (16 bits), on a dense grid and at the
+    points where rounding and clipping meet (k d, (k + 1/2) d around N, and their float neighbours)."""
+    d = np.float32(0.0123)
+    signed = zero > 0 or codes == np.int16
+    low = -top if signed else 0
+    around = np.array([k * d for k in (top - 1, top - 0.5, top, top + 0.5, top + 1)], dtype=np.float32)
+    around = np.concatenate([around, np.nextafter(around, np.float32(np.inf)), np.nextafter(around, np.float32(0))])
+    x = np.concatenate([np.linspace(-2 * top * d, 2 * top * d, 20001, dtype=np.float32), around, -around])
+    constants = [numpy_helper.from_array(d, "d"), numpy_helper.from_array(np.asarray(zero, dtype=codes), "z"),
+                 numpy_helper.from_array(np.float32(low) * d, "low"), numpy_helper.from_array(np.float32(top) * d, "high"),
+                 numpy_helper.from_array(np.asarray(zero + low, dtype=codes), "code_low"),
+                 numpy_helper.from_array(np.asarray(zero + top, dtype=codes), "code_high")]
+    after = _run([helper.make_node("QuantizeLinear", ["x", "d", "z"], ["q"]),
+                  helper.make_node("DequantizeLinear", ["q", "d", "z"], ["dq"]),
+                  helper.make_node("Clip", ["dq", "low", "high"], ["y"])], constants, x)
+    if codes == np.uint8:
+        nodes = [helper.make_node("QuantizeLinear", ["x", "d", "z"], ["q"]),
+                 helper.make_node("Clip", ["q", "code_low", "code_high"], ["c"]),
+                 helper.make_node("DequantizeLinear", ["c", "d", "z"], ["y"])]
+    else:
+        nodes = [helper.make_node("Clip", ["x", "low", "high"], ["c"]),
+                 helper.make_node("QuantizeLinear", ["c", "d", "z"], ["q"]),
+                 helper.make_node("DequantizeLinear", ["q", "d", "z"], ["y"])]
+    np.testing.assert_array_equal(_run(nodes, constants, x), after)
+
+
+@pytest.mark.parametrize("quantize", ["weights", "weights+activations"])
+def test_onnx_file_is_about_the_size_of_the_packed_file(quantize: str, tmp_path: Path) -> None:
+    """At 8 bits (about 100k weights) the ONNX file holds its tensors as raw bytes, int8 levels one byte
+    each: within 1.2x of geta.save's file plus 4 kB of graph."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+    g = geta.GETA(model, torch.randn(4, 256), quantize=quantize, weight_bits=8, act_bits=8, per_channel=True,
+                  exponent="fixed")
+    compact = g.construct_subnet().eval()
+    packed = os.path.getsize(geta.save(compact, tmp_path / "m.safetensors"))
+    path = geta.export_onnx(compact, torch.randn(4, 256), tmp_path / "m.onnx")
+    assert os.path.getsize(path) <= 1.2 * packed + 4096
+    for init in onnx.load(str(path)).graph.initializer:
+        assert init.HasField("raw_data") and not (init.int32_data or init.int64_data or init.float_data), init.name
