@@ -61,9 +61,7 @@ def load_fashion_mnist(
     """
     if not 0 <= validation < TRAIN_SIZE:
         raise ConfigError(f"validation={validation} must be in [0, {TRAIN_SIZE}): the size of the held-out part")
-    if download is None:
-        download = os.environ.get("GETA_OFFLINE", "") in ("", "0")
-    folder = _find_or_download(root, download)
+    folder = find_fashion_mnist(root, download=download)
     images = {part: _images(folder / f"{part}-images-idx3-ubyte.gz") for part in ("train", "t10k")}
     labels = {part: _labels(folder / f"{part}-labels-idx1-ubyte.gz") for part in ("train", "t10k")}
     if pad_to_32:
@@ -75,7 +73,12 @@ def load_fashion_mnist(
     return Split(images["train"][kept], labels["train"][kept], images["train"][held], labels["train"][held])
 
 
-def _find_or_download(root: str | Path | None, download: bool) -> Path:
+def find_fashion_mnist(root: str | Path | None = None, *, download: bool | None = None) -> Path:
+    """The folder holding the four Fashion-MNIST files (``root``, else the Debian package's, else the
+    cache), downloading them into the cache first where they are missing and ``download`` allows it
+    (default: unless the environment sets GETA_OFFLINE=1); raises GetaError naming what to do."""
+    if download is None:
+        download = os.environ.get("GETA_OFFLINE", "") in ("", "0")
     candidates = [Path(root)] if root is not None else [DEBIAN_ROOT, cache_root()]
     for folder in candidates:
         if all((folder / name).is_file() for name in SHA256):

@@ -7,7 +7,6 @@ scaled to the default epochs.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from torch import nn
@@ -36,9 +35,9 @@ def _digits() -> tuple[nn.Module, Split]:
 
 def _fashion_mnist_folder() -> Path:
     """Where load_fashion_mnist finds the four files, downloading them first where it would (cheap once there)."""
-    from geta.data.fashion_mnist import _find_or_download
+    from geta.data.fashion_mnist import find_fashion_mnist
 
-    return _find_or_download(None, download=os.environ.get("GETA_OFFLINE", "") in ("", "0"))
+    return find_fashion_mnist()
 
 
 def _resnet20() -> nn.Module:
