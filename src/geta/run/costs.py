@@ -8,14 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from geta.graph.inputs import ExampleInputs
-from geta.metrics.cost import MacCount, count_macs
-from geta.metrics.report import FULL_PRECISION_BITS, Report, build_report
-from geta.quant.prepare import INPUT_QUANTIZER, QuantizableLayer, find_layers
+from geta.metrics.cost import count_macs
+from geta.metrics.report import FULL_PRECISION_BITS, Report, build_report, model_layers
 
 
 @dataclass(frozen=True)
@@ -43,20 +40,6 @@ def dense_cost(model: nn.Module, example_inputs: object) -> DenseCost:
     )
 
 
-def model_layers(model: nn.Module, reasons: dict[str, str] | None = None) -> list[QuantizableLayer]:
-    """The quantizable layers of ``model`` with the quantizers it already carries (a compact model's, say).
-
-    ``reasons`` gives the full-precision reason of layers by name (from the GETA object it came from)."""
-    layers = find_layers(model)
-    for layer in layers:
-        name = layer.weight_names[0]
-        if parametrize.is_parametrized(layer.module, name):
-            layer.weight_quantizer = layer.module.parametrizations[name][0]
-        layer.input_quantizer = getattr(layer.module, INPUT_QUANTIZER, None)
-        layer.full_precision_reason = (reasons or {}).get(layer.name, "")
-    return layers
-
-
 def model_report(
     model: nn.Module, example_inputs: object, reasons: dict[str, str] | None = None, group_sparsity: float = 0.0
 ) -> Report:
@@ -79,25 +62,3 @@ def layer_rows(report: Report, dense: DenseCost) -> list[dict]:
         }
         rows.append(row)
     return rows
-
-
-@torch.no_grad()
-def estimated_rel_bops(layers: list[QuantizableLayer], macs: MacCount, dense: DenseCost) -> float:
-    """Rel. BOPs the compact model would have now, from the zero channels of each layer's weight.
-
-    Each layer's MACs are scaled by its fractions of non-zero output and input slices (exact for
-    plain convolutions and linear layers); used for the live display and the training curves."""
-    bops = macs.other * FULL_PRECISION_BITS**2
-    for layer in layers:
-        weight = layer.weights()[0]
-        fraction = 1.0
-        if weight.dim() >= 2:
-            out_axis = layer.spec.out_axis
-            in_axis = 1 if out_axis == 0 else 0
-            for axis in (out_axis, in_axis):
-                alive = weight.abs().movedim(axis, 0).reshape(weight.shape[axis], -1).amax(1) > 0
-                fraction *= float(alive.float().mean())
-        weight_bits = float(layer.weight_quantizer.integer_bits().mean()) if layer.weight_quantizer is not None else 32
-        act_bits = float(layer.input_quantizer.integer_bits().mean()) if layer.input_quantizer is not None else 32
-        bops += macs.per_layer.get(layer.name, 0.0) * fraction * weight_bits * act_bits
-    return bops / dense.bops if dense.bops else 0.0

@@ -19,13 +19,11 @@ import torch
 import geta
 from geta.data.split import select
 from geta.errors import ConfigError
-from geta.graph.inputs import ExampleInputs
-from geta.metrics.cost import count_macs
 from geta.optim.qasso import BASE_OPTIMIZERS
 from geta.optim.schedule import Schedule
 from geta.quant.prepare import find_layers, resolve_skip
 from geta.recipes.recipe import Recipe, get_recipe
-from geta.run.costs import dense_cost, estimated_rel_bops, layer_rows, model_report
+from geta.run.costs import dense_cost, layer_rows, model_report
 from geta.run.loop import (
     accuracy,
     batches_per_epoch,
@@ -180,7 +178,6 @@ def compress(
     )
     display.message(f"{method}: QASSO over {len(g.groups)} groups for {settings.epochs} epochs ({steps} steps), "
                     f"target sparsity {sparsity:.2f}, weight bits {settings.weight_bits}, act bits {settings.act_bits}")
-    macs = count_macs(g.model, ExampleInputs.from_user(dense.example), g.layers)
     recorder = Recorder(display, first_step=dense.steps)
     every = measure_every(steps)
     previous = [""]
@@ -188,7 +185,7 @@ def compress(
     def measure() -> dict[str, float | None]:
         metrics = optimizer.metrics()
         return {"group_sparsity": metrics.group_sparsity, "weight_bits": metrics.weight_bits_mean,
-                "act_bits": metrics.act_bits_mean, "rel_bops": estimated_rel_bops(g.layers, macs, dense.cost)}
+                "act_bits": metrics.act_bits_mean, "rel_bops": metrics.rel_bops}
 
     def on_step(step: int, loss: float) -> None:
         stage = optimizer.schedule.position(max(optimizer.steps_done - 1, 0)).stage.value
