@@ -1,6 +1,7 @@
 # Entry points, each doing its own set-up:
 #   make demo        - compress a real model on real data (geta compress cnn-digits) and print where the report is
-#   make test        - run the default test suite in .venv, then the torchvision tests in .venv-vision
+#   make test        - lint (ruff) and type-check (mypy) in .venv, run the default test suite there,
+#                      then the torchvision tests in .venv-vision
 #   make test-vision - only the torchvision tests, in .venv-vision
 # Two venvs: the torchvision wheel from PyPI cannot load beside the CPU torch 2.13.0 wheel, and
 # transformers imports torchvision whenever it is installed, so .venv (torch 2.13.0, transformers)
@@ -40,7 +41,10 @@ demo: $(STAMP) data
 
 test: test-main test-vision
 
+# ruff and mypy read their settings from pyproject.toml ([tool.ruff], [tool.mypy]: mypy checks src/geta).
 test-main: $(STAMP) data
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -q
 
 test-vision: $(VISION_STAMP)

@@ -5,8 +5,8 @@ For ResNet20 and VGG7 (batch norm, 3x32x32 inputs, random weights) the compact m
 ``construct_subnet``): plain float models, so that what is timed is the effect of the removed
 channels. ``--round-to N`` removes groups in whole chunks so that every width that is a multiple of N
 stays one (``zero_random_groups(..., round_to=N)``); then up to 30/50/70% are removed and the table
-gives the share actually removed. Each model is timed in torch eager mode (``torch.no_grad``, eval) at batch 1 and 64, at
-batch 64 also with model and input in channels-last memory format, and in onnxruntime
+gives the share actually removed. Each model is timed in torch eager mode (``torch.no_grad``, eval) at batch 1
+and 64, at batch 64 also with model and input in channels-last memory format, and in onnxruntime
 (``geta.export_onnx``, CPU provider) at batch 64. Candidates are interleaved: every round
 runs each of them ``--calls`` times, in an order rotated from round to round, after one untimed
 warm-up call; the table gives the median over rounds of the time per call.
@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 import geta
+from geta.core.inputs import ExampleInputs
 from geta.export.onnx import inference_session
-from geta.graph.inputs import ExampleInputs
 from geta.metrics.cost import count_macs
 from geta.models.cifar import ResNet20, vgg7_bn
 from geta.quant.prepare import find_layers
@@ -114,8 +114,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         built = {name: build(name, Path(folder), args.round_to) for name in args.models}
         medians = measure(built, args.rounds, args.calls)
-    print(f"torch {torch.__version__}, 1 thread, {args.rounds} interleaved rounds x {args.calls} calls, median per call, "
-          f"round_to {args.round_to}")
+    print(f"torch {torch.__version__}, 1 thread, {args.rounds} interleaved rounds x {args.calls} calls, "
+          f"median per call, round_to {args.round_to}")
     print("| model | groups removed | MACs (M) | MACs ratio | eager b1 ms (speedup) | eager b64 ms (speedup) "
           "| eager channels-last b64 ms (speedup) | ort b64 ms (speedup) "
           "| b64 speedup / MACs ratio (eager, channels-last, ort) |")

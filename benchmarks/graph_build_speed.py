@@ -97,7 +97,8 @@ def _shim_torch_onnx_for_oto() -> list[str]:
     """
     done: list[str] = []
     import torch.onnx
-    from torch.onnx._internal.torchscript_exporter import _globals, utils as torchscript_utils
+    from torch.onnx._internal.torchscript_exporter import _globals
+    from torch.onnx._internal.torchscript_exporter import utils as torchscript_utils
 
     # OTO: `from torch.onnx._globals import GLOBALS` (moved in torch 2.13).
     if "torch.onnx._globals" not in sys.modules:
@@ -236,12 +237,13 @@ def main() -> None:
     try:
         shimmed = _shim_torch_onnx_for_oto()
         with _quiet():
-            from only_train_once import OTO as oto_cls  # noqa: N811
+            from only_train_once import OTO as oto_cls
     except Exception as error:  # reported in the table
         oto_error = _reason(error)
 
     def version(dist: str) -> str:
-        from importlib.metadata import PackageNotFoundError, version as v
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as v
 
         try:
             return v(dist)

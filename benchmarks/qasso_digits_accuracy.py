@@ -44,7 +44,8 @@ def main() -> None:
             train_steps(g.model, opt, split, steps=STEPS)
             elapsed = time.perf_counter() - start
             m = opt.metrics()
-            print(f"{optimizer} seed {seed}: dense {dense_accuracy:.4f}  qasso {accuracy(g.model, split.test_x, split.test_y):.4f}  "
+            print(f"{optimizer} seed {seed}: dense {dense_accuracy:.4f}  "
+                  f"qasso {accuracy(g.model, split.test_x, split.test_y):.4f}  "
                   f"sparsity {m.group_sparsity}  weight bits {m.weight_bits_min:.2f}-{m.weight_bits_max:.2f}  "
                   f"act bits {m.act_bits_min:.2f}-{m.act_bits_max:.2f}  rel. BOPs {m.rel_bops:.4f}  {elapsed:.1f} s",
                   flush=True)

@@ -112,7 +112,8 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     torch.set_flush_denormal(True)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}; "
+    machine = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {machine}; "
           f"batch {BATCH}, {args.rounds} rounds x {args.steps} steps per candidate; denormals flushed")
     for model_name in args.models:
         found = run(model_name, args.rounds, args.steps, args.warmup)

@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
+from tests.zoo import EveryLayer, ScaledDense, every_layer_inputs, small_cnn
 from torch import nn
 
 import geta
 from geta.errors import ConfigError, ModelError
-from tests.zoo import EveryLayer, ScaledDense, every_layer_inputs, small_cnn
 
 EXPECTED_LAYERS = {
     "embed": "Embedding",
@@ -59,7 +59,7 @@ def test_every_layer_kind_gets_a_quantizer_and_matches_float_at_16_bits(mode: st
 def test_quantizers_change_outputs_at_low_bits_and_get_gradients() -> None:
     model = EveryLayer().eval()
     inputs = every_layer_inputs()
-    g = geta.GETA(model, inputs, quantize="weights+activations", weight_bits=3, act_bits=3)
+    g = geta.GETA(model, inputs, quantize="weights+activations", initial_weight_bits=3, initial_act_bits=3)
     out = g.model(*inputs)
     assert _relative_error(out, model(*inputs)) > 1e-3
     out.square().sum().backward()
@@ -170,8 +170,9 @@ def test_skip_by_glob_module_and_first_last() -> None:
     ("kwargs", "error", "message"),
     [
         ({"quantize": "int8"}, ConfigError, "not a mode"),
-        ({"weight_bits": 8.5}, ConfigError, "not an integer"),
-        ({"act_bits": 1}, ConfigError, "outside"),
+        ({"initial_weight_bits": 8.5}, ConfigError, "initial_weight_bits=8.5 is not an integer"),
+        ({"initial_act_bits": 1}, ConfigError, "initial_act_bits=1 is outside"),
+        ({"weight_bits": 8}, TypeError, "weight_bits"),
         ({"skip": "nothing_here.*"}, ConfigError, "matches no quantizable layer"),
         ({"skip": nn.Linear(2, 2)}, ConfigError, "not a submodule"),
         ({"skip": [3]}, ConfigError, "modules or name patterns"),
@@ -183,7 +184,7 @@ def test_bad_settings_raise_clear_errors(kwargs: dict, error: type, message: str
 
 
 def test_bad_model_or_inputs_raise_clear_errors() -> None:
-    with pytest.raises(ModelError, match="must be a torch.nn.Module"):
+    with pytest.raises(ModelError, match=r"must be a torch\.nn\.Module"):
         geta.GETA(lambda x: x, torch.randn(2))
     with pytest.raises(ModelError, match="cannot run on example_inputs"):
         geta.GETA(small_cnn(), torch.randn(2, 5, 8, 8))

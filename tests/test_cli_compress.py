@@ -31,7 +31,8 @@ def no_training(*_args: object, **_kwargs: object) -> None:
 
 def a_recipe(monkeypatch: pytest.MonkeyPatch, **changes: object) -> str:
     """Register a copy of cnn-digits called 'changed' with ``changes``; returns its name."""
-    monkeypatch.setitem(RECIPES, "changed", Recipe(**{**get_recipe("cnn-digits").__dict__, "name": "changed", **changes}))
+    recipe = Recipe(**{**get_recipe("cnn-digits").__dict__, "name": "changed", **changes})
+    monkeypatch.setitem(RECIPES, "changed", recipe)
     return "changed"
 
 
@@ -59,7 +60,7 @@ def test_recipes_lists_every_recipe_with_its_run_time() -> None:
 def test_compress_help_explains_the_options() -> None:
     result = runner.invoke(app, ["compress", "--help"])
     assert result.exit_code == 0
-    for option in ("--epochs", "--sparsity", "--weight-bits", "--act-bits", "--out", "--seed", "--baseline", "--skip"):
+    for option in ("--epochs", "--sparsity", "--target-rel-bops", "--target-size", "--weight-bits", "--act-bits", "--out", "--seed", "--baseline", "--skip"):
         assert option in result.output
 
 
@@ -73,6 +74,10 @@ def test_compress_help_explains_the_options() -> None:
         (["compress", "cnn-digits", "--skip", "none", "--skip", "first"], "--skip none"),
         (["compress", "cnn-digits", "--saliency-macs", "-1"], "--saliency-macs -1"),
         (["compress", "cnn-digits", "--stages", "0.5", "0.3", "0.3"], "--stages 0.5 0.3 0.3"),
+        (["compress", "cnn-digits", "--sparsity", "0.3", "--target-rel-bops", "0.02"],
+         "give one target, not target_rel_bops and sparsity"),
+        (["compress", "cnn-digits", "--target-rel-bops", "1.5"], "target_rel_bops=1.5 must lie in"),
+        (["compress", "cnn-digits", "--target-size", "-4"], "target_size_bytes=-4.0 must be"),
         (["compress", "cnn-digits", "--epochs", "1", "--limit-batches", "2", "--quiet"], "2 steps is too short"),
     ],
 )
@@ -98,17 +103,24 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_training(
     assert not (tmp_path / "new").exists(), "the check leaves no folder behind"
 
 
-def test_an_unknown_skip_layer_is_exit_2_before_the_data_is_loaded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_an_unknown_skip_layer_is_exit_2_before_the_data_is_loaded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     recipe = a_recipe(monkeypatch, setup=no_training)
     monkeypatch.setattr("geta.run.run_methods", no_training)
-    result = runner.invoke(app, ["compress", recipe, "--skip", "first", "--skip", "classifier", "--out", str(tmp_path / "run")])
+    result = runner.invoke(app, ["compress", recipe, "--skip", "first", "--skip", "classifier",
+                                 "--out", str(tmp_path / "run")])
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().count("\n") == 0 and result.stdout == ""
-    assert result.stderr.startswith("error: skip entry 'classifier' matches no quantizable layer; layers are named e.g. 0, 3, 7")
+    assert result.stderr.startswith(
+        "error: skip entry 'classifier' matches no quantizable layer; layers are named e.g. 0, 3, 7"
+    )
     assert list(tmp_path.iterdir()) == []
 
 
-def test_data_that_cannot_be_found_is_exit_2_before_any_training(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_data_that_cannot_be_found_is_exit_2_before_any_training(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     def missing() -> None:
         raise GetaError("Fashion-MNIST not found in /nowhere: apt-get install dataset-fashion-mnist")
 
@@ -124,19 +136,26 @@ def test_data_that_fails_while_the_run_loads_it_is_one_line_and_exit_code_1(
     def broken() -> None:
         raise GetaError("train-images-idx3-ubyte.gz is not a readable gzip file: delete it and load again")
 
-    result = runner.invoke(app, ["compress", a_recipe(monkeypatch, setup=broken), "--quiet", "--out", str(tmp_path / "run")])
+    result = runner.invoke(app, ["compress", a_recipe(monkeypatch, setup=broken), "--quiet",
+                                 "--out", str(tmp_path / "run")])
     assert result.exit_code == 1
-    assert result.output.strip() == "error: train-images-idx3-ubyte.gz is not a readable gzip file: delete it and load again"
+    assert result.output.strip() == (
+        "error: train-images-idx3-ubyte.gz is not a readable gzip file: delete it and load again"
+    )
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_earlier_run_is_refused_before_training_without_overwrite(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_an_earlier_run_is_refused_before_training_without_overwrite(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     out = tmp_path / "run"
     before = old_run(out)
     monkeypatch.setattr("geta.run.run_methods", no_training)
     result = runner.invoke(app, ["compress", "cnn-digits", "--out", str(out)])
     assert result.exit_code == 2, result.output
-    assert result.output.strip() == f"error: --out {out}: holds an earlier run; pass --overwrite to replace it, or choose another --out"
+    assert result.output.strip() == (
+        f"error: --out {out}: holds an earlier run; pass --overwrite to replace it, or choose another --out"
+    )
     assert contents(out) == before
 
 
@@ -148,7 +167,8 @@ def test_overwrite_replaces_the_earlier_run_as_a_whole(
     monkeypatch.setattr("geta.run.run_methods", lambda *_args, **_kwargs: tiny_results)
     result = runner.invoke(app, ["compress", "cnn-digits", "--out", str(out), "--overwrite"])
     assert result.exit_code == 0, result.output
-    assert set(contents(out)) == {"report.json", "report.md", "layers.png", "curves.png", "model.safetensors", "model.onnx"}
+    expected = {"report.json", "report.md", "layers.png", "curves.png", "model.safetensors", "model.onnx"}
+    assert set(contents(out)) == expected
     assert "old report" not in (out / "report.md").read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["run"], "no staged or old folder is left beside it"
     assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {new_file_mode()}
@@ -190,5 +210,6 @@ def test_compress_runs_and_ends_by_printing_where_the_report_is(tmp_path: Path) 
     assert [row["batch"] for row in rows] == [1, 64] and all(row["dense_ms"] > 0 < row["artifact_ms"] for row in rows)
     markdown = (out / "report.md").read_text()
     assert markdown.count(" than the dense model, measured.") == 2 and "## Latency" in markdown
-    assert {"report.md", "layers.png", "curves.png", "model.safetensors", "model.onnx"} <= {p.name for p in out.iterdir()}
+    artifacts = {"report.md", "layers.png", "curves.png", "model.safetensors", "model.onnx"}
+    assert artifacts <= {p.name for p in out.iterdir()}
     assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {new_file_mode()}, "every artifact has one mode"

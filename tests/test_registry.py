@@ -76,5 +76,5 @@ def test_without_the_record_the_layer_is_neither_quantized_nor_pruned_wrongly() 
 def test_bad_records_are_refused(bad: dict) -> None:
     with pytest.raises(geta.ConfigError, match="register_module"):
         geta.register_module(Dense, **bad)
-    with pytest.raises(geta.ConfigError, match="nn.Module subclass"):
+    with pytest.raises(geta.ConfigError, match=r"nn\.Module subclass"):
         geta.register_module(int)

@@ -4,6 +4,7 @@ from geta.api import GETA
 from geta.errors import ConfigError, GetaError, ModelError, SavedModelError
 from geta.export import export_onnx, load, save
 from geta.metrics.report import LayerReport, Report, report
+from geta.optim.config import QassoConfig
 from geta.optim.qasso import QASSO, QassoMetrics
 from geta.optim.schedule import Stage
 from geta.pruning.heads import register_attention
@@ -24,6 +25,7 @@ __all__ = [
     "LayerSpec",
     "ModelError",
     "ModuleRecord",
+    "QassoConfig",
     "QassoMetrics",
     "Quantizer",
     "Report",

@@ -5,21 +5,25 @@ from __future__ import annotations
 import copy
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from geta.core.inputs import ExampleInputs, model_device
+from geta.core.modes import eval_mode
 from geta.errors import ConfigError, GetaError, ModelError
-from geta.graph.capture import capture, eval_mode
-from geta.graph.dependency import DependencyAnalysis, Structure
-from geta.graph.inputs import ExampleInputs, model_device
+from geta.graph.capture import capture
+from geta.graph.dependency import DependencyAnalysis, UnprunableStructure
 from geta.graph.nonnegative import layer_inputs, nonnegative_nodes
+from geta.graph.residual import residual_sources
 from geta.metrics.cost import count_macs
 from geta.metrics.report import Report, build_report, model_layers
-from geta.optim.qasso import QASSO
+from geta.optim.config import FIELDS as QASSO_FIELDS
+from geta.optim.config import QassoConfig
+from geta.optim.qasso import QASSO, QassoMetrics, base_optimizer
 from geta.pruning.groups import Group, SearchSpace
 from geta.pruning.subnet import construct_subnet
 from geta.pruning.verify import check_compact, families, probe_reason, verify_space
@@ -28,13 +32,15 @@ from geta.quant.functional import check_bits
 from geta.quant.prepare import (
     QuantizableLayer,
     attach_input_quantizers,
+    attach_output_quantizers,
     attach_weight_quantizers,
     find_layers,
     foreign_parametrization,
     remove_input_quantizer,
+    remove_output_quantizer,
     resolve_skip,
 )
-from geta.quant.quantizer import Exponent
+from geta.quant.quantizer import Exponent, Quantizer
 
 QuantizeMode = Literal["weights", "weights+activations", "none"]
 _MODES = ("weights", "weights+activations", "none")
@@ -51,17 +57,23 @@ class GETA:
             layer's input) or ``"none"``.
         skip: modules or name globs of layers kept at full precision; ``geta.FIRST`` and
             ``geta.LAST`` name the first and last layer the model runs.
-        weight_bits, act_bits: initial bit widths of weight and activation quantizers.
+        initial_weight_bits, initial_act_bits: the bit widths weight and activation quantizers start at
+            (QASSO then projects them into its ``weight_bits`` / ``act_bits`` ranges).
         per_channel: quantize weights per output channel instead of per tensor.
         exponent: ``"learned"`` (each quantizer learns its exponent t) or ``"fixed"`` (t stays 1: uniform
             levels, which integer runtimes need for their kernels; see ``geta.export_onnx``).
+        quantize_residuals: with ``"weights+activations"``, also quantize the output of each convolution
+            (after its batch norm) that goes into a residual add, so that an integer runtime runs those
+            convolutions with integer kernels too (see ``geta.graph.residual``). Their quantizers are
+            activation quantizers like the inputs' (``act_bits``, projected by QASSO), listed in
+            ``.output_quantizers``.
         calibration_data: batches (shaped like ``example_inputs``) that set activation ranges;
             defaults to ``example_inputs`` alone.
         inplace: modify ``model`` itself instead of a copy.
 
     ``.model`` is the quantization-aware model to train. Its ``state_dict`` keeps the original
     parameters' keys; quantizer parameters appear as ``<layer>.<weight>_quantizer.*`` and
-    ``<layer>.geta_input_quantizer.*``.
+    ``<layer>.geta_input_quantizer.*`` (``<module>.geta_output_quantizer.*`` for output quantizers).
     """
 
     def __init__(
@@ -71,10 +83,11 @@ class GETA:
         *,
         quantize: QuantizeMode = "weights",
         skip: object = (),
-        weight_bits: int = 16,
-        act_bits: int = 16,
+        initial_weight_bits: int = 16,
+        initial_act_bits: int = 16,
         per_channel: bool = False,
         exponent: Exponent = "learned",
+        quantize_residuals: bool = False,
         calibration_data: Iterable[object] | None = None,
         inplace: bool = False,
     ) -> None:
@@ -83,16 +96,21 @@ class GETA:
         check_not_wrapped(model)
         if quantize not in _MODES:
             raise ConfigError(f"quantize={quantize!r} is not a mode; use one of {', '.join(map(repr, _MODES))}")
+        if quantize_residuals and quantize != "weights+activations":
+            raise ConfigError(
+                f"quantize_residuals=True needs quantize='weights+activations', got quantize={quantize!r}")
         self.quantize_mode = quantize
+        self.output_quantizers: dict[str, Quantizer] = {}
         self._optimizer: QASSO | None = None
-        self._space: tuple[SearchSpace, list[Structure]] | None = None
-        weight_bits = check_bits(weight_bits, "weight_bits")
-        act_bits = check_bits(act_bits, "act_bits")
+        self._space: tuple[SearchSpace, list[UnprunableStructure]] | None = None
+        weight_bits = check_bits(initial_weight_bits, "initial_weight_bits")
+        act_bits = check_bits(initial_act_bits, "initial_act_bits")
         try:
             self.model = model if inplace else copy.deepcopy(model)
         except Exception as error:
             raise ModelError(
-                f"the model cannot be deep-copied ({type(error).__name__}: {error}); pass inplace=True to prepare it in place"
+                f"the model cannot be deep-copied ({type(error).__name__}: {error}); "
+                "pass inplace=True to prepare it in place"
             ) from error
         self.example_inputs = ExampleInputs.from_user(example_inputs).to(model_device(self.model))
         self.example_inputs.check_finite("example_inputs")
@@ -111,16 +129,26 @@ class GETA:
         active = [layer for layer in self.layers if not layer.full_precision_reason]
         if quantize == "none":
             return
-        unsigned = self._nonnegative_inputs(active) if quantize == "weights+activations" else set()
+        program = self._plain_program(quantize_residuals) if quantize == "weights+activations" else None
+        unsigned = _nonnegative_inputs(program, active) if program is not None else set()
+        full_precision = {layer.name for layer in self.layers if layer.full_precision_reason}
+        residual = residual_sources(program.graph, self.model, full_precision) \
+            if program is not None and quantize_residuals else []
         attach_weight_quantizers(active, weight_bits, per_channel, exponent)
         if quantize == "weights+activations":
             attach_input_quantizers(active, act_bits, unsigned, exponent)
+            modules = dict(self.model.named_modules())
+            quantizers = attach_output_quantizers([modules[name] for name in residual], act_bits, exponent)
+            self.output_quantizers = dict(zip(residual, quantizers))
             self.calibrate(calibration_data if calibration_data is not None else [example_inputs])
 
     def calibrate(self, batches: Iterable[object]) -> None:
-        """Set activation ranges from ``batches``; a layer whose input is never seen goes full precision."""
-        with_input = [layer for layer in self.layers if layer.input_quantizer is not None]
-        unseen = set(calibrate(self.model, [layer.input_quantizer for layer in with_input], batches))
+        """Set activation ranges from ``batches``; a layer whose input is never seen goes full precision,
+        and an output quantizer that sees nothing is taken out."""
+        inputs = {layer.name: q for layer in self.layers if (q := layer.input_quantizer) is not None}
+        with_input = [layer for layer in self.layers if layer.name in inputs]
+        quantizers = list(inputs.values()) + list(self.output_quantizers.values())
+        unseen = set(calibrate(self.model, quantizers, batches))
         for layer in with_input:
             if layer.input_quantizer in unseen:
                 remove_input_quantizer(
@@ -128,6 +156,11 @@ class GETA:
                     "input not quantized: the layer is never called as a module (its weight is used "
                     "functionally by its parent), so its input cannot be intercepted",
                 )
+        modules = dict(self.model.named_modules())
+        for name, quantizer in list(self.output_quantizers.items()):
+            if quantizer in unseen:
+                remove_output_quantizer(modules[name])
+                del self.output_quantizers[name]
 
     def report(self) -> Report:
         """MACs, BOPs, relative BOPs, size and per-layer bits and widths of the model as
@@ -152,7 +185,7 @@ class GETA:
         A sequence of :class:`~geta.pruning.groups.Group`; its methods act on many groups at once."""
         return self._search_space()[0]
 
-    def unprunable(self) -> list[Structure]:
+    def unprunable(self) -> list[UnprunableStructure]:
         """Structures left out of the search space, each with its reasons (and how many alike)."""
         return self._search_space()[1]
 
@@ -184,38 +217,57 @@ class GETA:
         optimizer: str | type[torch.optim.Optimizer] = "sgd",
         *,
         lr: float,
-        target_sparsity: float,
-        total_steps: int,
-        lr_quant: float | None = None,
-        weight_bits: tuple[int, int] = (4, 8),
-        act_bits: tuple[int, int] = (4, 8),
+        config: QassoConfig | None = None,
+        callback: Callable[[QassoMetrics], None] | None = None,
         **settings: Any,
     ) -> QASSO:
-        """The QASSO optimizer over ``.model``: trains it once to exactly ``target_sparsity`` of the groups
-        zeroed and every weight (activation) quantizer's bit width inside ``weight_bits`` (``act_bits``).
+        """The QASSO optimizer over ``.model``: trains it once to its target with every weight (activation)
+        quantizer's bit width inside ``weight_bits`` (``act_bits``). The target is exactly one of
+        ``target_sparsity`` (that fraction of the groups zeroed), ``target_rel_bops`` or
+        ``target_size_bytes`` (a cost budget: QASSO then decides which groups go and each quantizer's
+        width, ``geta.optim.allocation``, and ``opt.allocation`` holds the plan).
 
         Args:
             optimizer: the base optimizer that takes every step: ``"sgd"``, ``"adam"``, ``"adamw"`` or a
-                ``torch.optim.Optimizer`` subclass; extra keyword arguments (``momentum``,
-                ``weight_decay``, ``betas``, ...) go to it.
-            lr: learning rate of the weights. lr_quant: of the quantizers' d, q_m, t (default ``min(lr, 1e-3)``);
-                quantizer parameters get no weight decay.
+                ``torch.optim.Optimizer`` subclass; keyword arguments that are not QASSO settings
+                (``momentum``, ``weight_decay``, ``betas``, ...) go to it.
+            lr: learning rate of the weights.
+            config: a :class:`geta.QassoConfig` holding every QASSO setting; or give the settings as
+                keyword arguments instead (the config's fields):
             target_sparsity: fraction of groups to remove, in [0, 1); round(target x #groups) end zero.
+            target_rel_bops: instead, the relative BOPs the compact model ends at, in (0, 1] (its BOPs
+                over the dense model's MACs x 32 x 32, as ``report()`` gives them): at most this, and within
+                2% under it where the granularity of groups and bits allows (a warning says when it does
+                not, or when the budget is out of reach). The group sparsity and the per-layer widths
+                are outcomes: at each pruning period start the groups (in saliency order) and every
+                quantizer's width are planned from squared-gradient sensitivities, and each quantizer is
+                projected onto its planned width.
+            target_size_bytes: instead, a budget in bytes for the compact model's packed parameters
+                (the report's ``size_bits / 8``), met the same way.
             total_steps: the step budget the stages are laid out over (see ``geta.optim.schedule``):
                 warm-up 10%, projection 20%, joint 30%, cool-down the rest by default; ``stage_shares``
                 (warm-up, projection, joint fractions) changes those shares.
-            weight_bits, act_bits: (low, high) bit ranges; both are projected.
-            settings: overrides of ``warmup_steps``, ``projection_periods`` (B), ``projection_steps``
-                (K_b), ``bit_reduction`` (b_r), ``pruning_periods`` (P), ``pruning_steps`` (K_p),
-                ``eps``, ``eta``, ``xi`` (Eq. 13 and 14), ``saliency_weights`` (criterion -> weight, see
+            weight_bits, act_bits: (low, high) bit ranges, (4, 8) by default; both are projected.
+            lr_quant: learning rate of the quantizers' d, q_m, t (default ``min(lr, 1e-3)``);
+                quantizer parameters get no weight decay.
+            others: ``warmup_steps``, ``projection_periods`` (B), ``projection_steps`` (K_b),
+                ``bit_reduction`` (b_r), ``pruning_periods`` (P), ``pruning_steps`` (K_p), ``eps``,
+                ``eta``, ``xi`` (Eq. 13 and 14), ``saliency_weights`` (criterion -> weight, see
                 ``geta.optim.saliency``), ``round_to`` (remove groups in whole chunks so that every
                 width that is a multiple of it stays one, e.g. 16 for a CPU's vector width; the
-                target count becomes what whole chunks reach) and ``callback`` (called with
-                ``QassoMetrics`` after each step), plus the base optimizer's own arguments.
+                target count becomes what whole chunks reach).
+            callback: called with ``QassoMetrics`` after each step.
         """
+        own = {name: settings.pop(name) for name in list(settings) if name in QASSO_FIELDS}
+        if config is None:
+            config = QassoConfig.from_settings(own)
+        elif own:
+            raise ConfigError(f"pass the QASSO settings {sorted(own)} in config=QassoConfig(...) or as keywords, "
+                              "not both")
+        base = base_optimizer(optimizer, lr, **settings)
         self._optimizer = QASSO(
-            self, optimizer, lr=lr, target_sparsity=target_sparsity, total_steps=total_steps, lr_quant=lr_quant,
-            weight_bits=weight_bits, act_bits=act_bits, **settings,
+            self.model, self.groups, self.layers, self.example_inputs, config, base,
+            output_quantizers=list(self.output_quantizers.values()), callback=callback,
         )
         return self._optimizer
 
@@ -258,7 +310,7 @@ class GETA:
                 return f"the family of groups like {first.describe()} is at fault ({why})."
         return "no single family is at fault; they break it only together."
 
-    def _search_space(self) -> tuple[SearchSpace, list[Structure]]:
+    def _search_space(self) -> tuple[SearchSpace, list[UnprunableStructure]]:
         if self._space is None:
             program = capture(self.model, self.example_inputs)
             table, unprunable = DependencyAnalysis(program, self.model).run()
@@ -266,8 +318,9 @@ class GETA:
             frozen = _frozen_groups(space)
             if frozen:
                 for name, groups in frozen.items():
-                    unprunable.append(table.structure(groups, f"frozen: {name} has requires_grad=False, and removing "
-                                                              "these groups would change it; unfreeze it to prune them"))
+                    reason = (f"frozen: {name} has requires_grad=False, and removing these groups would change it; "
+                              "unfreeze it to prune them")
+                    unprunable.append(table.structure(groups, reason))
                 table = table.without(np.unique(np.concatenate(list(frozen.values()))))
                 space = SearchSpace(self.model, table)
             failures = verify_space(self.model, self.example_inputs, space)
@@ -306,27 +359,30 @@ class GETA:
                 handle.remove()
         return order
 
-    def _nonnegative_inputs(self, layers: list[QuantizableLayer]) -> set[str]:
-        """Names of the layers whose every input activation is provably non-negative.
-
-        Needs a captured graph; if the model cannot be exported, every input quantizer is signed.
-        """
+    def _plain_program(self, quantize_residuals: bool) -> torch.export.ExportedProgram | None:
+        """The graph of the model before any quantizer, for the analyses that place activation quantizers
+        (signedness, residual sources); None, with a warning of what is lost, if it cannot be exported."""
         try:
-            program = capture(self.model, self.example_inputs)
+            return capture(self.model, self.example_inputs)
         except ModelError as error:
-            warnings.warn(f"{error} Input quantizers are all signed (unsigned ones would gain a bit).", stacklevel=3)
-            return set()
-        signature = program.graph_signature
-        state = set(signature.inputs_to_parameters) | set(signature.inputs_to_buffers)
-        state |= set(signature.inputs_to_lifted_tensor_constants)
-        graph = program.graph
-        nonnegative = nonnegative_nodes(graph)
-        result = set()
-        for layer in layers:
-            inputs = layer_inputs(graph, layer.name, state)
-            if inputs and all(node in nonnegative for node in inputs):
-                result.add(layer.name)
-        return result
+            lost = " and no residual is quantized" if quantize_residuals else ""
+            warnings.warn(f"{error} Input quantizers are all signed (unsigned ones would gain a bit){lost}.",
+                          stacklevel=3)
+            return None
+
+
+def _nonnegative_inputs(program: torch.export.ExportedProgram, layers: list[QuantizableLayer]) -> set[str]:
+    """Names of the layers whose every input activation is provably non-negative in ``program``."""
+    signature = program.graph_signature
+    state = set(signature.inputs_to_parameters) | set(signature.inputs_to_buffers)
+    state |= set(signature.inputs_to_lifted_tensor_constants)
+    nonnegative = nonnegative_nodes(program.graph)
+    result = set()
+    for layer in layers:
+        inputs = layer_inputs(program.graph, layer.name, state)
+        if inputs and all(node in nonnegative for node in inputs):
+            result.add(layer.name)
+    return result
 
 
 def _frozen_groups(space: SearchSpace) -> dict[str, np.ndarray]:

@@ -6,11 +6,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from geta.recipes import Recipe
     from geta.run import RunResult, Settings
 
@@ -28,7 +30,9 @@ def demo(
     sparsity: float = typer.Option(0.5, help="Fraction of the groups (channels) to remove."),
     bits_low: int = typer.Option(4, help="Lowest bit width allowed for weights and activations."),
     bits_high: int = typer.Option(8, help="Highest bit width allowed for weights and activations."),
-    optimizer: str = typer.Option("sgd", help="Base optimizer of QASSO: sgd (momentum 0.9, lr 0.05) or adam (lr 3e-3)."),
+    optimizer: str = typer.Option(
+        "sgd", help="Base optimizer of QASSO: sgd (momentum 0.9, lr 0.05) or adam (lr 3e-3)."
+    ),
     seed: int = typer.Option(0, help="Seed of the initialization and batch order."),
 ) -> None:
     """Compress a small CNN on sklearn digits with GETA in one run and compare it with dense training.
@@ -41,14 +45,15 @@ def demo(
     import torch
 
     import geta
+    from geta.core.inputs import ExampleInputs
     from geta.data.digits import load_digits
-    from geta.graph.inputs import ExampleInputs
     from geta.metrics.cost import count_macs
     from geta.models.cnn import digits_cnn
     from geta.quant.prepare import find_layers
     from geta.train import accuracy, train_steps
 
-    settings = {"sgd": {"lr": 0.05, "momentum": 0.9}, "adam": {"lr": 3e-3}}
+    # each optimizer's keyword arguments (to torch's optimizer, then through GETA.qasso's **settings)
+    settings: dict[str, dict[str, Any]] = {"sgd": {"lr": 0.05, "momentum": 0.9}, "adam": {"lr": 3e-3}}
     if optimizer not in settings:
         raise typer.BadParameter(f"{optimizer!r} is not one of {', '.join(settings)}", param_hint="--optimizer")
     start = time.perf_counter()
@@ -64,17 +69,19 @@ def demo(
                f"{optimizer} steps: test accuracy {dense_accuracy:.4f}")
 
     g = geta.GETA(initial, split.train_x[:64], quantize="weights+activations", calibration_data=[split.train_x[:256]])
-    stage = [None]
+    stage: list[geta.Stage | None] = [None]
 
     def log(metrics: geta.QassoMetrics) -> None:
         if metrics.stage != stage[0] or metrics.step == steps:
             stage[0] = metrics.stage
-            typer.echo(f"  step {metrics.step:>5}  {metrics.stage.value:<10}  group sparsity {metrics.group_sparsity:.3f}  "
+            typer.echo(f"  step {metrics.step:>5}  {metrics.stage.value:<10}  "
+                       f"group sparsity {metrics.group_sparsity:.3f}  "
                        f"weight bits {metrics.weight_bits_min:.2f}-{metrics.weight_bits_max:.2f}  "
                        f"act bits {metrics.act_bits_min:.2f}-{metrics.act_bits_max:.2f}")
 
     opt = g.qasso(optimizer, target_sparsity=sparsity, total_steps=steps, lr_quant=1e-3,
-                  weight_bits=(bits_low, bits_high), act_bits=(bits_low, bits_high), callback=log, **settings[optimizer])
+                  weight_bits=(bits_low, bits_high), act_bits=(bits_low, bits_high), callback=log,
+                  **settings[optimizer])
     typer.echo(f"QASSO over {len(g.groups)} groups, {opt.schedule}")
     train_steps(g.model, opt, split, steps=steps, seed=seed)
     typer.echo(f"QASSO model: test accuracy {accuracy(g.model, split.test_x, split.test_y):.4f}")
@@ -85,7 +92,8 @@ def demo(
     macs = {name: count_macs(model, example, find_layers(model)).total for name, model in
             (("dense", dense), ("compact", compact))}
     params = {"dense": _weight_count(dense), "compact": _weight_count(compact)}
-    typer.echo(f"compact model (pruned channels removed): test accuracy {accuracy(compact, split.test_x, split.test_y):.4f}; "
+    typer.echo("compact model (pruned channels removed): "
+               f"test accuracy {accuracy(compact, split.test_x, split.test_y):.4f}; "
                f"MACs {macs['compact']:.0f} vs {macs['dense']:.0f} dense ({macs['compact'] / macs['dense']:.1%}); "
                f"weights {params['compact']} vs {params['dense']} dense")
     typer.echo(f"done in {time.perf_counter() - start:.1f} s")
@@ -107,15 +115,24 @@ def compress(
     epochs: int | None = typer.Option(None, help="Compression epochs (every method gets these after the dense stage)."),
     dense_epochs: int | None = typer.Option(None, help="Epochs of the dense stage that compression starts from."),
     sparsity: float | None = typer.Option(None, help="Fraction of the groups (channels, heads) to remove."),
+    target_rel_bops: float | None = typer.Option(
+        None, help="GETA's target as a budget instead of --sparsity: the compact model's rel. BOPs, e.g. 0.03 for 3%."
+    ),
+    target_size: float | None = typer.Option(
+        None, metavar="BYTES", help="GETA's target as a budget of the packed weights' size in bytes."
+    ),
     weight_bits: tuple[int, int] | None = typer.Option(None, metavar="LO HI", help="Weight bit range."),
     act_bits: tuple[int, int] | None = typer.Option(None, metavar="LO HI", help="Activation bit range."),
     out: Path | None = typer.Option(None, help="Output folder (default: runs/RECIPE)."),
     seed: int = typer.Option(0, help="Seed of the initialization and the batch order."),
     baseline: list[str] = typer.Option(
-        ["geta"], metavar="METHOD", help="Method to run, repeatable: geta, dense, prune-then-ptq, quantize-only, or all."
+        ["geta"], metavar="METHOD",
+        help="Method to run, repeatable: geta, dense, prune-then-ptq, quantize-only, or all."
     ),
     lr: float | None = typer.Option(None, help="Learning rate of the dense stage (default: the recipe's)."),
-    compress_lr: float | None = typer.Option(None, help="Learning rate of every method after it (default: the recipe's)."),
+    compress_lr: float | None = typer.Option(
+        None, help="Learning rate of every method after it (default: the recipe's)."
+    ),
     limit_batches: int | None = typer.Option(None, help="Cap on batches per epoch (quick trials)."),
     round_to: int | None = typer.Option(
         None, help="Keep every width that is a multiple of N one (e.g. 16, a CPU's vector width): groups are removed "
@@ -130,12 +147,14 @@ def compress(
                                     "stages; the cool-down gets the rest (default 0.1 0.2 0.3)."
     ),
     skip: list[str] | None = typer.Option(
-        None, metavar="LAYER", help="Layers kept at full precision, repeatable: 'first', 'last', module names or globs; 'none' "
-                   "quantizes every layer (default: the recipe's, first and last)."
+        None, metavar="LAYER",
+        help="Layers kept at full precision, repeatable: 'first', 'last', module names or globs; 'none' "
+             "quantizes every layer (default: the recipe's, first and last)."
     ),
     threads: int | None = typer.Option(None, help="CPU threads of torch (default: the recipe's, else torch's)."),
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace an --out folder that holds files (as a whole, once the new run is complete)."
+        False, "--overwrite",
+        help="Replace an --out folder that holds files (as a whole, once the new run is complete).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; only the final lines."),
 ) -> None:
@@ -144,7 +163,7 @@ def compress(
     Every method starts from the same dense model and gets the same compression budget; unset options take the recipe's values (`geta recipes`). With several methods each gets its own subfolder and comparison.md sums them up.
 
     Everything is checked before training (a wrong setting, recipe, --skip layer, missing data or --out: exit 2). The run is written into a folder beside --out and renamed into place once complete; Ctrl-C leaves --out as it was (exit 130).
-    """
+    """  # noqa: E501 (typer prints this help as written: a wrapped line would stay broken at every width)
     from geta.errors import ConfigError, GetaError
     from geta.recipes import get_recipe
     from geta.run import METHODS, Settings
@@ -157,8 +176,10 @@ def compress(
             chosen = get_recipe(recipe)
             methods = list(dict.fromkeys(m for name in baseline for m in (METHODS if name == "all" else (name,))))
             settings = Settings(epochs=epochs, dense_epochs=dense_epochs, sparsity=sparsity, weight_bits=weight_bits,
-                                act_bits=act_bits, seed=seed, limit_batches=limit_batches, lr=lr, compress_lr=compress_lr,
-                                qasso=_qasso(round_to, saliency_macs, stages), skip=_skip(skip))
+                                act_bits=act_bits, seed=seed, limit_batches=limit_batches, lr=lr,
+                                compress_lr=compress_lr,
+                                qasso=_qasso(round_to, saliency_macs, stages), skip=_skip(skip),
+                                target_rel_bops=target_rel_bops, target_size_bytes=target_size)
             settings.resolve(chosen)
             if threads is not None and threads < 1:
                 raise ConfigError(f"--threads {threads}: give at least 1")
@@ -266,7 +287,8 @@ def _write(results: list[RunResult], staging: Path, out: Path, threads: int) -> 
         lines.append(f"{result.method}: test accuracy {result.accuracy:.4f} (dense {result.accuracy_dense:.4f}), "
                      f"rel. BOPs {100 * result.rel_bops:.3f}%, group sparsity {100 * result.group_sparsity:.1f}%, "
                      f"{result.params:,} of {result.params_dense:,} params, {result.wall_s:.1f} s")
-        lines.append(f"report: {final / paths['report_md'].name} (and {paths['report_json'].name}, plots, model in {final})")
+        lines.append(f"report: {final / paths['report_md'].name} "
+                     f"(and {paths['report_json'].name}, plots, model in {final})")
     if len(results) > 1:
         lines.append(f"comparison: {out / write_comparison(results, staging)['comparison_md'].name}")
     return lines
@@ -278,12 +300,12 @@ def _error(message: object, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _weight_count(model: object) -> int:
+def _weight_count(model: nn.Module) -> int:
     """Parameters of ``model`` other than its quantizers' d, q_m, t."""
     import geta
 
-    quantizer_parameters = {id(p) for m in model.modules() if isinstance(m, geta.Quantizer) for p in m.parameters()}  # type: ignore[attr-defined]
-    return sum(p.numel() for p in model.parameters() if id(p) not in quantizer_parameters)  # type: ignore[attr-defined]
+    quantizer_parameters = {id(p) for m in model.modules() if isinstance(m, geta.Quantizer) for p in m.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in quantizer_parameters)
 
 
 def _qasso(round_to: int | None, saliency_macs: float, stages: tuple[float, float, float] | None) -> dict:

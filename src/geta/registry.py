@@ -99,11 +99,10 @@ def register_module(
     """
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ConfigError(f"register_module expects an nn.Module subclass, got {cls!r}")
-    given = dict(quantize=quantize, widths=widths, owns_split_sizes=owns_split_sizes,
-                 fixed_reshapes=fixed_reshapes, attention=attention, saves=saves)
-    if all(value is None for value in given.values()):
-        given["saves"] = True
-    record = ModuleRecord(**given)
+    if all(value is None for value in (quantize, widths, owns_split_sizes, fixed_reshapes, attention, saves)):
+        saves = True
+    record = ModuleRecord(quantize=quantize, widths=widths, owns_split_sizes=owns_split_sizes,
+                          fixed_reshapes=fixed_reshapes, attention=attention, saves=saves)
     _check(cls, record)
     _RECORDS[cls] = _merged(_RECORDS.get(cls, ModuleRecord()), record)
 

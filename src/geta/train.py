@@ -1,50 +1,98 @@
-"""A plain supervised training loop and accuracy, shared by the demo and the recipes."""
+"""The supervised training loop and accuracy, shared by the demo, the harness behind ``geta compress``
+and the tests: shuffled batches, the loop, a learning-rate schedule and top-1 accuracy, for image or
+tokenized-text inputs (``geta.data.split``)."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from geta.core.modes import eval_mode
 from geta.data.split import Inputs, Split, call, select
 
 
-def train_epochs(
-    model: nn.Module, split: Split, *, epochs: int, lr: float, batch_size: int = 64, seed: int = 0
+def logits(model: nn.Module, inputs: Inputs) -> Tensor:
+    """The model's logits for ``inputs`` (``.logits`` of a transformers output)."""
+    out = call(model, inputs)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def batches_per_epoch(labels: Tensor, batch_size: int, limit: int | None = None) -> int:
+    """Number of batches one epoch over ``labels`` takes (at most ``limit``)."""
+    count = -(-len(labels) // batch_size)
+    return count if limit is None else min(count, limit)
+
+
+def shuffled_batches(
+    inputs: Inputs, labels: Tensor, batch_size: int, generator: torch.Generator, limit: int | None = None
+) -> Iterator[tuple[Inputs, Tensor]]:
+    """Endless shuffled batches, epoch after epoch, each epoch cut after ``limit`` batches."""
+    per_epoch = batches_per_epoch(labels, batch_size, limit)
+    while True:
+        order = torch.randperm(len(labels), generator=generator)
+        for index in order.split(batch_size)[:per_epoch]:
+            yield select(inputs, index), labels[index]
+
+
+def constant_then_cosine(
+    optimizer: torch.optim.Optimizer, decay_start: int, steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Keep the learning rate until step ``decay_start``, then decay it to zero along a cosine by step ``steps``.
+
+    The compression methods share it: GETA decays only in QASSO's cool-down (its structure and bit
+    widths are final there), and the baselines get the same learning rates step for step."""
+    span = max(steps - decay_start, 1)
+
+    def factor(step: int) -> float:
+        if step < decay_start:
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - decay_start, span) / span))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[tuple[Inputs, Tensor]],
+    steps: int,
+    *,
+    scheduler: Any = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> None:
-    """Train ``model`` with Adam and cross-entropy for ``epochs`` passes over the training set."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
+    """``steps`` steps of cross-entropy; ``on_step(step, loss)`` after each (steps counted from 1).
+    The model is left in training mode."""
     model.train()
-    for _ in range(epochs):
-        for x, y in split.train_batches(batch_size, generator):
-            optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(call(model, x), y).backward()
-            optimizer.step()
+    for step in range(1, steps + 1):
+        x, y = next(batches)
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(logits(model, x), y)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if on_step is not None:
+            on_step(step, float(loss.detach()))
 
 
 def train_steps(
     model: nn.Module, optimizer: torch.optim.Optimizer, split: Split, *, steps: int, batch_size: int = 64, seed: int = 0
 ) -> None:
-    """Take ``steps`` optimizer steps of cross-entropy on shuffled training batches (epochs as needed)."""
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    done = 0
-    while done < steps:
-        for x, y in split.train_batches(batch_size, generator):
-            optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(call(model, x), y).backward()
-            optimizer.step()
-            done += 1
-            if done == steps:
-                return
+    """:func:`train` for ``steps`` steps on ``split``'s training set, shuffled by ``seed`` (epochs as needed)."""
+    batches = shuffled_batches(split.train_inputs, split.train_y, batch_size, torch.Generator().manual_seed(seed))
+    train(model, optimizer, batches, steps)
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: Inputs, y: Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` (in eval mode) on inputs ``x`` (a tensor or a dict of them) and labels ``y``."""
-    model.eval()
+def accuracy(model: nn.Module, inputs: Inputs, labels: Tensor, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` in eval mode (each submodule's mode is restored afterwards)."""
     correct = 0
-    for start in range(0, len(y), batch_size):
-        rows = slice(start, start + batch_size)
-        correct += int((call(model, select(x, rows)).argmax(1) == y[rows]).sum())
-    return correct / len(y)
+    with eval_mode(model):
+        for start in range(0, len(labels), batch_size):
+            index = slice(start, start + batch_size)
+            correct += int((logits(model, select(inputs, index)).argmax(-1) == labels[index]).sum())
+    return correct / len(labels)

@@ -19,7 +19,8 @@ def test_all_articles_in_five_classes() -> None:
     assert data.classes == ("business", "entertainment", "politics", "sports", "tech")
     assert len(data.train_texts) + len(data.test_texts) == 2225
     assert (data.train_y.bincount() + data.test_y.bincount()).tolist() == CLASS_SIZES
-    assert sorted(data.train_texts + data.test_texts) == sorted((other := load_bbc_news(seed=1)).train_texts + other.test_texts)
+    other = load_bbc_news(seed=1)
+    assert sorted(data.train_texts + data.test_texts) == sorted(other.train_texts + other.test_texts)
     assert all(isinstance(text, str) and text for text in data.train_texts + data.test_texts)
 
 

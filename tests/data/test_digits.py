@@ -9,7 +9,7 @@ def test_split_is_deterministic_and_complete() -> None:
     a, b = load_digits(seed=3), load_digits(seed=3)
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
     assert len(a.train_y) + len(a.test_y) == 1797
-    assert a.train_x.shape[1:] == (1, 8, 8) and 0 <= a.train_x.min() and a.train_x.max() <= 1
+    assert a.train_x.shape[1:] == (1, 8, 8) and a.train_x.min() >= 0 and a.train_x.max() <= 1
     assert not torch.equal(load_digits(seed=4).test_y, a.test_y)
 
 

@@ -54,7 +54,7 @@ def test_validation_holds_out_training_images(split) -> None:
 
 def test_missing_files_give_an_actionable_error(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("GETA_OFFLINE", "1")
-    with pytest.raises(GetaError, match="Fashion-MNIST not found in .*apt-get install dataset-fashion-mnist"):
+    with pytest.raises(GetaError, match=r"Fashion-MNIST not found in .*apt-get install dataset-fashion-mnist"):
         load_fashion_mnist(tmp_path)
 
 
@@ -77,7 +77,7 @@ def test_a_corrupt_download_is_rejected_and_not_kept(tmp_path, monkeypatch) -> N
     shutil.copytree(SOURCE, source)
     (source / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"not the labels"))
     _serve(source, monkeypatch)
-    with pytest.raises(GetaError, match="t10k-labels-idx1-ubyte.gz .*SHA-256 mismatch"):
+    with pytest.raises(GetaError, match=r"t10k-labels-idx1-ubyte\.gz .*SHA-256 mismatch"):
         load_fashion_mnist(tmp_path / "data", download=True)
     assert not (tmp_path / "data" / "t10k-labels-idx1-ubyte.gz").exists()
     assert not list((tmp_path / "data").glob("*.part"))
@@ -85,5 +85,5 @@ def test_a_corrupt_download_is_rejected_and_not_kept(tmp_path, monkeypatch) -> N
 
 def test_unreachable_server_gives_an_actionable_error(tmp_path, monkeypatch) -> None:
     _serve(tmp_path / "nowhere", monkeypatch)
-    with pytest.raises(GetaError, match="download of .* failed .*apt-get install dataset-fashion-mnist"):
+    with pytest.raises(GetaError, match=r"download of .* failed .*apt-get install dataset-fashion-mnist"):
         load_fashion_mnist(tmp_path / "data", download=True)

@@ -29,7 +29,8 @@ geta.register_module(TinyEncoder)
 def compact(model: nn.Module, inputs: Tensor, quantize: str, per_channel: bool, seed: int = 0,
             warp: bool = True) -> nn.Module:
     """The compact model of ``model`` with random groups removed and quantizers at mixed bits."""
-    g = geta.GETA(model.eval(), inputs, quantize=quantize, per_channel=per_channel, weight_bits=8, act_bits=8)
+    g = geta.GETA(model.eval(), inputs, quantize=quantize, per_channel=per_channel, initial_weight_bits=8,
+                  initial_act_bits=8)
     g.zero_random_groups(0.3, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -143,7 +143,7 @@ def test_an_attribute_that_is_not_a_plain_value_needs_the_model(tmp_path: Path) 
     def make() -> nn.Sequential:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
-        model.postprocess = lambda y: y.softmax(-1)  # noqa: E731 - a callable attribute the file cannot hold
+        model.postprocess = lambda y: y.softmax(-1)
         return model
 
     path = geta.save(make(), tmp_path / "m.safetensors")

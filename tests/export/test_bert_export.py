@@ -44,7 +44,9 @@ def compact_bert(request: pytest.FixtureRequest) -> torch.nn.Module:
     return compact(_tiny_bert("sdpa"), _inputs(2, 0), request.param, per_channel=True)
 
 
-def test_round_trip_gives_identical_outputs_and_one_shared_config(compact_bert: torch.nn.Module, tmp_path: Path) -> None:
+def test_round_trip_gives_identical_outputs_and_one_shared_config(
+    compact_bert: torch.nn.Module, tmp_path: Path
+) -> None:
     loaded = geta.load(geta.save(compact_bert, tmp_path / "bert.safetensors")).eval()
     x = _inputs(5, 1)
     with torch.no_grad():

@@ -16,7 +16,8 @@ runner = CliRunner()
 
 
 def _compact() -> torch.nn.Module:
-    g = geta.GETA(digits_cnn(width=8), torch.randn(2, 1, 8, 8), quantize="weights+activations", weight_bits=3, act_bits=6)
+    g = geta.GETA(digits_cnn(width=8), torch.randn(2, 1, 8, 8), quantize="weights+activations",
+                  initial_weight_bits=3, initial_act_bits=6)
     g.zero_random_groups(0.5, seed=0)
     return g.construct_subnet().eval()
 

@@ -30,7 +30,8 @@ def _run_both(model: nn.Module, x: torch.Tensor, path: Path) -> tuple[np.ndarray
 def _weight_types(graph: onnx.GraphProto) -> list[int]:
     """The types of the integer weight levels: read by a DequantizeLinear or by a Cast (to float)."""
     initializers = {i.name: i for i in graph.initializer}
-    weights = [n.input[0] for n in graph.node if n.op_type in ("DequantizeLinear", "Cast") and n.input[0] in initializers]
+    weights = [n.input[0] for n in graph.node
+               if n.op_type in ("DequantizeLinear", "Cast") and n.input[0] in initializers]
     return [initializers[name].data_type for name in weights]
 
 
@@ -59,7 +60,8 @@ def test_weights_only_export_matches_torch_to_float_rounding(name: str, tmp_path
                                                         ("int4", 8, TensorProto.INT8)])
 def test_weight_format_picks_the_container(weights: str, bits: int, expected: int, tmp_path: Path) -> None:
     """INT8 up to 8 bits by default (onnxruntime's integer kernels read it); weights="int4" packs up to 4 bits."""
-    g = geta.GETA(nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)), torch.randn(2, 8), weight_bits=bits)
+    g = geta.GETA(nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)), torch.randn(2, 8),
+                  initial_weight_bits=bits)
     model = g.construct_subnet().eval()
     path = geta.export_onnx(model, torch.randn(2, 8), tmp_path / "m.onnx", weights=weights)
     ref, out, graph_model = _run_both(model, torch.randn(4, 8), path)
@@ -110,7 +112,7 @@ def test_activation_pattern_is_the_quantizer(t: float, signed: bool, bits: int, 
     layer = nn.Linear(64, 64, bias=False)
     with torch.no_grad():
         layer.weight.copy_(torch.eye(64))
-    g = geta.GETA(nn.Sequential(layer), torch.randn(2, 64), quantize="weights+activations", weight_bits=8)
+    g = geta.GETA(nn.Sequential(layer), torch.randn(2, 64), quantize="weights+activations", initial_weight_bits=8)
     model = g.construct_subnet().eval()
     quantizer = getattr(model[0], INPUT_QUANTIZER)
     quantizer.signed = signed
@@ -127,7 +129,7 @@ def test_activation_pattern_is_the_quantizer(t: float, signed: bool, bits: int, 
     assert ("QuantizeLinear" in ops) == (bits <= 16) and ("Exp" in ops) == (t != 1.0)
     zero_points = [numpy_helper.to_array(i) for i in graph_model.graph.initializer
                    if i.name.startswith("geta_act") and i.name.endswith("zero_point")]
-    expected = {bits: (np.uint8, 128 if signed else 0) for bits in (3, 4, 5, 6, 8)} | {12: (np.int16, 0)}
+    expected = dict.fromkeys((3, 4, 5, 6, 8), (np.uint8, 128 if signed else 0)) | {12: (np.int16, 0)}
     assert [(z.dtype, int(z)) for z in zero_points] == ([expected[bits]] if bits in expected else [])
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
 

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 import geta
 from geta.export.onnx import inference_session
-from geta.quant.prepare import INPUT_QUANTIZER
+from geta.quant.prepare import INPUT_QUANTIZER, OUTPUT_QUANTIZER
+from zoo import DepthwiseNet
 
 INTEGER_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "ConvInteger"}
 
@@ -60,11 +61,11 @@ def _with_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def _compact(model: nn.Module, x: Tensor, quantize: str = "weights+activations") -> nn.Module:
+def _compact(model: nn.Module, x: Tensor, quantize: str = "weights+activations", residuals: bool = False) -> nn.Module:
     """``model`` quantized at 8/8 bits per channel with t fixed at 1, a fifth of its groups removed."""
     calibration = [torch.randn(8, *x.shape[1:], generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    g = geta.GETA(model, x, quantize=quantize, weight_bits=8, act_bits=8, per_channel=True, exponent="fixed",
-                  calibration_data=calibration)
+    g = geta.GETA(model, x, quantize=quantize, initial_weight_bits=8, initial_act_bits=8, per_channel=True,
+                  exponent="fixed", quantize_residuals=residuals, calibration_data=calibration)
     g.zero_random_groups(0.2, seed=1)
     return g.construct_subnet().eval()
 
@@ -79,6 +80,18 @@ def _optimized(path: Path, level: onnxruntime.GraphOptimizationLevel) -> tuple[o
     options.log_severity_level = 3  # the warning that a fully optimized graph is hardware specific
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return session, onnx.load(options.optimized_model_filepath)
+
+
+def _head_level_error(compact: nn.Module, head: nn.Linear, session: onnxruntime.InferenceSession,
+                      batch: Tensor) -> tuple[float, float]:
+    """The largest difference between onnxruntime's output and torch's on ``batch``, and the bound for it:
+    the head's output change if each of its inputs moved by one level of its input quantizer (its step d
+    times the largest row sum of |W|)."""
+    (out,) = session.run(None, {"input_0": batch.numpy()})
+    with torch.no_grad():
+        ref = compact(batch).numpy()
+    step = float(getattr(head, INPUT_QUANTIZER).constrained_parameters()[0].detach())
+    return float(np.abs(out - ref).max()), step * float(head.weight.detach().abs().sum(1).max())
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +122,45 @@ def test_cnn_runs_integer_kernels_within_one_level_of_torch(small_resnet: nn.Mod
     one_level = step * float(head.weight.detach().abs().sum(1).max())
     assert np.abs(out - ref).max() <= one_level
     assert np.abs(out - ref).mean() <= 0.05 * one_level
+
+
+def test_quantized_residuals_put_every_block_conv_on_integer_kernels(tmp_path: Path) -> None:
+    """With ``quantize_residuals`` the conv before the residual add (batch norm folded, its output quantized)
+    runs as QLinearConv as well; the export stays within one head level of torch, and geta.save / geta.load
+    keep the output quantizer."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 16)
+    compact = _compact(_with_statistics(SmallResNet()), x, residuals=True)
+    assert hasattr(compact.bn2, OUTPUT_QUANTIZER)
+    path = geta.export_onnx(compact, x, tmp_path / "m.onnx")
+    session, optimized = _optimized(path, onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    ops = [node.op_type for node in optimized.graph.node]
+    assert ops.count("QLinearConv") == 2 and "QGemm" in ops
+    batch = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    error, bound = _head_level_error(compact, compact.head, session, batch)
+    assert error <= bound
+    geta.save(compact, tmp_path / "m.safetensors")
+    loaded = geta.load(tmp_path / "m.safetensors", model=SmallResNet())
+    assert hasattr(loaded.bn2, OUTPUT_QUANTIZER)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch), compact(batch), rtol=0, atol=0)
+
+
+def test_relu6_before_a_quantizer_keeps_the_integer_kernel(tmp_path: Path) -> None:
+    """MobileNetV2-style blocks (ReLU6, exported as Clip(0, 6)): the Clip before each unsigned quantizer becomes
+    a Relu with the codes clipped at round(6 / d), the same codes, so the expansion and depthwise convs run as
+    QLinearConv (the projections too, their residuals quantized); only the stem, whose ReLU output also goes
+    into the first residual add in float, stays a float conv."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    compact = _compact(_with_statistics(DepthwiseNet()), x, residuals=True)
+    path = geta.export_onnx(compact, x, tmp_path / "m.onnx")
+    session, optimized = _optimized(path, onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    ops = [node.op_type for node in optimized.graph.node]
+    assert ops.count("QLinearConv") == 6 and ops.count("Conv") == 1
+    batch = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    error, bound = _head_level_error(compact, compact.head, session, batch)
+    assert error <= bound
 
 
 def test_quantizers_move_above_pooling_and_flatten(tmp_path: Path) -> None:
@@ -189,7 +241,8 @@ def test_clipping_before_or_between_q_and_dq_equals_clipping_after(codes: type, 
     around = np.concatenate([around, np.nextafter(around, np.float32(np.inf)), np.nextafter(around, np.float32(0))])
     x = np.concatenate([np.linspace(-2 * top * d, 2 * top * d, 20001, dtype=np.float32), around, -around])
     constants = [numpy_helper.from_array(d, "d"), numpy_helper.from_array(np.asarray(zero, dtype=codes), "z"),
-                 numpy_helper.from_array(np.float32(low) * d, "low"), numpy_helper.from_array(np.float32(top) * d, "high"),
+                 numpy_helper.from_array(np.float32(low) * d, "low"),
+                 numpy_helper.from_array(np.float32(top) * d, "high"),
                  numpy_helper.from_array(np.asarray(zero + low, dtype=codes), "code_low"),
                  numpy_helper.from_array(np.asarray(zero + top, dtype=codes), "code_high")]
     after = _run([helper.make_node("QuantizeLinear", ["x", "d", "z"], ["q"]),
@@ -212,8 +265,8 @@ def test_onnx_file_is_about_the_size_of_the_packed_file(quantize: str, tmp_path:
     each: within 1.2x of geta.save's file plus 4 kB of graph."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
-    g = geta.GETA(model, torch.randn(4, 256), quantize=quantize, weight_bits=8, act_bits=8, per_channel=True,
-                  exponent="fixed")
+    g = geta.GETA(model, torch.randn(4, 256), quantize=quantize, initial_weight_bits=8, initial_act_bits=8,
+                  per_channel=True, exponent="fixed")
     compact = g.construct_subnet().eval()
     packed = os.path.getsize(geta.save(compact, tmp_path / "m.safetensors"))
     path = geta.export_onnx(compact, torch.randn(4, 256), tmp_path / "m.onnx")

@@ -76,7 +76,7 @@ def test_file_size_is_params_times_bits_plus_metadata(case: str, tmp_path: Path)
     for module in model.modules():
         if isinstance(module, parametrize.ParametrizationList):
             continue  # the originals of quantized weights, counted below at their bits
-        for name, p in module.named_parameters(recurse=False):
+        for _name, p in module.named_parameters(recurse=False):
             if id(p) not in quantizer_params:
                 bits += p.numel() * 32
         for name in getattr(module, "parametrizations", {}):
@@ -120,7 +120,7 @@ def _rewrite(source: Path, target: Path, header_edit=None, tensor_edit=None) -> 
     tensors recorded, so that what is refused is the edit itself (test_validation.py: the checksum)."""
     with safe_open(str(source), framework="pt") as file:
         metadata = file.metadata()
-        tensors = {name: file.get_tensor(name) for name in file.keys()}
+        tensors = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (safe_open, not a dict)
     header = json.loads(metadata["geta"])
     if header_edit is not None:
         header_edit(header)
@@ -148,11 +148,13 @@ TAMPERING = {
     "extra tensor": (None, lambda t: _set(t, "payload", torch.zeros(1)), "does not describe"),
     "unknown layer type": (lambda h: _set(h["architecture"], "type", "subprocess.Popen"), None, "not allow-listed"),
     "importable but unlisted type": (
-        lambda h: _set(h["architecture"]["children"]["blocks"], "type", "collections.OrderedDict"), None, "not allow-listed"),
+        lambda h: _set(h["architecture"]["children"]["blocks"], "type", "collections.OrderedDict"), None,
+        "not allow-listed"),
     "method attribute": (lambda h: _set(h["architecture"]["attributes"], "forward", "x"), None, "defines itself"),
     "dunder attribute": (lambda h: _set(h["architecture"]["attributes"], "__class__", "x"), None, "not a plain name"),
-    "unknown value tag": (lambda h: _set(h["architecture"]["children"]["conv"]["attributes"], "stride", {"pickle": "x"}),
-                          None, "not a saved attribute value"),
+    "unknown value tag": (
+        lambda h: _set(h["architecture"]["children"]["conv"]["attributes"], "stride", {"pickle": "x"}), None,
+        "not a saved attribute value"),
     "bits out of range": (lambda h: _set(h["tensors"][_first_quantized(h)], "bits", [99]), None, "'bits' must list"),
     "name clash": (lambda h: _set(h["architecture"]["children"]["conv"]["buffers"], "weight", "bn.running_mean"),
                    None, "cannot be rebuilt"),
@@ -170,7 +172,7 @@ def test_tampered_files_raise_a_clear_error(case: str, saved_resnet: Path, tmp_p
 
 def test_codes_outside_the_bit_range_are_refused(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Linear(4, 4))
-    g = geta.GETA(model, torch.randn(1, 4), weight_bits=2)  # signed 2 bits: levels -1..1, codes 0..2
+    g = geta.GETA(model, torch.randn(1, 4), initial_weight_bits=2)  # signed 2 bits: levels -1..1, codes 0..2
     path = geta.save(g.construct_subnet(), tmp_path / "m.safetensors")
     target = _rewrite(path, tmp_path / "t.safetensors", tensor_edit=lambda t: t["0.weight.codes"].fill_(0xFF))
     with pytest.raises(geta.SavedModelError, match="outside the 2-bit range"):
@@ -189,7 +191,7 @@ def test_truncated_files_raise_a_clear_error(cut: float, saved_resnet: Path, tmp
 def test_foreign_files_raise_a_clear_error(tmp_path: Path) -> None:
     plain = tmp_path / "plain.safetensors"
     save_file({"w": torch.zeros(2)}, str(plain))
-    with pytest.raises(geta.SavedModelError, match="not a model saved by geta.save"):
+    with pytest.raises(geta.SavedModelError, match=r"not a model saved by geta\.save"):
         geta.load(plain)
     broken = tmp_path / "broken.safetensors"
     save_file({"w": torch.zeros(2)}, str(broken), metadata={"geta": "{not json"})

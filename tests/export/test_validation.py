@@ -31,7 +31,7 @@ def model() -> nn.Module:
     """A tiny compact model with 4-bit weights and 6-bit input quantizers (one signed, one unsigned)."""
     torch.manual_seed(0)
     layers = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
-    g = geta.GETA(layers, torch.randn(2, 4), quantize="weights+activations", weight_bits=4, act_bits=6)
+    g = geta.GETA(layers, torch.randn(2, 4), quantize="weights+activations", initial_weight_bits=4, initial_act_bits=6)
     return g.construct_subnet().eval()
 
 
@@ -42,7 +42,7 @@ def saved(model: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _contents(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     with safe_open(str(path), framework="pt") as file:
-        return json.loads(file.metadata()["geta"]), {name: file.get_tensor(name) for name in file.keys()}
+        return json.loads(file.metadata()["geta"]), {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (safe_open)
 
 
 def _write(target: Path, header: dict, tensors: dict[str, torch.Tensor], checksum: bool = True) -> Path:
@@ -189,7 +189,7 @@ def test_an_onnx_file_renamed_is_refused(model: nn.Module, tmp_path: Path) -> No
     onnx_path = geta.export_onnx(model, torch.randn(2, 4), tmp_path / "model.onnx")
     renamed = tmp_path / "model.safetensors"
     shutil.copy(onnx_path, renamed)
-    with pytest.raises(geta.SavedModelError, match="not a readable safetensors file.*ONNX"):
+    with pytest.raises(geta.SavedModelError, match=r"not a readable safetensors file.*ONNX"):
         geta.load(renamed)
     _refused_by_inspect(renamed, "not a readable safetensors file")
 
@@ -218,7 +218,7 @@ def test_a_tensor_no_module_takes_is_refused(saved: Path, tmp_path: Path) -> Non
     header, tensors = _contents(saved)
     header["architecture"]["children"]["2"]["parameters"]["bias"] = None
     target = _write(tmp_path / "t.safetensors", header, tensors)
-    with pytest.raises(geta.SavedModelError, match="tensors no module takes: 2.bias"):
+    with pytest.raises(geta.SavedModelError, match=r"tensors no module takes: 2\.bias"):
         geta.load(target)
     _refused_by_inspect(target, "no module takes")
 
@@ -229,7 +229,8 @@ def _child(header: dict, name: str) -> dict:
 
 WRONG_TYPES = {  # edits that raised a bare TypeError or KeyError, or loaded, before files were validated
     "dtype a list": (lambda h: h["tensors"]["0.bias"].update(dtype=[]), "dtype"),
-    "same_as a list": (lambda h: h["architecture"]["children"].update({"1": {"same_as": []}}), "'same_as' should be a str"),
+    "same_as a list": (lambda h: h["architecture"]["children"].update({"1": {"same_as": []}}),
+                       "'same_as' should be a str"),
     "tensor key a list": (lambda h: _child(h, "0")["parameters"].update(bias=["0.bias"]), "refers to tensor"),
     "buffer names nested": (lambda h: _child(h, "1").update(non_persistent_buffers=[[]]), "non-persistent buffer name"),
     "unsaved attributes a number": (lambda h: _child(h, "1").update(unsaved_attributes=5), "unsaved attributes"),

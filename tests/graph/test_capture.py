@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import geta
+from geta.core.inputs import ExampleInputs
 from geta.graph.capture import capture
-from geta.graph.inputs import ExampleInputs
 from geta.quant.quantizer import Quantizer
 
 
@@ -100,5 +100,5 @@ def test_an_untraceable_forward_is_a_model_error_naming_the_fix() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(x.numpy() * 2)
 
-    with pytest.raises(geta.ModelError, match="could not trace the model.*traceable"):
+    with pytest.raises(geta.ModelError, match=r"could not trace the model.*traceable"):
         capture(Untraceable(), ExampleInputs.from_user(torch.randn(3, 2)))

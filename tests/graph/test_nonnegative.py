@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geta.core.inputs import ExampleInputs
 from geta.graph.capture import capture
-from geta.graph.inputs import ExampleInputs
 from geta.graph.nonnegative import layer_inputs, nonnegative_nodes
 
 

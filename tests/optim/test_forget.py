@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import Tensor
 
+from geta.optim.equations import cosine, forget_rate, step_size
 from geta.optim.forget import Forgetting
-from geta.optim.rules import cosine, forget_rate, step_size
 from geta.quant.functional import quantize_reference, top_level
 from geta.quant.quantizer import Quantizer
 
@@ -15,7 +15,9 @@ SETTINGS = {"steps_left": 3, "eps": 1e-8, "eta": 0.5, "xi": 0.5}
 BITS = (4, 8)
 
 
-def _reference(units: list[tuple[Quantizer | None, list[tuple[Tensor, Tensor, Tensor]]]]) -> tuple[list[Tensor], list[Tensor]]:
+def _reference(
+    units: list[tuple[Quantizer | None, list[tuple[Tensor, Tensor, Tensor]]]]
+) -> tuple[list[Tensor], list[Tensor]]:
     """Eq. 6/13/14 unit by unit on full tensors: (x_old, x_after_base_step, mask) per tensor.
 
     Returns the new tensors and each quantizer's new d (written straight from the paper's formulas)."""
@@ -27,7 +29,8 @@ def _reference(units: list[tuple[Quantizer | None, list[tuple[Tensor, Tensor, Te
             if quantizer is None:
                 clipped, residual = old.abs(), torch.zeros_like(old)
             else:
-                d, q_m, t = (_broadcast(p.detach(), quantizer.axis, old.dim()) for p in quantizer.constrained_parameters())
+                d, q_m, t = (_broadcast(p.detach(), quantizer.axis, old.dim())
+                             for p in quantizer.constrained_parameters())
                 c = torch.minimum(old.abs(), q_m)
                 clipped = torch.where(c > 0, c.clamp_min(1e-30) ** t, 0.0)
                 residual = torch.minimum(torch.round(clipped / d), top_level(q_m**t / d)) - clipped / d
@@ -47,16 +50,20 @@ def _reference(units: list[tuple[Quantizer | None, list[tuple[Tensor, Tensor, Te
         if quantizer is not None:
             rows_step, rows_residual = torch.sqrt(sum(step_rows)), torch.sqrt(sum(residual_rows))
             d_new = step_size(cosine(sum(dot_rows), rows_step, rows_residual), rows_step, rows_residual, gamma,
-                              low_bits_step=quantizer.step_for_bits(BITS[0]).reshape(-1), eta=SETTINGS["eta"], xi=SETTINGS["xi"])
-            d_new = d_new.clamp(quantizer.step_for_bits(BITS[1]).reshape(-1), quantizer.step_for_bits(BITS[0]).reshape(-1))
+                              low_bits_step=quantizer.step_for_bits(BITS[0]).reshape(-1), eta=SETTINGS["eta"],
+                              xi=SETTINGS["xi"])
+            d_new = d_new.clamp(quantizer.step_for_bits(BITS[1]).reshape(-1),
+                                quantizer.step_for_bits(BITS[0]).reshape(-1))
             counts = sum(_rows(m.to(torch.float64), quantizer.axis) for _, _, m in items)
-            d_new = torch.where((counts > 0) & (gamma > 0), d_new, quantizer.d.detach().reshape(-1)).reshape(quantizer.d.shape)
+            d_new = torch.where((counts > 0) & (gamma > 0), d_new,
+                                quantizer.d.detach().reshape(-1)).reshape(quantizer.d.shape)
             new_d.append(d_new)
         for old, now, mask in items:
             if quantizer is None:
                 x_q = old
             else:
-                q_d, q_m, t = (_broadcast(p, quantizer.axis, old.dim()) for p in (d_new, *quantizer.constrained_parameters()[1:]))
+                q_d, q_m, t = (_broadcast(p, quantizer.axis, old.dim())
+                               for p in (d_new, *quantizer.constrained_parameters()[1:]))
                 x_q = quantize_reference(old, q_d.detach(), q_m.detach(), t.detach())
             new_tensors.append(torch.where(mask, torch.zeros_like(now) if gamma == 0 else now - gamma * x_q, now))
     return new_tensors, new_d

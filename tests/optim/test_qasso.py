@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 import warnings
 from collections.abc import Callable
 
@@ -12,20 +13,20 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.zoo import TinyEncoder
 from torch import Tensor, nn
 
 import geta
 from geta.errors import ConfigError
 from geta.optim.qasso import QASSO, QassoMetrics
 from geta.optim.schedule import Stage
-from tests.zoo import TinyEncoder
 
 BIT_TOLERANCE = 1e-5  # bits are continuous (Eq. 3): d = d(b) gives b up to float rounding
 
 
 def mlp(widths: list[int], norm: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
         layers.append(nn.Linear(a, b))
         if i < len(widths) - 2:
             layers += [nn.BatchNorm1d(b)] if norm else []
@@ -155,10 +156,17 @@ def test_errors_name_the_bad_setting() -> None:
 
 
 def test_base_optimizers_and_custom_classes() -> None:
+    classes = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
     for optimizer in ("sgd", "adam", "adamw", torch.optim.RMSprop):
         g = geta.GETA(mlp([4, 6, 2]), torch.randn(3, 4))
         opt = g.qasso(optimizer, lr=0.01, target_sparsity=0.5, total_steps=30)
-        assert isinstance(opt, torch.optim.Optimizer) and isinstance(opt.base, opt.base.__class__)
+        assert isinstance(opt, torch.optim.Optimizer)
+        assert type(opt.base) is classes.get(optimizer, optimizer)
+        quantizer_params = {id(p) for q in g.model.modules() if isinstance(q, geta.Quantizer) for p in q.parameters()}
+        weights = [p for p in g.model.parameters() if id(p) not in quantizer_params]
+        group = opt.base.param_groups[0]
+        assert group["role"] == "weights" and group["lr"] == 0.01
+        assert [id(p) for p in group["params"]] == [id(p) for p in weights]
         train(g.model, opt, batches(torch.randn(3, 4), 30))
         assert g.group_sparsity() == 0.5
 
@@ -198,7 +206,8 @@ def run_with_checkpoint(interrupt: int | None, total: int = 36) -> list[Tensor]:
     for step, x in enumerate(data):
         if step == interrupt:
             buffer = io.BytesIO()
-            torch.save({"model": g.model.state_dict(), "opt": opt.state_dict(), "sched": scheduler.state_dict()}, buffer)
+            state = {"model": g.model.state_dict(), "opt": opt.state_dict(), "sched": scheduler.state_dict()}
+            torch.save(state, buffer)
             buffer.seek(0)
             checkpoint = torch.load(buffer)
             g, opt, scheduler = fresh()

@@ -7,11 +7,11 @@ import warnings
 
 import pytest
 import torch
+from tests.optim.test_qasso import BIT_TOLERANCE, mlp
 from torch import nn
 
 import geta
 from geta.errors import ConfigError
-from tests.optim.test_qasso import BIT_TOLERANCE, mlp
 
 TOTAL = 40
 

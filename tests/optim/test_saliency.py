@@ -28,7 +28,8 @@ def test_group_macs_is_what_removing_the_group_saves() -> None:
     for index in range(len(costs)):
         g = geta.GETA(model, x)
         g.groups.zero_(torch.arange(len(costs)) == index)
-        saved = count_macs(g.model, g.example_inputs, g.layers).total - geta.GETA(g.construct_subnet(), x, quantize="none").report().macs
+        compact = geta.GETA(g.construct_subnet(), x, quantize="none")
+        saved = count_macs(g.model, g.example_inputs, g.layers).total - compact.report().macs
         assert costs[index].item() == pytest.approx(saved)
 
 
@@ -41,7 +42,8 @@ def test_the_macs_criterion_removes_the_costly_groups_first() -> None:
         torch.manual_seed(0)
         g = geta.GETA(two_stage_cnn(), x)
         costs = group_macs(g.groups, g.layers, count_macs(g.model, g.example_inputs, g.layers))
-        opt = g.qasso("sgd", lr=0.01, target_sparsity=0.25, total_steps=40, weight_bits=(4, 8), saliency_weights=weights)
+        opt = g.qasso("sgd", lr=0.01, target_sparsity=0.25, total_steps=40, weight_bits=(4, 8),
+                      saliency_weights=weights)
         for _ in range(40):
             opt.zero_grad()
             nn.functional.cross_entropy(g.model(x), targets).backward()

@@ -6,14 +6,14 @@ import copy
 
 import pytest
 import torch
+from tests.pruning.equivalence import _parameters, _run, _tensors_removed
+from tests.zoo import AttentionVariants, TorchEncoder, attention_variants_inputs
 from torch import nn
 from torch.nn.utils import parametrize
 
 import geta
 from geta.pruning.attention import CompactMultiheadAttention, make_compact
 from geta.quant.prepare import original_parameter
-from tests.pruning.equivalence import _parameters, _run, _tensors_removed
-from tests.zoo import AttentionVariants, TorchEncoder, attention_variants_inputs
 
 MODES = ["none", "weights", "weights+activations"]
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.zoo import ConcatNet, TinyEncoder
 from torch import nn
 
 import geta
 from geta.errors import ConfigError
 from geta.models.cifar import ResNet20
-from tests.zoo import ConcatNet, TinyEncoder
 
 
 def _widths(model: nn.Module) -> list[tuple[str, int, int]]:
@@ -50,7 +50,7 @@ def test_resnet_widths_stay_multiples_and_the_subnet_is_exact(fraction: float, r
 
 def test_chunks_reach_the_count_when_whole_chunks_add_up_to_it() -> None:
     g = geta.GETA(ResNet20(in_channels=1).eval(), torch.randn(1, 1, 28, 28), quantize="none")
-    family, chunk = g.groups.chunk_sizes(8)
+    _, chunk = g.groups.chunk_sizes(8)
     assert set(chunk.tolist()) == {8}  # every channel family of ResNet20 is 16, 32 or 64 wide
     count = 8 * 20
     mask = g.groups.select(torch.randperm(len(g.groups), generator=torch.Generator().manual_seed(0)), count, 8)

@@ -221,7 +221,7 @@ def test_heads_with_a_derived_width_are_unprunable_with_the_probe_reason() -> No
 
 
 def test_register_attention_refuses_bad_declarations() -> None:
-    with pytest.raises(geta.ConfigError, match="nn.Module subclass"):
+    with pytest.raises(geta.ConfigError, match=r"nn\.Module subclass"):
         geta.register_attention(int, heads="h", head_dim="d")
     with pytest.raises(geta.ConfigError, match="head_dim, or widths"):
         geta.register_attention(OddNames, heads="h")

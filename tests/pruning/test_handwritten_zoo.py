@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-
-import geta
-
-from geta.models.cifar import ResNet20, vgg7_bn
 from tests.pruning.equivalence import check_equivalence
 from tests.zoo import (
     AttentionVariants,
@@ -19,6 +14,9 @@ from tests.zoo import (
     TorchEncoder,
     attention_variants_inputs,
 )
+
+import geta
+from geta.models.cifar import ResNet20, vgg7_bn
 
 MODES = ["none", "weights", "weights+activations"]
 

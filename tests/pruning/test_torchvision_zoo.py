@@ -10,9 +10,9 @@ import collections
 
 import pytest
 import torch
+from tests.pruning.equivalence import check_equivalence
 
 import geta
-from tests.pruning.equivalence import check_equivalence
 
 torchvision = pytest.importorskip("torchvision")
 

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from tests.pruning.transformers_sweep import MODES, model_types, sweep_type  # noqa: E402
+from tests.pruning.transformers_sweep import MODES, model_types, sweep_type
 
 
 @functools.cache

@@ -23,10 +23,10 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from tests.pruning.equivalence import _parameters, _run, _tensors_removed, check_equivalence
 from torch import nn
 
 import geta
-from tests.pruning.equivalence import _parameters, _run, _tensors_removed, check_equivalence
 
 T = pytest.importorskip("transformers")
 

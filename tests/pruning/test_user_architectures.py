@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.pruning.user_architectures import ARCHITECTURES, HandGRU, StatefulNorm
 
 import geta
 from geta import registry
 from geta.pruning.verify import output_difference
 from geta.quant.prepare import original_parameter
-from tests.pruning.user_architectures import ARCHITECTURES, HandGRU, StatefulNorm
 
 MODES = ["none", "weights+activations"]
 NO_GROUPS = {"hand-gru", "stateful-norm"}  # sizes from attributes: see the tests below

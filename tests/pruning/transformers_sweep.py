@@ -44,8 +44,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
 MODES = ("none", "weights+activations")
 MAPPINGS = (  # the first mapping that has a type gives its model class
@@ -183,9 +183,9 @@ def _token_overrides(config: Any) -> dict[str, Any]:
             continue
         if isinstance(value, int) and not isinstance(value, bool) and value >= SPECIAL_IDS:
             overrides[name] = move(value)
-        elif isinstance(value, list) and value and all(isinstance(v, int) for v in value):
-            if any(v >= SPECIAL_IDS for v in value):
-                overrides[name] = [move(v) for v in value]
+        elif (isinstance(value, list) and value and all(isinstance(v, int) for v in value)
+              and any(v >= SPECIAL_IDS for v in value)):
+            overrides[name] = [move(v) for v in value]
     return overrides
 
 
@@ -455,7 +455,7 @@ def sweep_type(model_type: str, modes: Sequence[str] = MODES, build_limit: int =
             warnings.simplefilter("ignore")
             model, inputs, _, _ = build(model_type)
         base["model_params"] = _parameters(model)
-    except Exception as error:  # noqa: BLE001 - any failure to build is recorded, not raised
+    except Exception as error:
         seconds = round(time.perf_counter() - start, 1)
         for mode in modes:
             reason = first_line(error, cause=True)
@@ -469,7 +469,7 @@ def sweep_type(model_type: str, modes: Sequence[str] = MODES, build_limit: int =
             with deadline(case_limit), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 check_case(model, inputs, mode, record)
-        except Exception as error:  # noqa: BLE001 - any failure of geta or the invariant is recorded
+        except Exception as error:
             reason = first_line(error)
             record.update(status="failed", reason=reason, kind=error_kind(reason), where=geta_frame(error))
         record["seconds"] = round(time.perf_counter() - start, 1)

@@ -34,7 +34,7 @@ def test_non_finite_example_inputs_and_weights_are_errors() -> None:
     net = _net()
     with torch.no_grad():
         net[2].weight[0, 0] = float("nan")
-    with pytest.raises(ModelError, match="parameter 2.weight holds 1 non-finite values"):
+    with pytest.raises(ModelError, match=r"parameter 2\.weight holds 1 non-finite values"):
         geta.GETA(net, torch.randn(8, 4))
 
 

@@ -18,9 +18,9 @@ from geta.errors import ConfigError
 from geta.quant import kernel
 from geta.quant.functional import (
     bit_width,
-    constrain,
     check_bit_range,
     check_bits,
+    constrain,
     integer_bits,
     quantize_reference,
     step_for_bits,
@@ -49,7 +49,7 @@ def _scalar(value: float, requires_grad: bool = False) -> torch.Tensor:
 
 
 def _closed_form(x, d, q_m, t, signed):
-    """Per-element x^Q and its derivatives w.r.t. d, q_m, t and x (DESIGN Sec. 2).
+    """Per-element x^Q and its derivatives w.r.t. d, q_m, t and x (docs/design.md Sec. 1).
 
     The top level is capped at floor(q_m^t / d) (see ``functional``); a capped element takes the
     gradients of a clipped one, with round(n) - n replaced by floor(n) - n for d.
@@ -275,7 +275,8 @@ def test_check_bit_range_rejects(bit_range):
         check_bit_range(bit_range, "bit_range")
 
 
-@pytest.mark.parametrize(("bit_range", "expected"), [((4, 8), (4, 8)), ([4, 8], (4, 8)), ((8, 8), (8, 8)), ((2.0, 32), (2, 32))])
+@pytest.mark.parametrize(("bit_range", "expected"),
+                         [((4, 8), (4, 8)), ([4, 8], (4, 8)), ((8, 8), (8, 8)), ((2.0, 32), (2, 32))])
 def test_check_bit_range_accepts(bit_range, expected):
     assert check_bit_range(bit_range, "bit_range") == expected
 
@@ -291,10 +292,7 @@ def test_config_error_names_the_setting():
 def test_parameters_below_their_floor_are_held_there_without_gradient(impl):
     x = torch.linspace(-1, 1, 11, dtype=F64, requires_grad=True)
     d, q_m, t = _scalar(-0.5, True), _scalar(0.8, True), _scalar(-2.0, True)
-    if impl == "reference":
-        out = quantize_reference(x, *constrain(d, q_m, t))
-    else:
-        out = _fused(x, d, q_m, t, True)
+    out = quantize_reference(x, *constrain(d, q_m, t)) if impl == "reference" else _fused(x, d, q_m, t, True)
     grad_d, grad_q_m, grad_t = torch.autograd.grad(out.square().sum(), (d, q_m, t))
     assert grad_d == 0 and grad_t == 0 and grad_q_m != 0
     d_floor, q_floor, t_floor = constrain(d, q_m, t)

@@ -80,7 +80,7 @@ def test_fused_matches_reference(layout, signed, dtype, seed):
 
     assert fused_out.dtype == dtype and fused_out.shape == x.shape
     torch.testing.assert_close(fused_out, ref_out, **TOLERANCES[dtype])
-    for name, fused_grad, ref_grad, param in zip("x d q_m t".split(), fused_grads, ref_grads, (x, d, q_m, t)):
+    for name, fused_grad, ref_grad, param in zip(["x", "d", "q_m", "t"], fused_grads, ref_grads, (x, d, q_m, t)):
         assert fused_grad.shape == param.shape, name
         assert not torch.isnan(fused_grad).any(), name
         tolerance = dict(TOLERANCES[dtype])

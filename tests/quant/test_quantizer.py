@@ -22,7 +22,8 @@ def _set(quantizer: Quantizer, d=None, q_m=None, t=None) -> None:
     with torch.no_grad():
         for name, value in (("d", d), ("q_m", q_m), ("t", t)):
             if value is not None:
-                getattr(quantizer, name).copy_(torch.as_tensor(value, dtype=torch.float32).expand_as(getattr(quantizer, name)))
+                target = getattr(quantizer, name)
+                target.copy_(torch.as_tensor(value, dtype=torch.float32).expand_as(target))
 
 
 @pytest.mark.parametrize("axis", [None, 0])
@@ -218,7 +219,7 @@ def test_fixed_exponent_stays_one_through_qasso(optimizer):
     generator = torch.Generator().manual_seed(0)
     x, y = torch.randn(32, 8, generator=generator), torch.randn(32, 4, generator=generator)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
-    g = geta.GETA(model, x, quantize="weights+activations", weight_bits=8, act_bits=8, per_channel=True,
+    g = geta.GETA(model, x, quantize="weights+activations", initial_weight_bits=8, initial_act_bits=8, per_channel=True,
                   exponent="fixed")
     quantizers = [m for m in g.model.modules() if isinstance(m, Quantizer)]
     before = [(q.d.detach().clone(), q.q_m.detach().clone()) for q in quantizers]

@@ -18,7 +18,7 @@ def test_the_issue_recipes_are_registered_with_a_description_and_a_run_time() ->
 
 
 def test_an_unknown_recipe_names_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown recipe 'resnet99'.*cnn-digits.*minilm-bbc"):
+    with pytest.raises(ConfigError, match=r"unknown recipe 'resnet99'.*cnn-digits.*minilm-bbc"):
         get_recipe("resnet99")
 
 

@@ -58,7 +58,7 @@ def test_skip_names_are_checked_on_the_model_alone_before_any_data_or_training(m
         raise AssertionError("trained before the skip names were checked")
 
     check_run("cnn-digits", Settings(skip=("first", "last", "1*", "7")))
-    with pytest.raises(ConfigError, match="skip entry 'features.0' matches no quantizable layer"):
+    with pytest.raises(ConfigError, match=r"skip entry 'features\.0' matches no quantizable layer"):
         check_run("cnn-digits", Settings(skip=("features.0",)))
     monkeypatch.setattr("geta.run.harness.train", fail)
     with pytest.raises(ConfigError, match="skip entry 'nope' matches no quantizable layer"):

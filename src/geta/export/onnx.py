@@ -64,7 +64,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import onnx
@@ -73,13 +73,13 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from geta.core.inputs import ExampleInputs
 from geta.errors import ConfigError, ModelError, SavedModelError
 from geta.export.architecture import Description, describe
 from geta.export.packed import quantized_levels
-from geta.graph.inputs import ExampleInputs
 from geta.quant.functional import top_level
 from geta.quant.kernel import quantize
-from geta.quant.prepare import INPUT_QUANTIZER
+from geta.quant.prepare import INPUT_QUANTIZER, OUTPUT_QUANTIZER
 from geta.quant.quantizer import Quantizer
 
 OPSET = 21
@@ -125,6 +125,7 @@ def export_onnx(
     _lower_placeholders(graph_model)
     graph = _Graph(graph_model.graph)
     _hoist_quantizers(graph)
+    _clips_as_relus(graph)
     _transpose_weight_levels(graph)
     _fold_batch_norms(graph)
     _place_weights(graph)
@@ -176,8 +177,8 @@ class _QuantizeActivation(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, d: float, q_m: float, t: float, top: int, signed: bool) -> Tensor:
-        params = [torch.tensor(v, dtype=torch.float32) for v in (d, q_m, t)]
-        return quantize(x, *params, signed=signed)
+        d_t, q_m_t, t_t = (torch.tensor(v, dtype=torch.float32) for v in (d, q_m, t))
+        return quantize(x, d_t, q_m_t, t_t, signed=signed)
 
     @staticmethod
     def symbolic(g, x, d: float, q_m: float, t: float, top: int, signed: bool):
@@ -223,16 +224,18 @@ def _exportable(model: nn.Module, description: Description, weights: WeightForma
         if parametrize.is_parametrized(module):
             # by hand: parametrize.remove_parametrizations would edit the parametrized class, which the copy
             # shares with ``model``
-            chains = module._modules.pop("parametrizations")
+            chains = cast(nn.ModuleDict, module._modules.pop("parametrizations"))
             module.__class__ = type(module).__bases__[0]
             for attr, chain in chains.items():
-                module.register_parameter(attr, chain.original)
+                module.register_parameter(attr, cast(nn.Parameter, chain.original))  # register_parameter checks it
     holders = _holders(model)
     for key, saved in description.tensors.items():
         if saved.quantizer is None:
             continue
         if saved.value.dtype != torch.float32:
-            raise ModelError(f"{key} is {saved.value.dtype}; geta.export_onnx exports float32 models (call model.float())")
+            raise ModelError(
+                f"{key} is {saved.value.dtype}; geta.export_onnx exports float32 models (call model.float())"
+            )
         levels = quantized_levels(saved)
         if not levels.signed:
             raise SavedModelError(f"{key}: unsigned weight quantizers are not exported to ONNX")
@@ -242,14 +245,15 @@ def _exportable(model: nn.Module, description: Description, weights: WeightForma
                                             saved.value.dtype)
             parametrize.register_parametrization(module, attr, parametrization, unsafe=True)
     for module in model.modules():
-        quantizer = getattr(module, INPUT_QUANTIZER, None)
-        if isinstance(quantizer, Quantizer):
-            setattr(module, INPUT_QUANTIZER, _ActivationQuantizer(quantizer))
+        for attr in (INPUT_QUANTIZER, OUTPUT_QUANTIZER):
+            quantizer = getattr(module, attr, None)
+            if isinstance(quantizer, Quantizer):
+                setattr(module, attr, _ActivationQuantizer(quantizer))
     return model
 
 
 def _has_quantizers(description: Description) -> bool:
-    return bool(description.input_quantizers) or any(s.quantizer is not None for s in description.tensors.values())
+    return bool(description.activation_quantizers) or any(s.quantizer is not None for s in description.tensors.values())
 
 
 def _holders(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
@@ -325,7 +329,7 @@ def _lower_weight(node: onnx.NodeProto, initializers: dict, producers: dict) -> 
     initializers[levels_name].CopyFrom(_integer_tensor(levels_name, levels, int(attrs["container"])))
     scale = numpy_helper.to_array(initializers[scale_name]).astype(np.float32)
     initializers[scale_name].CopyFrom(numpy_helper.from_array(scale, scale_name))
-    extra = {"axis": int(attrs["axis"])} if int(attrs["axis"]) >= 0 else {}
+    extra: dict[str, Any] = {"axis": int(attrs["axis"])} if int(attrs["axis"]) >= 0 else {}
     return helper.make_node("DequantizeLinear", [levels_name, scale_name], list(node.output), name=node.name, **extra)
 
 
@@ -365,9 +369,10 @@ def _lower_activation(node: onnx.NodeProto, prefix: str, graph: onnx.GraphProto)
         zero = container[1]
         zero_point = constant("zero_point", np.uint8(zero))
         codes = add("QuantizeLinear", [warped, scale, zero_point], "quantized")
-        low, high = zero - top if signed else 0, zero + top
-        if (low, high) != (0, 255):
-            codes = add("Clip", [codes, constant("low", np.uint8(low)), constant("high", np.uint8(high))], "clip")
+        code_low, code_high = zero - top if signed else 0, zero + top
+        if (code_low, code_high) != (0, 255):
+            codes = add("Clip", [codes, constant("low", np.uint8(code_low)), constant("high", np.uint8(code_high))],
+                        "clip")
         add("DequantizeLinear", [codes, scale, zero_point], "dequantized", output=y)
         return nodes
     low = constant("low", np.float32(-top) * d if signed else np.float32(0))
@@ -376,7 +381,8 @@ def _lower_activation(node: onnx.NodeProto, prefix: str, graph: onnx.GraphProto)
         levels = add("Round", [add("Div", [clipped, scale], "ratio")], "levels")
         add("Mul", [levels, scale], "dequantized", output=y)
     else:
-        zero_point = constant("zero_point", np.asarray(container[1], dtype=helper.tensor_dtype_to_np_dtype(container[0])))
+        zero_dtype = helper.tensor_dtype_to_np_dtype(container[0])
+        zero_point = constant("zero_point", np.asarray(container[1], dtype=zero_dtype))
         codes = add("QuantizeLinear", [clipped, scale, zero_point], "quantized")
         add("DequantizeLinear", [codes, scale, zero_point], "dequantized", output=y)
     return nodes
@@ -408,6 +414,10 @@ class _Graph:
         self.graph = graph
         self.refresh()
 
+    def nodes(self) -> list[onnx.NodeProto]:
+        """The nodes, as a list (a copy: the rewrites change the graph while they go through it)."""
+        return list(self.graph.node)
+
     def refresh(self) -> None:
         self.initializers = {init.name: init for init in self.graph.initializer}
         self.producers = {output: node for node in self.graph.node for output in node.output}
@@ -419,9 +429,15 @@ class _Graph:
         self.pinned = {output.name for output in self.graph.output} | _subgraph_reads(self.graph)
 
     def constant(self, name: str) -> np.ndarray | None:
-        """The value of ``name`` if it is an initializer (read through Identity nodes), else None."""
+        """The value of ``name`` if it is an initializer or a Constant node's tensor (read through Identity
+        nodes), else None."""
         name = _constant_source(name, self.producers, self.initializers)
-        return numpy_helper.to_array(self.initializers[name]) if name in self.initializers else None
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        node = self.producers.get(name)
+        if node is not None and node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
+            return numpy_helper.to_array(node.attribute[0].t)
+        return None
 
     def only_consumer(self, name: str) -> onnx.NodeProto | None:
         """The node reading ``name`` if exactly one does and nothing else (a graph output) reads it."""
@@ -491,7 +507,8 @@ def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def _attribute(node: onnx.NodeProto, name: str, default: object) -> object:
+def _attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    """The value of attribute ``name`` of ``node`` (its type is the attribute's), else ``default``."""
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
@@ -506,7 +523,7 @@ def _hoist_quantizers(graph: _Graph) -> None:
     """Move each activation QuantizeLinear above the data-movement ops (``_DATA_MOVEMENT``) that feed it
     alone, so that it directly follows the op computing its input (which can then be fused with it); the
     codes are the same, quantization being monotone and elementwise."""
-    for q in [node for node in graph.graph.node if node.op_type == "QuantizeLinear"]:
+    for q in [node for node in graph.nodes() if node.op_type == "QuantizeLinear"]:
         scale = graph.constant(q.input[1])
         while scale is not None and scale.ndim == 0:
             mover = graph.producers.get(q.input[0])
@@ -522,16 +539,50 @@ def _hoist_quantizers(graph: _Graph) -> None:
             graph.refresh()
 
 
+def _clips_as_relus(graph: _Graph) -> None:
+    """Turn each ``Clip(x, 0, c)`` (ReLU6 and kin) that alone feeds an unsigned UINT8 QuantizeLinear (zero
+    point 0, step d) into a ``Relu`` with the codes clipped at ``round(c / d)``: rounding is monotone, so
+    ``Q(min(relu(x), c)) = min(Q(relu(x)), Q(c))``, the same codes, and onnxruntime fuses a Relu before
+    such a quantizer into the op before it (a QLinearConv), which it does not do for the Clip."""
+    for clip in [node for node in graph.nodes() if node.op_type == "Clip"]:
+        q = graph.only_consumer(clip.output[0])
+        bounds = ([b for name in clip.input[1:3] if (b := graph.constant(name)) is not None]
+                  if len(clip.input) == 3 else [])
+        if q is None or q.op_type != "QuantizeLinear" or len(q.input) < 3 or len(bounds) != 2:
+            continue
+        scale, zero = graph.constant(q.input[1]), graph.constant(q.input[2])
+        low, high = (float(b) for b in bounds)
+        if scale is None or scale.ndim or zero is None or zero.dtype != np.uint8 or int(zero) or low != 0 or high <= 0:
+            continue
+        top = int(min(np.rint(np.float32(high) / np.float32(scale)), 255))
+        codes = graph.only_consumer(q.output[0])
+        graph.replace(clip, [helper.make_node("Relu", [clip.input[0]], list(clip.output), name=f"{clip.name}_relu")])
+        graph.refresh()
+        if codes is not None and codes.op_type == "Clip" and len(codes.input) == 3:
+            current = graph.constant(codes.input[2])
+            if current is not None and int(current) > top:
+                codes.input[2] = graph.add_constant(np.uint8(top), f"{q.output[0]}_top")
+        elif top < 255:
+            clipped = f"{q.output[0]}_clipped"
+            for consumer in graph.consumers.get(q.output[0], []):
+                consumer.input[:] = [clipped if name == q.output[0] else name for name in consumer.input]
+            index = list(graph.graph.node).index(q)
+            graph.graph.node.insert(index + 1, helper.make_node(
+                "Clip", [q.output[0], graph.add_constant(np.uint8(0), f"{q.output[0]}_low"),
+                         graph.add_constant(np.uint8(top), f"{q.output[0]}_top")], [clipped], name=clipped))
+        graph.refresh()
+
+
 def _transpose_weight_levels(graph: _Graph) -> None:
     """Store transposed levels instead of transposing a dequantized weight (the exporter's form of a
     linear layer on batched sequences), so that the DequantizeLinear feeds the MatMul directly."""
-    for node in list(graph.graph.node):
+    for node in graph.nodes():
         weight = graph.weight(graph.producers.get(node.input[0])) if node.op_type == "Transpose" else None
         if weight is None or graph.only_consumer(weight.node.output[0]) is not node:
             continue
         perm = list(_attribute(node, "perm", range(weight.levels.ndim)[::-1]))
         levels = graph.add_constant(weight.levels.transpose(perm), f"{weight.node.input[0]}_t", weight.onnx_type)
-        extra = {} if weight.axis is None else {"axis": perm.index(weight.axis)}
+        extra: dict[str, Any] = {} if weight.axis is None else {"axis": perm.index(weight.axis)}
         graph.replace(node, [helper.make_node("DequantizeLinear", [levels, weight.node.input[1]], list(node.output),
                                               name=f"{weight.node.name}_t", **extra)])
         graph.refresh()
@@ -539,12 +590,12 @@ def _transpose_weight_levels(graph: _Graph) -> None:
 
 def _fold_batch_norms(graph: _Graph) -> None:
     """Fold each BatchNormalization into the Conv or Gemm before it where that is exact (module docstring)."""
-    for bn in list(graph.graph.node):
+    for bn in graph.nodes():
         layer = graph.producers.get(bn.input[0]) if bn.op_type == "BatchNormalization" else None
         if layer is None or layer.op_type not in ("Conv", "Gemm") or graph.only_consumer(layer.output[0]) is not bn:
             continue
-        statistics = [graph.constant(name) for name in bn.input[1:5]]
-        if len(bn.output) > 1 or _attribute(bn, "training_mode", 0) or any(s is None for s in statistics):
+        statistics = [s for name in bn.input[1:5] if (s := graph.constant(name)) is not None]
+        if len(bn.output) > 1 or _attribute(bn, "training_mode", 0) or len(statistics) < len(bn.input[1:5]):
             continue
         if layer.op_type == "Gemm" and (_attribute(layer, "alpha", 1.0) != 1 or _attribute(layer, "beta", 1.0) != 1):
             continue
@@ -552,7 +603,9 @@ def _fold_batch_norms(graph: _Graph) -> None:
         factor = gamma / np.sqrt(var + _attribute(bn, "epsilon", 1e-5))
         bias = graph.constant(layer.input[2]) if len(layer.input) > 2 and layer.input[2] else np.zeros_like(factor)
         axis = 0 if layer.op_type == "Conv" or _attribute(layer, "transB", 0) else 1
-        folded = None if bias is None else _folded_weight(graph, layer.input[1], factor, axis, bn.output[0])
+        if bias is None:
+            continue
+        folded = _folded_weight(graph, layer.input[1], factor, axis, bn.output[0])
         if folded is None:
             continue
         new_bias = ((bias.astype(np.float64) - mean) * factor + beta).astype(np.float32)
@@ -598,7 +651,7 @@ def _place_weights(graph: _Graph) -> None:
     DequantizeLinear would be recomputed on every run and keep the op off its fast float layouts. (A float
     weight before a quantizer would be quantized again by onnxruntime, per tensor: not exact.) Weight-only
     layers keep the DequantizeLinear."""
-    for node in list(graph.graph.node):
+    for node in graph.nodes():
         weight = graph.weight(node)
         if weight is None:
             continue
@@ -631,7 +684,8 @@ def _dequantized_input(graph: _Graph, consumer: onnx.NodeProto) -> bool:
 def _integer_kernel(graph: _Graph, consumer: onnx.NodeProto, weight: _Weight) -> bool:
     """Whether onnxruntime fuses ``consumer``, reading ``weight`` as its second input, into an integer
     kernel (see the module docstring); a MatMul also keeps it when its input is float (MatMulNBits)."""
-    if len(consumer.input) < 2 or consumer.input[1] != weight.node.output[0] or consumer.input[0] == weight.node.output[0]:
+    weight_name = weight.node.output[0]
+    if len(consumer.input) < 2 or consumer.input[1] != weight_name or consumer.input[0] == weight_name:
         return False
     if consumer.op_type == "MatMul":
         return weight.onnx_type in (TensorProto.INT4, TensorProto.INT8)
@@ -655,7 +709,7 @@ def _feeds_quantizer(graph: _Graph, node: onnx.NodeProto) -> bool:
     quantizer must be unsigned, zero point 0, for onnxruntime to drop the Relu)."""
     consumer = graph.only_consumer(node.output[0])
     relu = consumer is not None and consumer.op_type == "Relu"
-    if relu:
+    if consumer is not None and relu:
         consumer = graph.only_consumer(consumer.output[0])
     if consumer is None or consumer.op_type != "QuantizeLinear" or len(consumer.input) < 3:
         return False

@@ -104,7 +104,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
             "bits": levels.bits, "signed": levels.signed, "axis": levels.axis,
             "scale_dtype": _dtype_name(levels.scale),
         }
-    for key, quantizer in description.input_quantizers.items():
+    for key, quantizer in description.activation_quantizers.items():
         for name, value in zip(QUANTIZER_PARAMETERS, quantizer.constrained_parameters()):
             value = value.detach().cpu().contiguous().clone()
             tensors[f"{key}.{name}"] = value
@@ -135,7 +135,7 @@ def tensor_checksum(tensors: dict[str, Tensor]) -> str:
         data = tensor.reshape(-1).view(torch.uint8).numpy()
         digest.update(struct.pack("<QQ", len(record), data.nbytes))
         digest.update(record)
-        digest.update(data)
+        digest.update(data)  # type: ignore[arg-type]  # an ndarray is a buffer; numpy declares it for Python >= 3.12 only
     return digest.hexdigest()
 
 
@@ -181,7 +181,7 @@ def read_checked(path: str | os.PathLike) -> SavedFile:
     try:
         with safe_open(str(path), framework="pt") as file:
             metadata = file.metadata() or {}
-            stored = {name: file.get_tensor(name) for name in file.keys()}
+            stored = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise SavedModelError(f"{path} is not a readable safetensors file (truncated or damaged?): {error}") from error
     header = _parse_header(metadata, path)
@@ -270,6 +270,8 @@ def _tensors(header: dict, stored: dict[str, Tensor]) -> dict[str, Tensor]:
 def quantized_levels(saved: SavedTensor) -> Levels:
     """The integer levels of a quantized weight, checked to give the weight back exactly."""
     quantizer = saved.quantizer
+    if quantizer is None:
+        raise ValueError(f"{saved.key} is not a quantized weight (it has no weight quantizer)")
     value = saved.value.detach().cpu()
     compute = torch.float32 if value.dtype in (torch.float16, torch.bfloat16) else value.dtype
     d = quantizer.constrained_parameters()[0].detach().cpu().to(compute)
@@ -280,7 +282,8 @@ def quantized_levels(saved: SavedTensor) -> Levels:
         raise SavedModelError(f"{saved.key}: the quantized weight is not an integer multiple of its step d")
     result = Levels(levels, d, bits, quantizer.signed, quantizer.axis)
     for channel, (low, high) in enumerate(_channel_ranges(result)):
-        if low < level_range(bits[channel], quantizer.signed)[0] or high > level_range(bits[channel], quantizer.signed)[1]:
+        lowest, highest = level_range(bits[channel], quantizer.signed)
+        if low < lowest or high > highest:
             raise SavedModelError(f"{saved.key}: levels {low}..{high} do not fit in {bits[channel]} bits")
     return result
 

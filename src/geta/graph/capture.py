@@ -10,21 +10,10 @@ import torch
 from torch import nn
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
+from geta.core.inputs import ExampleInputs
+from geta.core.modes import eval_mode
 from geta.errors import ModelError
-from geta.graph.inputs import ExampleInputs
 from geta.quant.quantizer import Quantizer
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block and restore each submodule's mode afterwards."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes.items():
-            module.training = training
 
 
 @contextlib.contextmanager

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import builtins
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +42,7 @@ class TensorSlice:
 
 
 @dataclass(frozen=True)
-class Structure:
+class UnprunableStructure:
     """Structures left out of the search space: the tensor slices they span, why they cannot be
     removed, and how many structures of the same tensors and reasons this record stands for."""
 
@@ -63,6 +65,10 @@ class _ParamSlot:
     is_parameter: bool
 
 
+# The label of a node: the slots of each dim of its tensor value, or per output of a multi-output op.
+Label = list[Slot] | tuple[list[Slot] | None, ...]
+
+
 @dataclass
 class DependencyAnalysis:
     """Runs the rules over a captured program and extracts the removable structures."""
@@ -70,7 +76,7 @@ class DependencyAnalysis:
     program: torch.export.ExportedProgram
     model: nn.Module
     atoms: Atoms = field(default_factory=Atoms)
-    labels: dict[fx.Node, object] = field(default_factory=dict)
+    labels: dict[fx.Node, Label] = field(default_factory=dict)
     params: list[_ParamSlot] = field(default_factory=list)
     state_names: dict[str, str] = field(default_factory=dict)
     weight_nodes: set[fx.Node] = field(default_factory=set)
@@ -79,7 +85,7 @@ class DependencyAnalysis:
     tensor_slots: dict[int, list[Slot]] = field(default_factory=dict)
     parameter_names: dict[int, str] = field(default_factory=dict)
 
-    def run(self) -> tuple[GroupTable, list[Structure]]:
+    def run(self) -> tuple[GroupTable, list[UnprunableStructure]]:
         """(removable structures as a table, unprunable structures with their reasons)."""
         signature = self.program.graph_signature
         self.state_names = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
@@ -143,13 +149,21 @@ class DependencyAnalysis:
         value = self.labels.get(node)
         return value if isinstance(value, list) else None
 
+    def slots_of(self, node: object) -> list[Slot]:
+        """The slots of a tensor argument that must have them (a TypeError otherwise: the rule fails)."""
+        slots = self.slots(node)
+        if slots is None:
+            raise TypeError(f"{node} has no slots (not a tracked tensor)")
+        return slots
+
     def tensor_args(self, node: fx.Node) -> list[fx.Node]:
-        return [a for a in _flatten((node.args, tuple(node.kwargs.values()))) if isinstance(a, fx.Node) and self._tensor_value(a)]
+        return [a for a in _flatten((node.args, tuple(node.kwargs.values())))
+                if isinstance(a, fx.Node) and self._tensor_value(a)]
 
     def set(self, node: fx.Node, slots: list[Slot]) -> None:
         self.labels[node] = list(slots)
 
-    def set_tuple(self, node: fx.Node, outputs: list[list[Slot] | None]) -> None:
+    def set_tuple(self, node: fx.Node, outputs: Sequence[list[Slot] | None]) -> None:
         self.labels[node] = tuple(outputs)
 
     def fresh(self, size: int, *, neutral: bool = False, reason: str | None = None) -> Slot:
@@ -170,7 +184,8 @@ class DependencyAnalysis:
 
     def flag_all(self, node: object, reason: str) -> None:
         value = self.labels.get(node) if isinstance(node, fx.Node) else None
-        for slots in value if isinstance(value, tuple) else [value]:
+        outputs: Sequence[list[Slot] | None] = value if isinstance(value, tuple) else [value]
+        for slots in outputs:
             for slot in slots or []:
                 self.flag(slot, reason)
 
@@ -291,7 +306,7 @@ class DependencyAnalysis:
         in_sizes = [s.size for s in in_slots]
         total = int(np.prod(in_sizes))
         position = np.arange(total)
-        grids = []
+        grids: list[np.ndarray] = []
         stride = total
         for slot, size in zip(in_slots, in_sizes):
             stride //= size
@@ -362,7 +377,7 @@ class DependencyAnalysis:
         branch = branches.members[node]
         if node not in branch.outputs:
             return
-        source = self.slots(branch.source)
+        source = self.slots_of(branch.source)
         self.set(node, list(source))
         if self.weight_like(branch.source):
             self.weight_nodes.add(node)
@@ -376,9 +391,10 @@ class DependencyAnalysis:
 
     # --- results ----------------------------------------------------------------------------------
 
-    def _structures(self) -> tuple[GroupTable, list[Structure]]:
+    def _structures(self) -> tuple[GroupTable, list[UnprunableStructure]]:
         label, reasons = self.atoms.classes()
-        slot_ids, positions, classes = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+        empty = np.zeros(0, dtype=np.int64)
+        slot_ids, positions, classes = [empty], [empty], [empty]
         for k, param in enumerate(self.params):
             for layer in self.atoms.structural(param.slot):
                 slot_ids.append(np.full(len(layer), k))
@@ -398,7 +414,10 @@ class DependencyAnalysis:
         table = _group_table(self.params, cls[~blocked], slot[~blocked], position[~blocked])
         return table, self._unprunable(cls[blocked], slot[blocked], position[blocked], reasons)
 
-    def _unprunable(self, cls: np.ndarray, slot: np.ndarray, position: np.ndarray, reasons: dict[int, set[str]]):
+    # ``builtins.set``: in this class ``set`` is the method above
+    def _unprunable(
+        self, cls: np.ndarray, slot: np.ndarray, position: np.ndarray, reasons: dict[int, builtins.set[str]]
+    ) -> list[UnprunableStructure]:
         """Blocked classes with parameters, merged by (tensors spanned, reasons)."""
         starts = np.flatnonzero(np.diff(cls, prepend=-1))
         ends = np.append(starts[1:], len(cls))
@@ -417,12 +436,14 @@ class DependencyAnalysis:
         records = []
         for key, number in keys.items():
             rows = key_of_row == number
-            _, row_slot, row_position = _unique_rows(np.zeros(int(rows.sum()), dtype=np.int64), slot[rows], position[rows])
+            _, row_slot, row_position = _unique_rows(np.zeros(int(rows.sum()), dtype=np.int64), slot[rows],
+                                                     position[rows])
             slices = []
             for k in np.unique(row_slot).tolist():
                 param = self.params[k]
-                slices.append(TensorSlice(public_name(param.name), param.dim, tuple(row_position[row_slot == k].tolist())))
-            records.append(Structure(tuple(slices), key[1], int(counts[number])))
+                slices.append(TensorSlice(public_name(param.name), param.dim,
+                                          tuple(row_position[row_slot == k].tolist())))
+            records.append(UnprunableStructure(tuple(slices), key[1], int(counts[number])))
         return records
 
 
@@ -448,14 +469,14 @@ class GroupTable:
         return GroupTable(self.names, self.dims, self.slot[rows], self.position[rows], number[self.group[rows]],
                           int((~dropped).sum()))
 
-    def structure(self, groups: np.ndarray, reason: str) -> Structure:
+    def structure(self, groups: np.ndarray, reason: str) -> UnprunableStructure:
         """``groups`` as one unprunable record, for ``reason``."""
         rows = np.isin(self.group, groups)
         slices = []
         for k in np.unique(self.slot[rows]).tolist():
             positions = np.unique(self.position[rows & (self.slot == k)])
             slices.append(TensorSlice(public_name(self.names[k]), self.dims[k], tuple(positions.tolist())))
-        return Structure(tuple(slices), (reason,), len(groups))
+        return UnprunableStructure(tuple(slices), (reason,), len(groups))
 
 
 def _unique_rows(cls: np.ndarray, slot: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -507,7 +528,8 @@ def _quantizer_branches(graph: fx.Graph, model: nn.Module) -> _Branches:
     for branch in by_call.values():
         for node in branch.nodes:
             for arg in node.all_input_nodes:
-                if arg not in branch.nodes and isinstance(arg.meta.get("val"), torch.Tensor) and arg.meta["val"].dim() > 0:
+                value = arg.meta.get("val")
+                if arg not in branch.nodes and isinstance(value, torch.Tensor) and value.dim() > 0:
                     branch.source = arg
             if any(user not in branch.nodes for user in node.users):
                 branch.outputs.add(node)

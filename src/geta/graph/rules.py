@@ -9,7 +9,7 @@ Ops without a rule are handled conservatively by ``unknown``: everything they to
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,7 +18,7 @@ from torch import fx
 
 import geta.quant.quantizer  # noqa: F401  (defines the geta::quantizer_call op)
 from geta.graph.atoms import INTERNAL, Slot
-from geta.pruning.modules import fixed_reshapes, owns_split_sizes
+from geta.graph.owners import fixed_reshapes, owns_split_sizes
 
 if TYPE_CHECKING:
     from geta.graph.dependency import DependencyAnalysis
@@ -56,6 +56,84 @@ def _dim(d: int, rank: int) -> int:
     return d + rank if d < 0 else d
 
 
+# --- arguments ----------------------------------------------------------------------------------
+# fx types every argument as the broad ``Argument`` union; an op's schema says which kind each one is.
+# These read one as that kind and raise a TypeError otherwise (the rule then fails, and its op is
+# unprunable, as for any call the rule did not foresee).
+
+
+def _packet(node: fx.Node) -> object:
+    """The overload packet of ``node``'s op (``aten.conv2d`` for ``aten.conv2d.default``)."""
+    return getattr(node.target, "overloadpacket", node.target)
+
+
+def _op_name(node: fx.Node) -> str:
+    """The name of ``node``'s op without its overload (``conv2d``)."""
+    return str(getattr(_packet(node), "__name__", node.target))
+
+
+def _arg(node: fx.Node, i: int, name: str | None = None, default: object = None) -> object:
+    """Positional argument ``i`` of ``node``, else its keyword argument ``name``, else ``default``."""
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default) if name is not None else default
+
+
+def _int(value: object, what: str) -> int:
+    if not isinstance(value, int):
+        raise TypeError(f"{what} is {type(value).__name__}, not an int")
+    return value
+
+
+def _str(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} is {type(value).__name__}, not a str")
+    return value
+
+
+def _optional_int(value: object, what: str) -> int | None:
+    return None if value is None else _int(value, what)
+
+
+def _seq(value: object, what: str) -> Sequence[object]:
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{what} is {type(value).__name__}, not a list")
+    return value
+
+
+def _ints(value: object, what: str) -> list[int]:
+    """A list of ints (``int[]`` in the schema)."""
+    return [_int(v, what) for v in _seq(value, what)]
+
+
+def _int_or_ints(value: object, what: str) -> list[int]:
+    """An int or a list of ints, as a list."""
+    return [value] if isinstance(value, int) else _ints(value, what)
+
+
+def _aligned(
+    g: DependencyAnalysis, node: fx.Node, shape: tuple[int, ...], inputs: list[list[Slot]]
+) -> list[Slot | None]:
+    """``inputs`` (slot lists) aligned with ``shape`` from the last dim, as broadcasting aligns them:
+    at each dim of size > 1, the inputs' slots of that size are the same positions and are tied. Per
+    dim of ``shape``, the first such slot, or None where no input has one."""
+    aligned: list[Slot | None] = []
+    for i, size in enumerate(shape):
+        offset = len(shape) - i
+        candidates = [s[-offset] for s in inputs if len(s) >= offset and s[-offset].size == size and size > 1]
+        for other in candidates[1:]:
+            g.tie(candidates[0], other, node)
+        aligned.append(candidates[0] if candidates else None)
+    return aligned
+
+
+def _broadcast(g: DependencyAnalysis, node: fx.Node, shape: tuple[int, ...], inputs: list[list[Slot]]) -> list[Slot]:
+    """The slots of a broadcast result of ``shape``: each dim's aligned input slot (see :func:`_aligned`),
+    or a fresh neutral slot where no input has one."""
+    aligned = _aligned(g, node, shape, inputs)
+    return [slot if slot is not None else g.fresh(size, neutral=True) for slot, size in zip(aligned, shape)]
+
+
 # --- elementwise --------------------------------------------------------------------------------
 
 
@@ -68,23 +146,8 @@ def _dim(d: int, rank: int) -> int:
 )
 def elementwise(g: DependencyAnalysis, node: fx.Node) -> None:
     """Broadcasting elementwise op: aligned dims of equal size are the same positions."""
-    shape = g.shape(node)
-    operands = [a for a in g.tensor_args(node) if g.slots(a) is not None]
-    slots: list[Slot] = []
-    for i, size in enumerate(shape):
-        offset = len(shape) - i
-        candidates = []
-        for operand in operands:
-            operand_slots = g.slots(operand)
-            if len(operand_slots) >= offset and operand_slots[-offset].size == size and size > 1:
-                candidates.append(operand_slots[-offset])
-        if not candidates:
-            slots.append(g.fresh(size, neutral=True))
-            continue
-        for other in candidates[1:]:
-            g.tie(candidates[0], other, node)
-        slots.append(candidates[0])
-    g.set(node, slots)
+    operands = [slots for a in g.tensor_args(node) if (slots := g.slots(a)) is not None]
+    g.set(node, _broadcast(g, node, g.shape(node), operands))
 
 
 # --- layers -------------------------------------------------------------------------------------
@@ -98,10 +161,10 @@ RULES[torch.ops.geta.quantizer_call] = elementwise
 
 @rule(aten.linear)
 def linear(g: DependencyAnalysis, node: fx.Node) -> None:
-    x, w = g.slots(node.args[0]), g.slots(node.args[1])
-    bias = g.slots(node.args[2]) if len(node.args) > 2 and node.args[2] is not None else None
+    x, w = g.slots_of(node.args[0]), g.slots_of(node.args[1])
+    bias = g.slots(_arg(node, 2))
     g.tie(x[-1], w[1], node)
-    out = list(x[:-1]) + [w[0]]
+    out = [*x[:-1], w[0]]
     if bias is not None:
         g.tie(w[0], bias[0], node)
     g.set(node, out)
@@ -110,21 +173,22 @@ def linear(g: DependencyAnalysis, node: fx.Node) -> None:
 @rule(aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution, aten.conv_transpose1d, aten.conv_transpose2d,
       aten.conv_transpose3d)
 def convolution(g: DependencyAnalysis, node: fx.Node) -> None:
-    packet = node.target.overloadpacket
+    packet = _packet(node)
     args = list(node.args) + [None] * 9
-    x, w = g.slots(args[0]), g.slots(args[1])
-    bias = g.slots(args[2]) if args[2] is not None else None
+    w = g.slots_of(args[1])
+    bias = g.slots(args[2])
     transposed = packet in (aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d) or (
         packet is aten.convolution and bool(args[6])
     )
     if packet is aten.convolution:
-        groups = args[8] if args[8] is not None else 1
+        groups = _int(args[8] if args[8] is not None else 1, "groups")
     else:  # conv{1,2,3}d and conv_transpose{1,2,3}d both take groups as argument 6
-        groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
+        groups = _int(_arg(node, 6, "groups", 1), "groups")
     shape = g.shape(node)
     for kernel in w[2:]:
         g.flag(kernel, INTERNAL)
     spatial = [g.fresh(size, reason=SPATIAL) for size in shape[2:]]
+    x = g.slots_of(args[0])
     in_ch, out_w = (w[0], w[1]) if transposed else (w[1], w[0])
     if groups == 1:
         g.tie(x[1], in_ch, node)
@@ -162,11 +226,11 @@ def _tiled(slot: Slot, times: int) -> Slot:
 
 @rule(aten.batch_norm, aten._native_batch_norm_legit_no_training, aten.instance_norm)
 def batch_norm(g: DependencyAnalysis, node: fx.Node) -> None:
-    x = g.slots(node.args[0])
+    x = g.slots_of(node.args[0])
     for arg in node.args[1:5]:
-        if isinstance(arg, fx.Node) and g.slots(arg) is not None:
-            g.tie(x[1], g.slots(arg)[0], node)
-    if node.target.overloadpacket is aten._native_batch_norm_legit_no_training:
+        if isinstance(arg, fx.Node) and (slots := g.slots(arg)) is not None:
+            g.tie(x[1], slots[0], node)
+    if _packet(node) is aten._native_batch_norm_legit_no_training:
         g.set_tuple(node, [list(x), None, None])
     else:
         g.set(node, list(x))
@@ -174,94 +238,84 @@ def batch_norm(g: DependencyAnalysis, node: fx.Node) -> None:
 
 @rule(aten.layer_norm, aten.rms_norm)
 def layer_norm(g: DependencyAnalysis, node: fx.Node) -> None:
-    x = g.slots(node.args[0])
-    normalized = len(node.args[1])
+    x = g.slots_of(node.args[0])
+    normalized = len(_seq(node.args[1], "normalized_shape"))
     for arg in node.args[2:4]:
-        if isinstance(arg, fx.Node) and g.slots(arg) is not None:
-            for a, b in zip(x[-normalized:], g.slots(arg)):
+        if isinstance(arg, fx.Node) and (slots := g.slots(arg)) is not None:
+            for a, b in zip(x[-normalized:], slots):
                 g.tie(a, b, node)
     for slot in x[-normalized:]:
-        g.flag(slot, f"normalized by {node.target.overloadpacket.__name__} (removing entries changes its statistics)")
+        g.flag(slot, f"normalized by {_op_name(node)} (removing entries changes its statistics)")
     g.set(node, list(x))
 
 
 @rule(aten.group_norm)
 def group_norm(g: DependencyAnalysis, node: fx.Node) -> None:
-    x = g.slots(node.args[0])
+    x = g.slots_of(node.args[0])
     for arg in node.args[2:4]:
-        if isinstance(arg, fx.Node) and g.slots(arg) is not None:
-            g.tie(x[1], g.slots(arg)[0], node)
+        if isinstance(arg, fx.Node) and (slots := g.slots(arg)) is not None:
+            g.tie(x[1], slots[0], node)
     g.flag(x[1], "normalized by group_norm (removing channels changes its statistics)")
     g.set(node, list(x))
 
 
 @rule(aten.embedding)
 def embedding(g: DependencyAnalysis, node: fx.Node) -> None:
-    w, ids = g.slots(node.args[0]), g.slots(node.args[1])
+    w, ids = g.slots_of(node.args[0]), g.slots_of(node.args[1])
     g.flag(w[0], INTERNAL)
-    g.set(node, list(ids) + [w[1]])
+    g.set(node, [*ids, w[1]])
 
 
 # --- products -----------------------------------------------------------------------------------
 
 
-def _contract(g: DependencyAnalysis, node: fx.Node, a_node, b_node, a: Slot, b: Slot) -> None:
+def _contract(g: DependencyAnalysis, node: fx.Node, a_node: object, b_node: object, a: Slot, b: Slot) -> None:
     g.tie(a, b, node)
     if not (g.weight_like(a_node) or g.weight_like(b_node)):
         g.flag(a, f"contracted between two activations at {node.name}")
 
 
-def _batch_dims(g: DependencyAnalysis, node: fx.Node, inputs: list[list[Slot]], out_batch: tuple[int, ...]) -> list[Slot]:
-    slots = []
-    for i, size in enumerate(out_batch):
-        offset = len(out_batch) - i
-        candidates = [s[-offset] for s in inputs if len(s) >= offset and s[-offset].size == size and size > 1]
-        for other in candidates[1:]:
-            g.tie(candidates[0], other, node)
-        slots.append(candidates[0] if candidates else g.fresh(size, neutral=True))
-    return slots
-
-
 @rule(aten.matmul, aten.mm, aten.bmm)
 def matmul(g: DependencyAnalysis, node: fx.Node) -> None:
     a_node, b_node = node.args[0], node.args[1]
-    a, b = list(g.slots(a_node)), list(g.slots(b_node))
+    a, b = list(g.slots_of(a_node)), list(g.slots_of(b_node))
     a_vector, b_vector = len(a) == 1, len(b) == 1
     _contract(g, node, a_node, b_node, a[-1], b[0] if b_vector else b[-2])
     shape = g.shape(node)
     rows = [] if a_vector else [a[-2]]
     cols = [] if b_vector else [b[-1]]
     batch_rank = len(shape) - len(rows) - len(cols)
-    batch = _batch_dims(g, node, [a[:-2], b[:-2]], tuple(shape[:batch_rank]))
+    batch = _broadcast(g, node, tuple(shape[:batch_rank]), [a[:-2], b[:-2]])
     g.set(node, batch + rows + cols)
 
 
 @rule(aten.addmm, aten.baddbmm)
 def addmm(g: DependencyAnalysis, node: fx.Node) -> None:
     bias, a_node, b_node = node.args[0], node.args[1], node.args[2]
-    a, b = g.slots(a_node), g.slots(b_node)
+    a, b = g.slots_of(a_node), g.slots_of(b_node)
     _contract(g, node, a_node, b_node, a[-1], b[-2])
-    out = list(a[:-1]) + [b[-1]]
-    if node.target.overloadpacket is aten.baddbmm:
+    out = [*a[:-1], b[-1]]
+    if _packet(node) is aten.baddbmm:
         g.tie(a[0], b[0], node)
-    bias_slots = g.slots(bias)
-    for i in range(1, min(len(bias_slots), len(out)) + 1):
-        if bias_slots[-i].size == out[-i].size and out[-i].size > 1:
-            g.tie(out[-i], bias_slots[-i], node)
+    _aligned(g, node, tuple(s.size for s in out), [out, g.slots_of(bias)])  # the bias broadcasts over the product
     g.set(node, out)
 
 
 @rule(aten.einsum)
 def einsum(g: DependencyAnalysis, node: fx.Node) -> None:
-    equation, operands = node.args[0].replace(" ", ""), node.args[1]
-    inputs, output = equation.split("->") if "->" in equation else (equation, None)
+    equation, operands = _str(node.args[0], "equation").replace(" ", ""), _seq(node.args[1], "operands")
+    output: str | None = None
+    if "->" in equation:
+        inputs, output = equation.split("->")
+    else:
+        inputs = equation
     terms = inputs.split(",")
     if "." in equation or output is None:
         g.unknown(node, "einsum with ellipsis or implicit output")
         return
-    by_letter: dict[str, tuple[fx.Node, Slot]] = {}
+    by_letter: dict[str, tuple[object, Slot]] = {}
     for term, operand in zip(terms, operands):
-        for letter, slot in zip(term, g.slots(operand)):
+        for letter, slot in zip(term, g.slots_of(operand)):
             if letter in by_letter:
                 first_node, first = by_letter[letter]
                 if letter in output:
@@ -275,7 +329,7 @@ def einsum(g: DependencyAnalysis, node: fx.Node) -> None:
 
 @rule(aten.scaled_dot_product_attention)
 def attention(g: DependencyAnalysis, node: fx.Node) -> None:
-    q, k, v = (list(g.slots(a)) for a in node.args[:3])
+    q, k, v = (list(g.slots_of(a)) for a in node.args[:3])
     # batch dims (heads included): a KV head serves a run of consecutive query heads under GQA
     for i in range(len(q) - 2):
         if q[i].size == k[i].size:
@@ -290,15 +344,12 @@ def attention(g: DependencyAnalysis, node: fx.Node) -> None:
     g.flag(q[-1], f"head width contracted between queries and keys at {node.name}")
     g.tie(k[-2], v[-2], node)
     g.flag(k[-2], f"key positions contracted in attention at {node.name}")
-    mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
-    if isinstance(mask, fx.Node) and g.slots(mask) is not None:
+    mask = _arg(node, 3, "attn_mask")
+    if isinstance(mask, fx.Node) and (mask_slots := g.slots(mask)) is not None:
         # the mask (or bias) is added to the scores (batch..., queries, keys): aligned dims are the same
-        scores = q[:-1] + [k[-2]]
-        mask_slots = g.slots(mask)
-        for i in range(1, min(len(mask_slots), len(scores)) + 1):
-            if mask_slots[-i].size == scores[-i].size and scores[-i].size > 1:
-                g.tie(scores[-i], mask_slots[-i], node)
-    g.set(node, q[:-1] + [v[-1]])
+        scores = [*q[:-1], k[-2]]
+        _aligned(g, node, tuple(s.size for s in scores), [scores, mask_slots])
+    g.set(node, [*q[:-1], v[-1]])
 
 
 # --- shapes -------------------------------------------------------------------------------------
@@ -310,12 +361,12 @@ def reshape(g: DependencyAnalysis, node: fx.Node) -> None:
     owner = g.owner(node)
     fixed = (f"reshaped to sizes that {type(owner).__name__} derives from other widths at {node.name}"
              if fixed_reshapes(owner) else None)
-    g.set(node, g.reshaped(g.slots(node.args[0]), g.shape(node.args[0]), g.shape(node), node, fixed))
+    g.set(node, g.reshaped(g.slots_of(node.args[0]), g.shape(node.args[0]), g.shape(node), node, fixed))
 
 
 @rule(aten.expand, aten.expand_as)
 def expand(g: DependencyAnalysis, node: fx.Node) -> None:
-    x, shape = g.slots(node.args[0]), g.shape(node)
+    x, shape = g.slots_of(node.args[0]), g.shape(node)
     offset = len(shape) - len(x)
     out = []
     for i, size in enumerate(shape):
@@ -326,19 +377,20 @@ def expand(g: DependencyAnalysis, node: fx.Node) -> None:
 
 @rule(aten.permute)
 def permute(g: DependencyAnalysis, node: fx.Node) -> None:
-    x = g.slots(node.args[0])
-    g.set(node, [x[_dim(d, len(x))] for d in node.args[1]])
+    x = g.slots_of(node.args[0])
+    g.set(node, [x[_dim(d, len(x))] for d in _ints(node.args[1], "dims")])
 
 
 @rule(aten.transpose, aten.swapaxes, aten.t, aten.movedim, aten.numpy_T)
 def transpose(g: DependencyAnalysis, node: fx.Node) -> None:
-    x = list(g.slots(node.args[0]))
-    packet = node.target.overloadpacket
+    x = list(g.slots_of(node.args[0]))
+    packet = _packet(node)
     if packet is aten.movedim:
-        source, destination = _dim(node.args[1], len(x)), _dim(node.args[2], len(x))
+        source = _dim(_int(node.args[1], "source"), len(x))
+        destination = _dim(_int(node.args[2], "destination"), len(x))
         x.insert(destination, x.pop(source))
     elif len(node.args) >= 3:
-        i, j = _dim(node.args[1], len(x)), _dim(node.args[2], len(x))
+        i, j = _dim(_int(node.args[1], "dim0"), len(x)), _dim(_int(node.args[2], "dim1"), len(x))
         x[i], x[j] = x[j], x[i]
     else:
         x = x[::-1]
@@ -347,11 +399,11 @@ def transpose(g: DependencyAnalysis, node: fx.Node) -> None:
 
 @rule(aten.slice)
 def slice_(g: DependencyAnalysis, node: fx.Node) -> None:
-    x = list(g.slots(node.args[0]))
-    dim = _dim(node.args[1] if len(node.args) > 1 else 0, len(x))
-    start = node.args[2] if len(node.args) > 2 else None
-    end = node.args[3] if len(node.args) > 3 else None
-    step = node.args[4] if len(node.args) > 4 else 1
+    x = list(g.slots_of(node.args[0]))
+    dim = _dim(_int(_arg(node, 1, default=0), "dim"), len(x))
+    start = _optional_int(_arg(node, 2), "start")
+    end = _optional_int(_arg(node, 3), "end")
+    step = _optional_int(_arg(node, 4, default=1), "step")
     index = slice(start, end, step)
     if range(*index.indices(x[dim].size)) != range(x[dim].size):
         g.flag(x[dim], f"sliced at fixed offsets at {node.name}: removing positions would shift the slice")
@@ -361,18 +413,19 @@ def slice_(g: DependencyAnalysis, node: fx.Node) -> None:
 
 @rule(aten.narrow)
 def narrow(g: DependencyAnalysis, node: fx.Node) -> None:
-    x = list(g.slots(node.args[0]))
-    dim = _dim(node.args[1], len(x))
+    x = list(g.slots_of(node.args[0]))
+    dim = _dim(_int(node.args[1], "dim"), len(x))
     if node.args[3] != x[dim].size:
         g.flag(x[dim], f"narrowed at fixed offsets at {node.name}: removing positions would shift it")
-    x[dim] = g.sliced(x[dim], slice(node.args[2], node.args[2] + node.args[3]))
+    start, length = _int(node.args[2], "start"), _int(node.args[3], "length")
+    x[dim] = g.sliced(x[dim], slice(start, start + length))
     g.set(node, x)
 
 
 @rule(aten.select)
 def select(g: DependencyAnalysis, node: fx.Node) -> None:
-    x = list(g.slots(node.args[0]))
-    dim = _dim(node.args[1], len(x))
+    x = list(g.slots_of(node.args[0]))
+    dim = _dim(_int(node.args[1], "dim"), len(x))
     if x[dim].size > 1:
         g.flag(x[dim], f"one position selected at {node.name}: removing positions would shift it")
     g.take_apart(x[dim])
@@ -382,13 +435,13 @@ def select(g: DependencyAnalysis, node: fx.Node) -> None:
 
 @rule(aten.split, aten.split_with_sizes, aten.chunk, aten.unbind, aten.tensor_split)
 def split(g: DependencyAnalysis, node: fx.Node) -> None:
-    x = list(g.slots(node.args[0]))
-    packet = node.target.overloadpacket
+    x = list(g.slots_of(node.args[0]))
+    packet = _packet(node)
     outputs = node.meta["val"]
     default_dim = 0
-    dim = _dim(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", default_dim), len(x))
+    dim = _dim(_int(_arg(node, 2, "dim", default_dim), "dim"), len(x))
     if packet is aten.unbind:
-        dim = _dim(node.args[1] if len(node.args) > 1 else 0, len(x))
+        dim = _dim(_int(_arg(node, 1, default=0), "dim"), len(x))
     sizes = [1 if packet is aten.unbind else value.shape[dim] for value in outputs]
     owned = owns_split_sizes(g.owner(node))
     if packet is aten.split and not owned:
@@ -401,7 +454,8 @@ def split(g: DependencyAnalysis, node: fx.Node) -> None:
         g.flag(x[dim], f"cut into parts of fixed sizes {sizes} at {node.name}")
     if set(sizes) == {1}:
         g.take_apart(x[dim])
-    results, start = [], 0
+    results: list[list[Slot] | None] = []
+    start = 0
     for value in outputs:
         size = 1 if packet is aten.unbind else value.shape[dim]
         piece = list(x)
@@ -416,24 +470,25 @@ def split(g: DependencyAnalysis, node: fx.Node) -> None:
 
 @rule(aten.cat, aten.concat)
 def cat(g: DependencyAnalysis, node: fx.Node) -> None:
-    tensors = [t for t in node.args[0] if g.slots(t) is not None and len(g.shape(t)) > 0 and g.shape(t) != (0,)]
-    dim = _dim(node.args[1] if len(node.args) > 1 else 0, len(g.shape(node)))
-    first = list(g.slots(tensors[0]))
+    tensors = [t for t in _seq(node.args[0], "tensors")
+               if g.slots(t) is not None and len(g.shape(t)) > 0 and g.shape(t) != (0,)]
+    dim = _dim(_int(_arg(node, 1, default=0), "dim"), len(g.shape(node)))
+    first = list(g.slots_of(tensors[0]))
     for other in tensors[1:]:
-        for i, slot in enumerate(g.slots(other)):
+        for i, slot in enumerate(g.slots_of(other)):
             if i != dim:
                 g.tie(first[i], slot, node)
-    first[dim] = g.concatenated([g.slots(t)[dim] for t in tensors])
+    first[dim] = g.concatenated([g.slots_of(t)[dim] for t in tensors])
     g.set(node, first)
 
 
 @rule(aten.stack)
 def stack(g: DependencyAnalysis, node: fx.Node) -> None:
-    tensors = node.args[0]
-    dim = _dim(node.args[1] if len(node.args) > 1 else 0, len(g.shape(node)))
-    first = list(g.slots(tensors[0]))
+    tensors = _seq(node.args[0], "tensors")
+    dim = _dim(_int(_arg(node, 1, default=0), "dim"), len(g.shape(node)))
+    first = list(g.slots_of(tensors[0]))
     for other in tensors[1:]:
-        for a, b in zip(first, g.slots(other)):
+        for a, b in zip(first, g.slots_of(other)):
             g.tie(a, b, node)
     first.insert(dim, g.fresh(len(tensors), neutral=True))
     g.set(node, first)
@@ -442,13 +497,13 @@ def stack(g: DependencyAnalysis, node: fx.Node) -> None:
 @rule(aten.repeat_interleave)
 def repeat_interleave(g: DependencyAnalysis, node: fx.Node) -> None:
     """Each position repeated ``r`` times in place: a structure takes all its copies with it."""
-    x = list(g.slots(node.args[0]))
-    repeats = node.args[1] if len(node.args) > 1 else node.kwargs.get("repeats")
-    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
-    if not isinstance(repeats, int) or dim is None:
+    x = list(g.slots_of(node.args[0]))
+    repeats = _arg(node, 1, "repeats")
+    dim_arg = _arg(node, 2, "dim")
+    if not isinstance(repeats, int) or dim_arg is None:
         g.unknown(node, "repeat_interleave with tensor repeats or over the flattened tensor")
         return
-    dim = _dim(dim, len(x))
+    dim = _dim(_int(dim_arg, "dim"), len(x))
     x[dim] = Slot([np.repeat(layer, repeats) for layer in x[dim].layers], fresh=False)
     g.set(node, x)
 
@@ -456,8 +511,8 @@ def repeat_interleave(g: DependencyAnalysis, node: fx.Node) -> None:
 @rule(aten.repeat)
 def repeat(g: DependencyAnalysis, node: fx.Node) -> None:
     """The whole tensor tiled: a structure is removed from every tile."""
-    x = list(g.slots(node.args[0]))
-    factors = list(node.args[1])
+    x = list(g.slots_of(node.args[0]))
+    factors = _ints(node.args[1], "repeats")
     lead = len(factors) - len(x)
     out = [g.fresh(f, neutral=True) for f in factors[:lead]]
     for slot, factor in zip(x, factors[lead:]):
@@ -467,10 +522,9 @@ def repeat(g: DependencyAnalysis, node: fx.Node) -> None:
 
 @rule(aten.roll)
 def roll(g: DependencyAnalysis, node: fx.Node) -> None:
-    x = list(g.slots(node.args[0]))
-    shifts, dims = node.args[1], node.args[2] if len(node.args) > 2 else []
-    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
-    dims = [dims] if isinstance(dims, int) else list(dims)
+    x = list(g.slots_of(node.args[0]))
+    shifts = _int_or_ints(node.args[1], "shifts")
+    dims = _int_or_ints(_arg(node, 2, default=[]), "dims")
     if not dims:
         g.unknown(node, "roll over the flattened tensor")
         return
@@ -482,8 +536,8 @@ def roll(g: DependencyAnalysis, node: fx.Node) -> None:
 
 @rule(aten.pad, aten.constant_pad_nd)
 def pad(g: DependencyAnalysis, node: fx.Node) -> None:
-    x = list(g.slots(node.args[0]))
-    amounts = list(node.args[1])
+    x = list(g.slots_of(node.args[0]))
+    amounts = _ints(node.args[1], "pad")
     for i in range(len(amounts) // 2):
         left, right = amounts[2 * i], amounts[2 * i + 1]
         d = len(x) - 1 - i
@@ -500,12 +554,12 @@ def pad(g: DependencyAnalysis, node: fx.Node) -> None:
       aten.adaptive_max_pool2d, aten.max_pool2d_with_indices, aten.upsample_nearest2d, aten.upsample_bilinear2d,
       aten.pixel_shuffle)
 def pool(g: DependencyAnalysis, node: fx.Node) -> None:
-    x = g.slots(node.args[0])
     value = node.meta["val"]
     shape = tuple((value[0] if isinstance(value, (tuple, list)) else value).shape)
-    if node.target.overloadpacket is aten.pixel_shuffle:
+    if _packet(node) is aten.pixel_shuffle:
         g.unknown(node, "pixel_shuffle moves channels into space")
         return
+    x = g.slots_of(node.args[0])
     keep = len(shape) - (len(x) - 2) if len(x) >= 3 else 1
     out = list(x[:keep]) + [g.fresh(size, reason=SPATIAL, neutral=size == 1) for size in shape[keep:]]
     if isinstance(value, (tuple, list)):
@@ -517,17 +571,16 @@ def pool(g: DependencyAnalysis, node: fx.Node) -> None:
 @rule(aten.mean, aten.sum, aten.amax, aten.amin, aten.max, aten.min, aten.var, aten.std, aten.norm,
       aten.logsumexp, aten.argmax, aten.argmin, aten.var_mean, aten.prod, aten.linalg_vector_norm)
 def reduction(g: DependencyAnalysis, node: fx.Node) -> None:
-    x = list(g.slots(node.args[0]))
+    x = list(g.slots_of(node.args[0]))
     value = node.meta["val"]
     out_value = value[0] if isinstance(value, (tuple, list)) else value
-    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    if node.target.overloadpacket in (aten.norm, aten.linalg_vector_norm):
-        dims = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
-    if dims is None or dims == []:
-        dims = list(range(len(x)))
-    dims = [dims] if isinstance(dims, int) else list(dims)
-    dims = {_dim(d, len(x)) for d in dims}
-    reason = f"reduced by {node.target.overloadpacket.__name__} at {node.name}"
+    dim_arg = _arg(node, 1, "dim")
+    if _packet(node) in (aten.norm, aten.linalg_vector_norm):
+        dim_arg = _arg(node, 2, "dim")
+    if dim_arg is None or dim_arg == []:
+        dim_arg = list(range(len(x)))
+    dims = {_dim(d, len(x)) for d in _int_or_ints(dim_arg, "dim")}
+    reason = f"reduced by {_op_name(node)} at {node.name}"
     keepdim = len(out_value.shape) == len(x)
     out = []
     for i, slot in enumerate(x):
@@ -546,10 +599,10 @@ def reduction(g: DependencyAnalysis, node: fx.Node) -> None:
 
 @rule(aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax, aten.cumsum, aten.cumprod)
 def normalize_along(g: DependencyAnalysis, node: fx.Node) -> None:
-    x = list(g.slots(node.args[0]))
-    dim = _dim(node.args[1], len(x))
+    x = list(g.slots_of(node.args[0]))
+    dim = _dim(_int(node.args[1], "dim"), len(x))
     if x[dim].size > 1 and g.used(node):
-        g.flag(x[dim], f"mixed along by {node.target.overloadpacket.__name__} at {node.name}")
+        g.flag(x[dim], f"mixed along by {_op_name(node)} at {node.name}")
     g.set(node, x)
 
 
@@ -560,7 +613,7 @@ def normalize_along(g: DependencyAnalysis, node: fx.Node) -> None:
       aten.new_empty, aten.scalar_tensor, aten.zeros_like, aten.ones_like, aten.full_like, aten.empty_like,
       aten.rand, aten.randn, aten.tensor, aten.eye, aten.tril, aten.triu)
 def constant(g: DependencyAnalysis, node: fx.Node) -> None:
-    if node.target.overloadpacket in (aten.tril, aten.triu):
+    if _packet(node) in (aten.tril, aten.triu):
         g.flag_all(node.args[0], "triangular mask")
     g.set(node, [g.fresh(size, neutral=True) for size in g.shape(node)])
 
@@ -574,8 +627,8 @@ def assertion(g: DependencyAnalysis, node: fx.Node) -> None:
 @rule(aten.index)
 def index(g: DependencyAnalysis, node: fx.Node) -> None:
     """x[i0, i1, ...] with index tensors: indexed dims are gathered (unprunable), the others kept."""
-    x = list(g.slots(node.args[0]))
-    indices = list(node.args[1])
+    x = list(g.slots_of(node.args[0]))
+    indices = list(_seq(node.args[1], "indices"))
     used = [k for k, i in enumerate(indices) if i is not None]
     if used != list(range(len(used))):
         g.unknown(node, "advanced indexing after a skipped dim")
@@ -583,8 +636,8 @@ def index(g: DependencyAnalysis, node: fx.Node) -> None:
     for k in used:
         g.flag(x[k], f"gathered by index at {node.name}")
     index_shape = g.shape(indices[0])
-    lead = [g.slots(indices[0])[d] if g.slots(indices[0]) else g.fresh(s, neutral=True)
-            for d, s in enumerate(index_shape)]
+    index_slots = g.slots(indices[0])
+    lead = [index_slots[d] if index_slots else g.fresh(s, neutral=True) for d, s in enumerate(index_shape)]
     g.set(node, lead + x[len(used):])
 
 
@@ -592,8 +645,8 @@ def index(g: DependencyAnalysis, node: fx.Node) -> None:
 def gather(g: DependencyAnalysis, node: fx.Node) -> None:
     """out[..., i, ...] = x[..., index[..., i, ...], ...] along ``dim``: that dim is gathered (unprunable);
     every other dim is read position by position where its size is kept."""
-    x, index = list(g.slots(node.args[0])), g.slots(node.args[2])
-    dim = _dim(node.args[1], len(x))
+    x, index = list(g.slots_of(node.args[0])), g.slots(node.args[2])
+    dim = _dim(_int(node.args[1], "dim"), len(x))
     out = []
     for d, size in enumerate(g.shape(node)):
         source = index[d] if index is not None and d < len(index) else g.fresh(size, neutral=True)
@@ -609,8 +662,12 @@ def gather(g: DependencyAnalysis, node: fx.Node) -> None:
 
 @rule(operator.getitem)
 def getitem(g: DependencyAnalysis, node: fx.Node) -> None:
-    container = g.labels.get(node.args[0])
-    if isinstance(container, tuple) and isinstance(node.args[1], int):
-        g.set(node, container[node.args[1]])
+    source, item = node.args[0], node.args[1]
+    container = g.labels.get(source) if isinstance(source, fx.Node) else None
+    if isinstance(container, tuple) and isinstance(item, int):
+        slots = container[item]
+        if slots is None:
+            raise TypeError(f"output {item} of {source} has no slots")
+        g.set(node, slots)
     else:
         g.unknown(node, "indexing into an untracked value")

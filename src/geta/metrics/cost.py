@@ -18,14 +18,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 from torch.utils.hooks import RemovableHandle
 
-from geta.graph.capture import eval_mode
-from geta.graph.inputs import ExampleInputs
+from geta.core.inputs import ExampleInputs
+from geta.core.modes import eval_mode
 from geta.quant.prepare import QuantizableLayer, original_parameter
 
 aten = torch.ops.aten
 
 # Attention kernels the flop counter has no entry for; they share the formula of the fused kernels.
-_EXTRA_FORMULAS = {aten._scaled_dot_product_flash_attention_for_cpu: flop_registry[aten._scaled_dot_product_flash_attention]}
+_EXTRA_FORMULAS = {
+    aten._scaled_dot_product_flash_attention_for_cpu: flop_registry[aten._scaled_dot_product_flash_attention],
+}
 
 
 @dataclass
@@ -81,7 +83,9 @@ def count_macs(model: nn.Module, inputs: ExampleInputs, layers: list[Quantizable
         for weight_name in layer.weight_names:
             parametrizations = getattr(layer.module, "parametrizations", None)
             if parametrizations is not None and weight_name in parametrizations:
-                hook = lambda _m, _i, out, name=layer.name: record(name, out)
+                def hook(_m: nn.Module, _i: object, out: Tensor, name: str = layer.name) -> None:
+                    record(name, out)
+
                 handles.append(parametrizations[weight_name].register_forward_hook(hook))
             else:
                 record(layer.name, original_parameter(layer.module, weight_name))

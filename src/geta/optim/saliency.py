@@ -28,7 +28,7 @@ from torch import Tensor
 
 from geta.errors import ConfigError
 from geta.metrics.cost import MacCount
-from geta.optim.rules import cosine
+from geta.optim.equations import cosine
 from geta.pruning.groups import SearchSpace
 from geta.quant.prepare import QuantizableLayer
 

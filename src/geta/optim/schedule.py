@@ -102,7 +102,8 @@ class Schedule:
         if schedule.cooldown_start > total:
             raise ConfigError(
                 f"the stages need {schedule.cooldown_start} steps (warm-up {schedule.warmup_steps}, projection "
-                f"{projection_periods} x {schedule.projection_steps}, joint {pruning_periods} x {schedule.pruning_steps}) "
+                f"{projection_periods} x {schedule.projection_steps}, "
+                f"joint {pruning_periods} x {schedule.pruning_steps}) "
                 f"but total_steps={total}; raise total_steps or shorten the stages"
             )
         return schedule

@@ -10,12 +10,14 @@ width from its weights.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from geta import registry
 from geta.quant.prepare import original_parameter
 
 
@@ -30,7 +32,7 @@ class CompactMultiheadAttention(nn.MultiheadAttention):
     ``num_heads * head_dim == embed_dim``) away from it.
     """
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         query: Tensor,
         key: Tensor,
@@ -91,7 +93,8 @@ class CompactMultiheadAttention(nn.MultiheadAttention):
                 weights = weights.squeeze(0)
         else:
             if attn_mask is not None:
-                attn_mask = attn_mask.unsqueeze(0) if attn_mask.shape[0] == 1 else attn_mask.view(batch, heads, -1, src_len)
+                attn_mask = (attn_mask.unsqueeze(0) if attn_mask.shape[0] == 1
+                             else attn_mask.view(batch, heads, -1, src_len))
             q, k, v = (x.view(batch, heads, x.shape[1], x.shape[2]) for x in (q, k, v))
             out = F.scaled_dot_product_attention(q, k, v, attn_mask, dropout, is_causal).permute(2, 0, 1, 3)
         out = F.linear(out.reshape(tgt_len * batch, -1), self.out_proj.weight, self.out_proj.bias)
@@ -116,6 +119,11 @@ class CompactMultiheadAttention(nn.MultiheadAttention):
             return q, k, v
         weight_q, weight_k, weight_v = weight.chunk(3)
         return F.linear(query, weight_q, bias_q), F.linear(key, weight_k, bias_k), F.linear(value, weight_v, bias_v)
+
+
+# Its forward reads every width from its weights: no reshape is tied to another width, and its splits
+# (of the packed projection) follow its widths, which the width handler updates (dependency analysis).
+registry.register_module(CompactMultiheadAttention, owns_split_sizes=True, fixed_reshapes=False)
 
 
 def supports_compact(module: nn.Module) -> bool:
@@ -152,11 +160,12 @@ def make_compact(module: nn.MultiheadAttention) -> None:
     model), so it is left untouched: the chains are re-registered on the new class instead."""
     if isinstance(module, CompactMultiheadAttention):
         return
-    chains = module._modules.pop("parametrizations", {})
+    chains = cast(nn.ModuleDict, module._modules.pop("parametrizations", None) or nn.ModuleDict())
     module.__class__ = CompactMultiheadAttention
     module._qkv_same_embed_dim = False
     for name, chain in chains.items():
-        module.register_parameter(name, chain.original)
+        chain = cast(parametrize.ParametrizationList, chain)
+        module.register_parameter(name, cast(nn.Parameter, chain.original))  # register_parameter checks it
         for parametrization in chain:
             parametrize.register_parametrization(module, name, parametrization, unsafe=chain.unsafe)
 

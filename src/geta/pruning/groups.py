@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from geta.errors import ConfigError, GetaError
 from geta.graph.dependency import GroupTable
 from geta.quant.prepare import public_name
-from geta.quant.quantizer import Quantizer
+from geta.quant.quantizer import quantizer_parameter_ids
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,15 @@ class Group:
 class SearchSpace(Sequence[Group]):
     """All groups of a model. Indexing gives a :class:`Group`; the methods act on many at once."""
 
+    # The number of groups (= len(space)). It hides Sequence.count(value), which is of no use here
+    # (every group occurs once), so the override is deliberate.
+    count: int  # type: ignore[assignment]
+
     def __init__(self, model: nn.Module, table: GroupTable) -> None:
         tensors = {**dict(model.named_buffers(remove_duplicate=False)),
                    **dict(model.named_parameters(remove_duplicate=False))}
         parameters = {id(p) for p in model.parameters()}
-        quantizer_tensors = {id(t) for m in model.modules() if isinstance(m, Quantizer) for t in m.parameters()}
+        quantizer_tensors = quantizer_parameter_ids(model)
         self.count = table.count
         self.members: list[Member] = []
         for k, (name, dim) in enumerate(zip(table.names, table.dims)):
@@ -82,7 +86,8 @@ class SearchSpace(Sequence[Group]):
                 continue
             tensor = tensors[name]
             self.members.append(Member(
-                public_name(name), tensor, dim, torch.from_numpy(table.position[rows]), torch.from_numpy(table.group[rows]),
+                public_name(name), tensor, dim, torch.from_numpy(table.position[rows]),
+                torch.from_numpy(table.group[rows]),
                 id(tensor) in parameters, id(tensor) in quantizer_tensors,
             ))
         self._by_group: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None

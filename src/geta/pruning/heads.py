@@ -98,7 +98,7 @@ def update_head_attributes(old: nn.Module, new: nn.Module, cut_rows: CutRows) ->
         if new_heads.denominator != 1 or (new_kv is not None and new_kv.denominator != 1):
             return
         _set(new, names.heads, heads, int(new_heads))
-        if new_kv is not None:
+        if new_kv is not None and kv_heads is not None:  # new_kv is set exactly when kv_heads is
             _set(new, names.kv_heads, kv_heads, int(new_kv))
         new_width = int(new_heads) * head_dim
     elif kept_dim is not None:
@@ -114,7 +114,7 @@ def update_head_attributes(old: nn.Module, new: nn.Module, cut_rows: CutRows) ->
 def _share_without_head_dim(module: nn.Module, heads: int, cut_rows: CutRows) -> Fraction | None:
     """The share of heads kept when the head width is no attribute: each width a projection could pack
     q, k or v heads in (its width / (k x heads), k = 1, 2, 3) is tried, smallest first, for whole heads."""
-    candidates = set()
+    candidates: set[int] = set()
     for weight, axis in _projections(module):
         width = weight.shape[axis]
         candidates.update(width // (k * heads) for k in (1, 2, 3) if width % (k * heads) == 0)
@@ -153,7 +153,9 @@ def _projections(module: nn.Module) -> Iterator[tuple[Tensor, int]]:
     """(weight, output axis) of every layer inside ``module`` (``module`` itself excluded)."""
     for child in module.modules():
         spec = spec_for(child) if child is not module else None
-        for name in spec.weight_names(child) if spec is not None else ():
+        if spec is None:
+            continue
+        for name in spec.weight_names(child):
             yield original_parameter(child, name), spec.out_axis
 
 

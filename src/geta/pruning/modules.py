@@ -3,14 +3,14 @@
 Small handlers, the ``widths`` field of each class's record in ``geta.registry`` (looked up along the
 MRO), each read the new widths from the module's own tensors. Modules that derive shapes from their
 inputs need none. An ``nn.MultiheadAttention`` that lost heads becomes a compact module
-(``attention.py``). Classes whose forward reshapes to sizes derived from widths that pruning keeps
-(a head width computed from the input width) are recorded as having fixed reshapes: the analysis
-leaves what those reshapes split or merge unprunable.
+(``attention.py``). A handler that also keeps the sizes its module's forward splits by in step is
+recorded as owning its split sizes, which the dependency analysis reads (``graph/owners.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -18,10 +18,11 @@ from geta import registry
 from geta.pruning.attention import supports_compact, update_attention_widths
 from geta.quant.prepare import original_parameter
 
-Handler = Callable[[nn.Module], None]
+# A handler takes a module of the classes it is registered for (the registry looks it up by class).
+Handler = TypeVar("Handler", bound=Callable[..., None])
 
 
-def handler(*classes: type) -> Callable[[Handler], Handler]:
+def handler(*classes: type[nn.Module]) -> Callable[[Handler], Handler]:
     """Register ``fn`` as the width handler of ``classes``."""
 
     def register(fn: Handler) -> Handler:
@@ -30,20 +31,6 @@ def handler(*classes: type) -> Callable[[Handler], Handler]:
         return fn
 
     return register
-
-
-def owns_split_sizes(module: nn.Module | None) -> bool:
-    """Whether ``module``'s handler keeps the sizes it splits tensors by in step with its widths."""
-    if isinstance(module, nn.MultiheadAttention):
-        return supports_compact(module)
-    return module is not None and bool(registry.lookup(module, "owns_split_sizes"))
-
-
-def fixed_reshapes(module: nn.Module | None) -> bool:
-    """Whether the dims that ``module``'s own reshapes split or merge must keep their sizes."""
-    if isinstance(module, nn.MultiheadAttention):  # torch's forward ties the head width to embed_dim
-        return not supports_compact(module)
-    return module is not None and bool(registry.lookup(module, "fixed_reshapes"))
 
 
 def update_widths(module: nn.Module) -> None:
@@ -106,11 +93,12 @@ def _embedding(module: nn.Embedding) -> None:
     module.num_embeddings, module.embedding_dim = original_parameter(module, "weight").shape
 
 
-def _conv1d_transformers(module: nn.Module) -> None:
+# transformers' classes, which geta does not import: Any (their width attributes are plain ints)
+def _conv1d_transformers(module: Any) -> None:
     module.nf = original_parameter(module, "weight").shape[1]
 
 
-def _gpt2_attention(module: nn.Module) -> None:
+def _gpt2_attention(module: Any) -> None:
     """GPT-2 splits c_attn's output into q, k, v by ``split_size``: the width of c_proj's input."""
     module.split_size = original_parameter(module.c_proj, "weight").shape[0]
     module.num_heads = module.split_size // module.head_dim
@@ -121,9 +109,3 @@ registry.register_optional("transformers.pytorch_utils", "Conv1D",
                            registry.ModuleRecord(widths=_conv1d_transformers))
 registry.register_optional("transformers.models.gpt2.modeling_gpt2", "GPT2Attention",
                            registry.ModuleRecord(widths=_gpt2_attention, owns_split_sizes=True))
-# q, k, v reshaped by n_heads, the attended values back to the input width
-registry.register_optional("torchvision.models.maxvit", "RelativePositionalMultiHeadAttention",
-                           registry.ModuleRecord(fixed_reshapes=True))
-# head width = input width // num_heads (shifted_window_attention); V2 subclasses it
-registry.register_optional("torchvision.models.swin_transformer", "ShiftedWindowAttention",
-                           registry.ModuleRecord(fixed_reshapes=True))

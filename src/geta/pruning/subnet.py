@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -52,5 +53,5 @@ def construct_subnet(model: nn.Module, space: SearchSpace, removed: Tensor) -> n
         return cuts[id(tensor)][dim] if id(tensor) in cuts else set()
 
     for module in model.modules():
-        update_head_attributes(module, memo[id(module)], cut_rows)
+        update_head_attributes(module, cast(nn.Module, memo[id(module)]), cut_rows)  # its copy (deepcopy's memo)
     return compact

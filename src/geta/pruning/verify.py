@@ -32,12 +32,12 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from torch import Tensor, nn
 
+from geta.core.inputs import ExampleInputs
+from geta.core.modes import eval_mode
 from geta.errors import GetaError, error_summary
-from geta.graph.capture import eval_mode
-from geta.graph.inputs import ExampleInputs
 from geta.pruning.groups import SearchSpace
 from geta.pruning.subnet import construct_subnet
-from geta.quant.prepare import INPUT_QUANTIZER
+from geta.quant.prepare import activation_quantizers
 from geta.quant.quantizer import Quantizer
 
 TOLERANCE = 1e-4
@@ -164,9 +164,8 @@ def output_difference(expected: object, actual: object) -> float | None:
 
 @contextlib.contextmanager
 def activations_unquantized(model: nn.Module) -> Iterator[None]:
-    """Pass every input (activation) quantizer of ``model`` through for the block."""
-    inputs = [getattr(m, INPUT_QUANTIZER, None) for m in model.modules()]
-    with _passed_through([q for q in inputs if isinstance(q, Quantizer)]):
+    """Pass every activation quantizer (input and output) of ``model`` through for the block."""
+    with _passed_through(activation_quantizers(model)):
         yield
 
 
@@ -214,8 +213,8 @@ class _Probe:
                 if len(chosen):
                     positions.setdefault((id(member.tensor), member.dim), (member.tensor, []))[1].append(chosen)
         saved = []
-        for (_, dim), (tensor, chosen) in positions.items():
-            index = torch.cat(chosen).unique().to(tensor.device)
+        for (_, dim), (tensor, parts) in positions.items():
+            index = torch.cat(parts).unique().to(tensor.device)
             saved.append((tensor, dim, index, tensor.index_select(dim, index)))
         return saved
 
@@ -237,11 +236,11 @@ def _sample(space: SearchSpace, families: list[np.ndarray], generator: np.random
         take = counts[len(groups)].pop()
         wanted.append(order[:take])
         rest.append(order[take:])
-    order = torch.from_numpy(np.concatenate(wanted + rest)).long()
+    ranked = torch.from_numpy(np.concatenate(wanted + rest)).long()
     count = sum(len(w) for w in wanted)
     while True:
         try:
-            return space.select(order, count)
+            return space.select(ranked, count)
         except GetaError:
             count //= 2
 
@@ -265,7 +264,7 @@ def _bisect(probe: _Probe, space: SearchSpace, families: list[int], members: lis
         return found
     accepted = list(families[:half])
     for f in families[half:]:
-        why = probe.failure(_sample(space, [members[g] for g in accepted + [f]], generator))
+        why = probe.failure(_sample(space, [members[g] for g in [*accepted, f]], generator))
         if why is None:
             accepted.append(f)
         else:

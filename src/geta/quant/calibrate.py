@@ -16,9 +16,9 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
+from geta.core.inputs import ExampleInputs
+from geta.core.modes import eval_mode
 from geta.errors import ConfigError
-from geta.graph.capture import eval_mode
-from geta.graph.inputs import ExampleInputs
 from geta.quant.quantizer import Quantizer
 
 
@@ -36,7 +36,7 @@ def calibrate(model: nn.Module, quantizers: list[Quantizer], batches: Iterable[o
     try:
         try:
             _observe(model, quantizers, inputs, _training_pass(model))
-        except Exception as error:  # noqa: BLE001 - any failure of the training-mode pass falls back
+        except Exception as error:
             warnings.warn(
                 f"calibration in training mode failed ({type(error).__name__}: {error}); activation ranges are "
                 "taken in eval mode instead (batches of more than one example avoid this)", stacklevel=3,

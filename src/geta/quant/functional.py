@@ -1,4 +1,4 @@
-"""The quantization mapping of GETA (paper Sec. 3, DESIGN Sec. 2) as plain torch ops.
+"""The quantization mapping of GETA (paper Sec. 3, docs/design.md Sec. 1) as plain torch ops.
 
     c   = min(|x|, q_m)
     n   = q_m^t / d                         (the largest level, in steps)
@@ -10,7 +10,7 @@ level would be round(n) > n, an output beyond q_m^t that b bits cannot hold. Wit
 exactly 2 * floor(n) + 1 levels, and a capped element behaves as clipped (gradient as |x| > q_m).
 
 The straight-through round (and floor) make autograd produce exactly the closed-form gradients of
-DESIGN Sec. 2 for d, q_m, t and x. This is the reference implementation: the fused kernel in
+docs/design.md Sec. 1 for d, q_m, t and x. This is the reference implementation: the fused kernel in
 ``kernel.py`` must agree with it, and it is what graph capture and ``torch.compile`` see.
 """
 
@@ -96,7 +96,7 @@ def integer_bits(d: Tensor, q_m: Tensor, t: Tensor, signed: bool = True) -> Tens
 
 def check_bits(bits: object, name: str) -> int:
     """Validate one bit width given by a user: an integer of at least 2 (one sign bit plus one)."""
-    if isinstance(bits, bool) or not isinstance(bits, int) and not (isinstance(bits, float) and bits.is_integer()):
+    if isinstance(bits, bool) or (not isinstance(bits, int) and not (isinstance(bits, float) and bits.is_integer())):
         raise ConfigError(f"{name}={bits!r} is not an integer bit width; pass an int such as 8")
     if bits < 2 or bits > 32:
         raise ConfigError(f"{name}={bits} is outside [2, 32]; pass an integer bit width in that range")

@@ -3,7 +3,7 @@
 The reference mapping in ``functional.py`` is a chain of a dozen elementwise ops whose forward and
 backward each read and write the whole tensor several times (about 20x the cost of ``x * 1``).
 Here the forward is one pass, and the backward one pass that produces the gradient of ``x`` and
-the three parameter reductions together (the closed forms of DESIGN Sec. 2). Both are compiled with
+the three parameter reductions together (the closed forms of docs/design.md Sec. 1). Both are compiled with
 ``torch.compile`` on first use; if compilation is unavailable (no C++ compiler, an unsupported
 device) geta warns once and runs the same kernels as eager torch ops, with identical results.
 
@@ -24,6 +24,7 @@ import contextlib
 import os
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -34,11 +35,21 @@ _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16
 _state = {"fused": os.environ.get("GETA_QUANT_KERNEL", "fused") != "reference", "compile": True, "forced_reference": 0}
 
 
-def _forward(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, top: Tensor, neg: Tensor) -> Tensor:
-    s = torch.where(x > 0, 1.0, torch.where(x < 0, neg, 0.0))
+def signs(x: Tensor, neg: Tensor) -> Tensor:
+    """The sign the quantizer gives ``x``: 1 above 0, ``neg`` below (-1 signed, 0 unsigned), 0 at 0."""
+    return torch.where(x > 0, 1.0, torch.where(x < 0, neg, 0.0))
+
+
+def clipped_power(x: Tensor, q_m: Tensor, t: Tensor) -> Tensor:
+    """c^t with c = min(|x|, q_m), as exp(t ln c), and 0 where c = 0."""
     c = torch.minimum(x.abs(), q_m)
-    c_t = torch.where(c > 0, torch.exp(t * torch.log(c)), 0.0)
-    return s * d * torch.minimum(torch.round(c_t / d), top)
+    return torch.where(c > 0, torch.exp(t * torch.log(c)), 0.0)
+
+
+def quantized_values(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, top: Tensor, neg: Tensor) -> Tensor:
+    """x^Q for constrained d, q_m, t (broadcast against ``x``), ``top`` = floor(q_m^t / d) and ``neg``
+    as in :func:`signs`: the forward kernel."""
+    return signs(x, neg) * d * torch.minimum(torch.round(clipped_power(x, q_m, t) / d), top)
 
 
 def _backward(
@@ -49,7 +60,7 @@ def _backward(
     An element whose level is capped at floor(n) behaves as clipped (see functional.py); ``capped_t``
     is q_m^t ln(q_m), its derivative w.r.t. t.
     """
-    s = torch.where(x > 0, 1.0, torch.where(x < 0, neg, 0.0))
+    s = signs(x, neg)
     a = x.abs()
     c = torch.minimum(a, q_m)
     log_c = torch.log(c)
@@ -66,11 +77,12 @@ def _backward(
     return grad_x, sum_d, sum_q_m, sum_t
 
 
-_functions: dict[str, Callable[..., object]] = {"forward": _forward, "backward": _backward}
-_compiled: dict[str, object] = {}
+_functions: dict[str, Callable[..., object]] = {"forward": quantized_values, "backward": _backward}
+_compiled: dict[str, Callable[..., Any]] = {}
+R = TypeVar("R")
 
 
-def _kernel(name: str):
+def _kernel(name: str) -> Callable[..., Any]:
     """The compiled kernel ``name`` (see ``_functions``), compiled on first use."""
     if name not in _compiled:
         # dynamic_threads: parallelize loops whose length is symbolic (off by default for dynamic shapes)
@@ -78,7 +90,7 @@ def _kernel(name: str):
     return _compiled[name]
 
 
-def _run(name: str, *args: object):
+def _run(name: str, *args: object) -> Any:
     if _state["compile"]:
         try:
             return _kernel(name)(*args)
@@ -93,7 +105,7 @@ def _run(name: str, *args: object):
     return _functions[name](*args)
 
 
-def fused(name: str, fn: Callable[..., object]) -> Callable[..., object]:
+def fused(name: str, fn: Callable[..., R]) -> Callable[..., R]:
     """``fn`` (torch code over whole tensors) run as one compiled kernel, like the quantizer's: compiled
     on first use with dynamic shapes, falling back to eager ops with one warning where compilation fails."""
     _functions[name] = fn
@@ -120,9 +132,9 @@ def _channel_params(
     d: Tensor, q_m: Tensor, t: Tensor, signed: bool, channels: int, dtype: torch.dtype
 ) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
     """Constrained (channels, 1) parameters, and where each raw parameter passed its gradient through."""
-    raw = [p.detach().reshape(channels, 1).to(dtype) for p in (d, q_m, t)]
-    constrained = constrain(*raw, signed=signed)
-    return constrained, tuple(c == r for c, r in zip(constrained, raw))
+    raw_d, raw_q_m, raw_t = (p.detach().reshape(channels, 1).to(dtype) for p in (d, q_m, t))
+    constrained = constrain(raw_d, raw_q_m, raw_t, signed=signed)
+    return constrained, (constrained[0] == raw_d, constrained[1] == raw_q_m, constrained[2] == raw_t)
 
 
 def _neg(signed: bool, like: Tensor) -> Tensor:
@@ -179,16 +191,17 @@ def quantize(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool = True, 
     """
     if _state["fused"] and not _state["forced_reference"] and x.dtype in _SUPPORTED_DTYPES:
         return quantize_op(x, d, q_m, t, signed, axis)
-    params = _broadcast(x, constrain(d, q_m, t, signed), axis)
-    return quantize_reference(x, *params, signed=signed).to(x.dtype)
+    d_b, q_m_b, t_b = _broadcast(x, constrain(d, q_m, t, signed), axis)
+    return quantize_reference(x, d_b, q_m_b, t_b, signed=signed).to(x.dtype)
 
 
-def _broadcast(x: Tensor, params: tuple[Tensor, ...], axis: int | None) -> tuple[Tensor, ...]:
+def _broadcast(x: Tensor, params: tuple[Tensor, Tensor, Tensor], axis: int | None) -> tuple[Tensor, Tensor, Tensor]:
     if axis is None:
         return params
     shape = [1] * x.dim()
     shape[axis] = -1
-    return tuple(p.reshape(shape) for p in params)
+    d, q_m, t = params
+    return d.reshape(shape), q_m.reshape(shape), t.reshape(shape)
 
 
 @contextlib.contextmanager

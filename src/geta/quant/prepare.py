@@ -1,6 +1,8 @@
 """Make a model quantization-aware: weight quantizers attached to every registered layer's weights
 (as ``torch.nn.utils.parametrize`` parametrizations) and, optionally, input quantizers run by a
-forward pre-hook. Layers are found by class (see ``layers.py``) and keyed by module identity.
+forward pre-hook and output quantizers (on the tensors that go into residual adds, see
+``graph/residual.py``) run by a forward hook. Layers are found by class (see ``layers.py``) and keyed
+by module identity.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
@@ -19,6 +22,7 @@ from geta.quant.layers import LayerSpec, spec_for
 from geta.quant.quantizer import Exponent, Quantizer
 
 INPUT_QUANTIZER = "geta_input_quantizer"
+OUTPUT_QUANTIZER = "geta_output_quantizer"
 FIRST = "<first>"
 LAST = "<last>"
 
@@ -64,7 +68,7 @@ def resolve_skip(
     descendants), or :data:`FIRST` / :data:`LAST` for the first / last layer the model runs.
     Every entry must cover at least one layer.
     """
-    entries = [skip] if isinstance(skip, (str, nn.Module)) else list(skip or ())
+    entries = [skip] if isinstance(skip, (str, nn.Module)) else list(cast("Iterable[object]", skip or ()))
     skipped: set[str] = set()
     for entry in entries:
         if entry in (FIRST, LAST):
@@ -73,7 +77,9 @@ def resolve_skip(
             covered = {order[0 if entry == FIRST else -1].name}
         elif isinstance(entry, nn.Module):
             if entry not in names:
-                raise ConfigError(f"skip entry {type(entry).__name__} is not a submodule of the model; pass one of its modules")
+                raise ConfigError(
+                    f"skip entry {type(entry).__name__} is not a submodule of the model; pass one of its modules"
+                )
             covered = _covered(layers, lambda name, prefix=names[entry]: _within(name, prefix))
         elif isinstance(entry, str):
             covered = _covered(layers, lambda name, pattern=entry: _matches(name, pattern))
@@ -129,6 +135,31 @@ def attach_input_quantizers(
         layer.input_quantizer = quantizer
 
 
+def attach_output_quantizers(
+    modules: Iterable[nn.Module], bits: int, exponent: Exponent = "learned"
+) -> list[Quantizer]:
+    """Give each of ``modules`` a signed quantizer on its output, run by a forward hook; returns them in order.
+
+    A module's output must be one floating tensor (a convolution's, a batch norm's); any other output
+    passes through unchanged."""
+    quantizers = []
+    for module in modules:
+        device = next(iter(module.parameters()), next(iter(module.buffers()), None))
+        quantizer = Quantizer(bits, signed=True, exponent=exponent)
+        if device is not None:
+            quantizer = quantizer.to(device.device)
+        module.add_module(OUTPUT_QUANTIZER, quantizer)
+        module.register_forward_hook(_quantize_output)
+        quantizers.append(quantizer)
+    return quantizers
+
+
+def activation_quantizers(model: nn.Module) -> list[Quantizer]:
+    """Every input and output quantizer of ``model`` (geta's activation quantizers), in module order."""
+    found = (getattr(module, name, None) for module in model.modules() for name in (INPUT_QUANTIZER, OUTPUT_QUANTIZER))
+    return [quantizer for quantizer in found if isinstance(quantizer, Quantizer)]
+
+
 def remove_input_quantizer(layer: QuantizableLayer, reason: str) -> None:
     """Take a layer's input quantizer out again (its pre-hook then passes inputs through)."""
     delattr(layer.module, INPUT_QUANTIZER)
@@ -136,19 +167,32 @@ def remove_input_quantizer(layer: QuantizableLayer, reason: str) -> None:
     layer.full_precision_reason = reason
 
 
+def remove_output_quantizer(module: nn.Module) -> None:
+    """Take a module's output quantizer out again (its hook then passes the output through)."""
+    delattr(module, OUTPUT_QUANTIZER)
+
+
 def original_parameter(module: nn.Module, name: str) -> Tensor:
     """The trainable tensor behind ``module.<name>``, whether or not it is parametrized. A parametrization
     with several originals (``weight_norm``'s g and v) has no single one: the computed tensor is returned."""
-    if parametrize.is_parametrized(module, name) and hasattr(module.parametrizations[name], "original"):
-        return module.parametrizations[name].original
+    if parametrize.is_parametrized(module, name):
+        original = getattr(parametrization_list(module, name), "original", None)
+        if isinstance(original, Tensor):
+            return original
     return getattr(module, name)
+
+
+def parametrization_list(module: nn.Module, name: str) -> parametrize.ParametrizationList:
+    """``module.parametrizations[name]``, the parametrizations of ``module.<name>`` (which must be parametrized)."""
+    # torch types a module attribute as Tensor | Module: this one is the ModuleDict register_parametrization adds
+    return cast(parametrize.ParametrizationList, cast(nn.ModuleDict, module.parametrizations)[name])
 
 
 def foreign_parametrization(layer: QuantizableLayer) -> bool:
     """Whether some weight of ``layer`` is already parametrized by someone other than geta (``weight_norm``,
     ``spectral_norm``): geta's quantizer is not stacked on it."""
     return any(parametrize.is_parametrized(layer.module, name) and not any(
-        isinstance(p, Quantizer) for p in layer.module.parametrizations[name]) for name in layer.weight_names)
+        isinstance(p, Quantizer) for p in parametrization_list(layer.module, name)) for name in layer.weight_names)
 
 
 def _quantize_inputs(module: nn.Module, args: tuple, kwargs: dict, positions: tuple[int | str, ...]):
@@ -167,6 +211,13 @@ def _quantize_inputs(module: nn.Module, args: tuple, kwargs: dict, positions: tu
     new_args = tuple(apply(a) if i in positions else a for i, a in enumerate(args))
     new_kwargs = {k: apply(v) if k in positions else v for k, v in kwargs.items()}
     return new_args, new_kwargs
+
+
+def _quantize_output(module: nn.Module, args: tuple, output: object) -> object:
+    quantizer = getattr(module, OUTPUT_QUANTIZER, None)
+    if quantizer is None or not (isinstance(output, Tensor) and output.is_floating_point()):
+        return None
+    return quantizer(output)
 
 
 def _kind(module: nn.Module) -> str:

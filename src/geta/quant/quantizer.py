@@ -151,3 +151,9 @@ class Quantizer(nn.Module):
         if self.axis is None:
             return x.abs().max()
         return x.abs().movedim(self.axis, 0).reshape(x.shape[self.axis], -1).amax(1)
+
+
+def quantizer_parameter_ids(model: nn.Module) -> set[int]:
+    """Identities of every parameter (d, q_m, t) of every :class:`Quantizer` in ``model``: what is not a
+    model weight when weights are counted, grouped or optimized."""
+    return {id(p) for module in model.modules() if isinstance(module, Quantizer) for p in module.parameters()}

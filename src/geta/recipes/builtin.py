@@ -1,4 +1,10 @@
-"""The recipes that ship with geta: a CNN on digits, ResNet20 and VGG7 on Fashion-MNIST, MiniLM on BBC News.
+"""The recipes that ship with geta: a CNN on digits, ResNet20, VGG7 and a small MobileNetV2 on Fashion-MNIST,
+MiniLM on BBC News.
+
+The weights+activations recipes make artifacts for integer runtimes: their quantizers keep t = 1
+(``exponent="fixed"``) and residual inputs are quantized (``quantize_residuals``), so that onnxruntime runs
+their convolutions as integer kernels. The weight-only recipes keep learned exponents: their exports
+compute in float anyway.
 
 Expected times were measured on this project's 2-core CPU machine with one thread (OMP_NUM_THREADS=1):
 cnn-digits whole; the others from runs of one dense and one compression epoch (or a few batches),
@@ -106,6 +112,8 @@ CNN_DIGITS = register_recipe(Recipe(
     act_bits=(4, 8),
     skip=(),
     threads=1,
+    exponent="fixed",
+    quantize_residuals=True,
 ))
 
 RESNET20_FMNIST = register_recipe(Recipe(
@@ -146,6 +154,8 @@ VGG7_FMNIST = register_recipe(Recipe(
     sparsity=0.5,
     weight_bits=(4, 8),
     act_bits=(4, 8),
+    exponent="fixed",
+    quantize_residuals=True,
 ))
 
 MINILM_BBC = register_recipe(Recipe(
@@ -167,4 +177,40 @@ MINILM_BBC = register_recipe(Recipe(
     weight_bits=(4, 8),
     act_bits=(4, 8),
     pretrained=True,
+))
+
+
+def _mobilenetv2() -> nn.Module:
+    from geta.models.mobilenet import mobilenetv2_small
+
+    return mobilenetv2_small(classes=10, in_channels=1)
+
+
+def _mobilenetv2_fmnist() -> tuple[nn.Module, Split]:
+    from geta.data.fashion_mnist import load_fashion_mnist
+
+    return _mobilenetv2(), load_fashion_mnist(seed=0)
+
+
+MOBILENETV2_FMNIST = register_recipe(Recipe(
+    name="mobilenetv2-fmnist",
+    description="small MobileNetV2 (96k weights) on Fashion-MNIST; weights+activations for integer runtimes "
+                "(t = 1, residuals quantized), 40% of groups removed, 4-8 bits",
+    expected_time="about 50 min",
+    setup=_mobilenetv2_fmnist,
+    check_data=_fashion_mnist_folder,
+    build_model=_mobilenetv2,
+    quantize="weights+activations",
+    exponent="fixed",
+    quantize_residuals=True,
+    dense_epochs=10,
+    epochs=10,
+    batch_size=128,
+    optimizer="sgd",
+    lr=0.05,
+    compress_lr=0.01,
+    optimizer_kwargs={"momentum": 0.9, "weight_decay": 4e-5},
+    sparsity=0.4,
+    weight_bits=(4, 8),
+    act_bits=(4, 8),
 ))

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from geta.data.split import Split
 from geta.errors import ConfigError
 from geta.quant.prepare import FIRST, LAST
+from geta.quant.quantizer import Exponent
+
+if TYPE_CHECKING:
+    from geta.api import QuantizeMode
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,9 @@ class Recipe:
     every baseline then get the same ``epochs`` at ``compress_lr`` from the dense weights.
     ``pretrained``: ``setup()`` returns pretrained weights, which the dense stage fine-tunes.
     ``skip``: layers kept at full precision (``geta.FIRST`` / ``geta.LAST``, names, globs).
+    ``exponent``: the quantizers' t mode (``"fixed"`` where the artifact is meant for integer runtimes,
+    which need uniform levels; see :class:`geta.GETA`). ``quantize_residuals``: also quantize the conv
+    outputs that go into residual adds, so that onnxruntime runs those convs with integer kernels too.
     ``threads``: CPU threads ``geta compress`` gives torch (None: torch's default); a small model's
     tensors are too small for several threads to pay off.
     ``check_data()`` and ``build_model()`` let ``geta compress`` check a run before it loads the data
@@ -36,7 +43,7 @@ class Recipe:
     description: str
     expected_time: str
     setup: Callable[[], tuple[nn.Module, Split]]
-    quantize: str
+    quantize: QuantizeMode
     dense_epochs: int
     epochs: int
     batch_size: int
@@ -49,6 +56,8 @@ class Recipe:
     optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
     skip: tuple[object, ...] = (FIRST, LAST)
     pretrained: bool = False
+    exponent: Exponent = "learned"
+    quantize_residuals: bool = False
     threads: int | None = None
     check_data: Callable[[], object] | None = None
     build_model: Callable[[], nn.Module] | None = None

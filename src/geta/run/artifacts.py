@@ -138,10 +138,12 @@ def write_comparison(results: list[RunResult], out_dir: Path) -> dict[str, Path]
     budget = (f"Every method starts from the same dense model and gets the same compression budget "
               f"({results[0].settings['epochs']} epochs, {results[0].settings['method_steps']} steps).")
     lines = [f"# {results[0].recipe}: methods compared", "", budget, "",
-             "| method | test accuracy | dense accuracy | rel. BOPs | group sparsity | params | size (KiB) | wall (s) |",
+             "| method | test accuracy | dense accuracy | rel. BOPs | group sparsity | params | size (KiB) "
+             "| wall (s) |",
              "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r.method} | {r.accuracy:.4f} | {r.accuracy_dense:.4f} | {_pct(r.rel_bops)} | {_pct(r.group_sparsity, 1)} "
-              f"| {r.params:,} | {r.size_bits / 8 / 1024:.2f} | {r.wall_s:.1f} |" for r in results]
+    lines += [f"| {r.method} | {r.accuracy:.4f} | {r.accuracy_dense:.4f} | {_pct(r.rel_bops)} "
+              f"| {_pct(r.group_sparsity, 1)} | {r.params:,} | {r.size_bits / 8 / 1024:.2f} | {r.wall_s:.1f} |"
+              for r in results]
     md_path = out_dir / "comparison.md"
     md_path.write_text("\n".join(lines) + "\n")
     return {"comparison_json": json_path, "comparison_md": md_path}
@@ -168,7 +170,8 @@ def markdown(result: RunResult, files: dict[str, Path], export_error: str = "") 
         "|---|---|---|---|---|---|---|---|",
     ]
     lines += [f"| {r['name'] or '<root>'} | {r['kind']} | {r['weight_bits']:g} | {r['act_bits']:g} | "
-              f"{r['out_width']} / {r['dense_width']} | {r['macs']:,.0f} | {r['params']:,} | {r['full_precision_reason']} |"
+              f"{r['out_width']} / {r['dense_width']} | {r['macs']:,.0f} | {r['params']:,} "
+              f"| {r['full_precision_reason']} |"
               for r in result.layers]
     lines += ["", "## Settings", "", "```json", json.dumps(s, indent=2), "```", "", "## Plots", ""]
     lines += [f"![{name}]({path.name})" for name, path in files.items() if path.suffix == ".png"]

@@ -3,29 +3,31 @@
 * dense: the dense model trained on for the compression budget (float, rel. BOPs 1).
 * prune-then-ptq: the groups of the same search space ranked by the same saliency on the dense
   model, the least salient ``sparsity`` share removed (in whole chunks with GETA's ``round_to``),
-  the compact model fine-tuned for the budget, then post-training quantization at uniform 8 and at 4 bits (same quantizers, fixed bits; weight
-  clip chosen by least squared error, activation ranges calibrated on training batches).
+  the compact model fine-tuned for the budget, then post-training quantization at uniform 8 and at 4 bits
+  (same quantizers, fixed bits; weight clip chosen by least squared error, activation ranges calibrated on
+  training batches).
 * quantize-only: QASSO over the same bit ranges without pruning (``harness.compress`` with
   sparsity 0).
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from itertools import islice
 
 import torch
 
 import geta
-from geta.optim.qasso import BASE_OPTIMIZERS
 from geta.metrics.cost import count_macs
-from geta.optim.saliency import check_weights, group_macs, saliency
+from geta.optim.qasso import base_optimizer
+from geta.optim.saliency import group_macs, saliency
 from geta.quant.functional import quantize_reference
+from geta.run.budget import decay_start
 from geta.run.costs import model_report
-from geta.run.harness import copy_of, decay_start, make_result
-from geta.run.loop import constant_then_cosine, logits, shuffled_batches, train
 from geta.run.progress import Display, Point
-from geta.run.result import DenseModel, Recorder, RunResult, measure_every
+from geta.run.result import DenseModel, Recorder, RunResult, make_result, measure_every
+from geta.train import constant_then_cosine, logits, shuffled_batches, train
 
 PTQ_BITS = (8, 4)
 SALIENCY_BATCHES = 8
@@ -36,7 +38,7 @@ def dense_training(dense: DenseModel, *, display: Display | None = None) -> RunR
     """The dense model trained on for the compression budget at the compression learning rates."""
     display = display or Display()
     start = time.perf_counter()
-    model = copy_of(dense.model)
+    model = copy.deepcopy(dense.model)  # methods never change the shared dense model
     display.message(f"dense: training on for {dense.settings.epochs} epochs ({dense.method_steps} steps)")
     recorder = _fine_tune(dense, model, "dense", display, {"group_sparsity": 0.0, "rel_bops": 1.0})
     model.eval()
@@ -53,11 +55,11 @@ def prune_then_ptq(dense: DenseModel, *, display: Display | None = None) -> list
     g = geta.GETA(dense.model, dense.example, quantize="none")
     space = g.groups
     _accumulate_gradients(g.model, dense)
-    weights = check_weights(settings.qasso.get("saliency_weights"))  # GETA's saliency, macs included
+    config = settings.qasso_config(dense.method_steps)
+    weights = config.criterion_weights  # GETA's saliency, macs included
     costs = group_macs(space, g.layers, count_macs(g.model, g.example_inputs, g.layers)) if weights["macs"] else None
     scores = saliency(space, weights, torch.ones(len(space), dtype=torch.bool), costs)
-    removed = space.select(torch.argsort(scores, stable=True), round(settings.sparsity * len(space)),
-                           settings.qasso.get("round_to", 1))
+    removed = space.select(torch.argsort(scores, stable=True), round(settings.sparsity * len(space)), config.round_to)
     space.zero_(removed)
     g.model.zero_grad(set_to_none=True)
     pruned = g.construct_subnet()
@@ -65,14 +67,16 @@ def prune_then_ptq(dense: DenseModel, *, display: Display | None = None) -> list
     display.message(f"prune-then-ptq: removed {int(removed.sum())} of {len(space)} groups by saliency; fine-tuning "
                     f"for {settings.epochs} epochs ({dense.method_steps} steps)")
     pruned_rel_bops = model_report(pruned, dense.example).bops / dense.cost.bops
-    recorder = _fine_tune(dense, pruned, "fine-tune", display, {"group_sparsity": sparsity, "rel_bops": pruned_rel_bops})
+    point = {"group_sparsity": sparsity, "rel_bops": pruned_rel_bops}
+    recorder = _fine_tune(dense, pruned, "fine-tune", display, point)
     tuned_at = time.perf_counter()
     results = []
     display.set_stage("ptq")
     for bits in PTQ_BITS:
         ptq_start = time.perf_counter()
-        q = geta.GETA(pruned, dense.example, quantize=recipe.quantize, skip=list(dense.settings.skip), weight_bits=bits,
-                      act_bits=bits, calibration_data=dense.calibration)
+        q = geta.GETA(pruned, dense.example, quantize=recipe.quantize, skip=list(dense.settings.skip),
+                      initial_weight_bits=bits, initial_act_bits=bits, calibration_data=dense.calibration,
+                      exponent=recipe.exponent, quantize_residuals=recipe.quantize_residuals)
         fit_weight_clips(q)
         q.model.eval()
         report = model_report(q.model, dense.example, dict(q.unquantized()), group_sparsity=sparsity)
@@ -123,8 +127,8 @@ def _fine_tune(
     (``compress_lr``, decayed from where QASSO's cool-down starts); ``point`` (sparsity, rel. BOPs)
     goes with every curve point."""
     recipe = dense.recipe
-    optimizer = BASE_OPTIMIZERS[recipe.optimizer](model.parameters(), lr=dense.settings.compress_lr,
-                                                 **recipe.optimizer_kwargs)
+    make = base_optimizer(recipe.optimizer, dense.settings.compress_lr, **recipe.optimizer_kwargs)
+    optimizer = make(list(model.parameters()))
     batches = shuffled_batches(dense.split.train_inputs, dense.split.train_y, recipe.batch_size,
                                torch.Generator().manual_seed(dense.settings.seed + 1), dense.settings.limit_batches)
     recorder = Recorder(display, first_step=dense.steps)
@@ -134,6 +138,6 @@ def _fine_tune(
     def on_step(step: int, loss: float) -> None:
         recorder.record(stage, loss, (lambda: point) if step % every == 0 or step == steps else None)
 
-    scheduler = constant_then_cosine(optimizer, decay_start(dense.settings, steps), steps)
+    scheduler = constant_then_cosine(optimizer, decay_start(dense.settings, steps, recipe.quantize), steps)
     train(model, optimizer, batches, steps, scheduler=scheduler, on_step=on_step)
     return recorder

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from geta.graph.inputs import ExampleInputs
+from geta.core.inputs import ExampleInputs
 from geta.metrics.cost import count_macs
 from geta.metrics.report import FULL_PRECISION_BITS, Report, build_report, model_layers
 

@@ -10,39 +10,34 @@ final model with the dense float model (dense MACs x 32 x 32).
 
 from __future__ import annotations
 
-import copy
 import time
-from typing import Any
 
 import torch
 
 import geta
 from geta.data.split import select
 from geta.errors import ConfigError
-from geta.optim.qasso import BASE_OPTIMIZERS
-from geta.optim.schedule import Schedule
+from geta.optim.qasso import base_optimizer
 from geta.quant.prepare import find_layers, resolve_skip
 from geta.recipes.recipe import Recipe, get_recipe
-from geta.run.costs import dense_cost, layer_rows, model_report
-from geta.run.loop import (
+from geta.run import baselines
+from geta.run.budget import INITIAL_BITS, check_budget
+from geta.run.costs import dense_cost, model_report
+from geta.run.progress import Display
+from geta.run.result import DenseModel, Recorder, RunResult, make_result, measure_every
+from geta.run.settings import Settings
+from geta.train import (
     accuracy,
     batches_per_epoch,
     constant_then_cosine,
     shuffled_batches,
     train,
 )
-from geta.run.progress import Display
-from geta.run.result import DenseModel, Recorder, RunResult, measure_every
-from geta.run.settings import Settings
 
 BASELINES = ("dense", "prune-then-ptq", "quantize-only")
 METHODS = ("geta", *BASELINES)
 EXAMPLE_BATCH = 2
 CALIBRATION_BATCH = 256
-INITIAL_BITS = 16  # quantizers start here; QASSO's projection brings them into the bit ranges
-STAGE_ARGUMENTS = (
-    "warmup_steps", "projection_periods", "projection_steps", "pruning_periods", "pruning_steps", "stage_shares",
-)
 
 
 def check_run(recipe: Recipe | str, settings: Settings | None = None) -> None:
@@ -86,8 +81,6 @@ def run_baseline(
 
     prune-then-ptq gives two results (uniform 8 and 4 bits after the same pruning and fine-tuning);
     the others give one. ``dense`` skips the dense stage as in :func:`run_recipe`."""
-    from geta.run import baselines
-
     if baseline not in BASELINES:
         raise ConfigError(f"unknown baseline {baseline!r}; choose from {', '.join(BASELINES)}")
     dense = _dense_for(recipe, settings, dense, display)
@@ -111,7 +104,7 @@ def run_methods(
         if method == "geta":
             results.append(compress(dense, display=display))
         else:
-            results += run_baseline(dense.recipe, dense.settings, method, dense=dense, display=display)
+            results += run_baseline(dense.recipe, None, method, dense=dense, display=display)
     return results
 
 
@@ -129,15 +122,13 @@ def train_dense(
     model, split = recipe.setup()
     check_skip(model, resolved.skip)
     per_epoch = batches_per_epoch(split.train_y, recipe.batch_size, resolved.limit_batches)
-    _check_budget(resolved, per_epoch)
+    check_budget(resolved, per_epoch, recipe.quantize)
     steps = resolved.dense_epochs * per_epoch
     display.set_total(steps + methods * resolved.epochs * per_epoch)
     start_from = "fine-tuning the pretrained model" if recipe.pretrained else "training from scratch"
     display.message(f"{recipe.name}: {len(split.train_y)} training / {len(split.test_y)} test examples; "
                     f"dense stage {resolved.dense_epochs} epochs ({steps} steps), {start_from}")
-    optimizer = BASE_OPTIMIZERS[recipe.optimizer](
-        model.parameters(), lr=resolved.lr, **recipe.optimizer_kwargs
-    )
+    optimizer = base_optimizer(recipe.optimizer, resolved.lr, **recipe.optimizer_kwargs)(list(model.parameters()))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
     batches = shuffled_batches(split.train_inputs, split.train_y, recipe.batch_size,
                                torch.Generator().manual_seed(resolved.seed), resolved.limit_batches)
@@ -163,21 +154,23 @@ def train_dense(
 def compress(
     dense: DenseModel, *, display: Display | None = None, sparsity: float | None = None, method: str = "geta"
 ) -> RunResult:
-    """QASSO from the dense weights for the compression budget, then the compact model, evaluated."""
+    """QASSO from the dense weights for the compression budget, then the compact model, evaluated.
+
+    The target is ``sparsity`` when given (quantize-only gives 0), else the settings' budget or sparsity."""
     recipe, settings = dense.recipe, dense.settings
-    sparsity = settings.sparsity if sparsity is None else sparsity
     display = display or Display()
     start = time.perf_counter()
     display.set_stage("setup")
     g = geta.GETA(dense.model, dense.example, quantize=recipe.quantize, skip=list(settings.skip),
-                  weight_bits=INITIAL_BITS, act_bits=INITIAL_BITS, calibration_data=dense.calibration)
+                  initial_weight_bits=INITIAL_BITS, initial_act_bits=INITIAL_BITS, calibration_data=dense.calibration,
+                  exponent=recipe.exponent, quantize_residuals=recipe.quantize_residuals)
     steps = dense.method_steps
-    optimizer = g.qasso(
-        recipe.optimizer, lr=settings.compress_lr, target_sparsity=sparsity, total_steps=steps,
-        weight_bits=settings.weight_bits, act_bits=settings.act_bits, **{**recipe.optimizer_kwargs, **settings.qasso},
-    )
+    config = settings.qasso_config(steps, sparsity)
+    optimizer = g.qasso(recipe.optimizer, lr=settings.compress_lr, config=config, **recipe.optimizer_kwargs)
+    budget = config.budget
+    target = f"target sparsity {config.target_sparsity:.2f}" if budget is None else f"target {budget[0]}={budget[1]:g}"
     display.message(f"{method}: QASSO over {len(g.groups)} groups for {settings.epochs} epochs ({steps} steps), "
-                    f"target sparsity {sparsity:.2f}, weight bits {settings.weight_bits}, act bits {settings.act_bits}")
+                    f"{target}, weight bits {settings.weight_bits}, act bits {settings.act_bits}")
     recorder = Recorder(display, first_step=dense.steps)
     every = measure_every(steps)
     previous = [""]
@@ -201,36 +194,7 @@ def compress(
     reasons = dict(g.unquantized())
     report = model_report(compact, dense.example, reasons, group_sparsity=g.group_sparsity())
     return make_result(dense, method, compact, report, dense.test_accuracy(compact), recorder, start,
-                       group_sparsity=g.group_sparsity())
-
-
-def make_result(
-    dense: DenseModel, method: str, model: torch.nn.Module, report: geta.Report, model_accuracy: float,
-    recorder: Recorder, start: float, *, group_sparsity: float, extra: dict[str, Any] | None = None,
-) -> RunResult:
-    """A :class:`RunResult` of ``model`` (evaluated, with its ``report``) against the dense model."""
-    settings = {"recipe": dense.recipe.name, "method": method, **dense.settings.to_dict(),
-                "quantize": dense.recipe.quantize, "pretrained": dense.recipe.pretrained,
-                "batch_size": dense.recipe.batch_size,
-                "optimizer": dense.recipe.optimizer,
-                "optimizer_kwargs": dict(dense.recipe.optimizer_kwargs),
-                "steps_per_epoch": dense.steps_per_epoch, "dense_steps": dense.steps, "method_steps": dense.method_steps,
-                "threads": torch.get_num_threads(), **(extra or {})}
-    wall = time.perf_counter() - start
-    return RunResult(
-        recipe=dense.recipe.name, method=method, settings=settings, accuracy_dense=dense.accuracy,
-        accuracy=model_accuracy, rel_bops=report.bops / dense.cost.bops, group_sparsity=group_sparsity,
-        params=report.params, params_dense=dense.cost.params, size_bits=report.size_bits,
-        size_bits_dense=dense.cost.size_bits, macs=report.macs, macs_dense=dense.cost.macs,
-        wall_s=dense.wall_s + wall, wall_s_dense=dense.wall_s, layers=layer_rows(report, dense.cost),
-        curves=dense.curve + recorder.points, model=model, report=report, dense_model=dense.model,
-        example=dense.example,
-    )
-
-
-def copy_of(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy (methods never change the shared dense model)."""
-    return copy.deepcopy(model)
+                       group_sparsity=g.group_sparsity(), extra={"qasso_config": config.to_dict()})
 
 
 def _dense_for(
@@ -243,27 +207,6 @@ def _dense_for(
     if name != dense.recipe.name:
         raise ConfigError(f"the dense model comes from the recipe {dense.recipe.name!r}, not {name!r}")
     return dense.with_settings(settings)
-
-
-def decay_start(settings: Settings, steps: int) -> int:
-    """The step at which QASSO's cool-down starts in a budget of ``steps`` (where every method's
-    learning rate starts to decay), with the stage lengths of ``settings.qasso``."""
-    stages = {key: settings.qasso[key] for key in STAGE_ARGUMENTS if key in settings.qasso}
-    return Schedule.from_budget(
-        steps, bits_to_drop=INITIAL_BITS - min(settings.weight_bits[1], settings.act_bits[1]), **stages
-    ).cooldown_start
-
-
-def _check_budget(settings: Settings, per_epoch: int) -> None:
-    """Fail before the dense stage when the compression budget cannot hold QASSO's stages."""
-    steps = settings.epochs * per_epoch
-    try:
-        decay_start(settings, steps)
-    except ConfigError as error:
-        raise ConfigError(
-            f"a compression budget of {settings.epochs} epochs x {per_epoch} batches = {steps} steps is too short for "
-            f"QASSO's stages ({error}); raise the epochs"
-        ) from error
 
 
 def _recipe(recipe: Recipe | str) -> Recipe:

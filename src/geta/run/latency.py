@@ -22,10 +22,10 @@ import torch
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from torch import nn
 
+from geta.core.inputs import ExampleInputs
 from geta.data.split import Inputs, select
 from geta.errors import GetaError, error_summary
 from geta.export.onnx import export_onnx, inference_session
-from geta.graph.inputs import ExampleInputs
 
 WARMUP = 1
 MIN_REPEATS = 3

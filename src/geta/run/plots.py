@@ -45,7 +45,7 @@ def plot_curves(result: RunResult, path: Path) -> Path:
     points = result.curves
     steps = [p.step for p in points]
     figure, axes = plt.subplots(4, 1, figsize=(8, 10), sharex=True)
-    series = [
+    series: list[tuple[str, list[tuple[str, list[float | None]]]]] = [
         ("loss", [("training loss", [p.loss for p in points])]),
         ("group sparsity", [("group sparsity", [p.group_sparsity for p in points])]),
         ("mean bits", [("weights", [p.weight_bits for p in points]), ("activations", [p.act_bits for p in points])]),
@@ -58,7 +58,8 @@ def plot_curves(result: RunResult, path: Path) -> Path:
         for name, values in lines:
             known = [(s, v) for s, v in zip(steps, values) if v is not None]
             if known:
-                axis.plot([s for s, _ in known], [v for _, v in known], label=name, marker="o" if len(known) == 1 else None)
+                axis.plot([s for s, _ in known], [v for _, v in known], label=name,
+                          marker="o" if len(known) == 1 else None)
                 plotted += 1
         axis.set_ylabel(label)
         if plotted > 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geta.optim.rules import cosine, forget_rate, step_size
+from geta.optim.equations import cosine, forget_rate, step_size
 
 
 def t(value: float) -> torch.Tensor:
@@ -54,7 +54,7 @@ def test_step_size_keeps_descent_when_rounding_opposes_the_step() -> None:
     assert d == pytest.approx(1.0)
 
 
-def test_rules_work_per_channel() -> None:
+def test_equations_work_per_channel() -> None:
     cos = torch.tensor([0.5, -0.5], dtype=torch.float64)
     d = step_size(cos, t(2.0), torch.tensor([1.0, 4.0], dtype=torch.float64), t(0.25),
                   low_bits_step=torch.tensor([0.1, 0.2], dtype=torch.float64), eta=0.5, xi=0.5)

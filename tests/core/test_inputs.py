@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from geta.core.inputs import ExampleInputs
 from geta.errors import ModelError
-from geta.graph.inputs import ExampleInputs
 
 
 def test_forms_and_batch_size() -> None:

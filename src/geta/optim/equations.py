@@ -1,4 +1,4 @@
-"""The joint stage's two selection rules, as plain functions of measured quantities.
+"""The joint stage's two selection rules (paper Eq. 13 and 14), as plain functions of measured quantities.
 
 Both are stated in terms of the base optimizer's step ``s = -alpha * g`` (whatever SGD with
 momentum, Adam or AdamW would do), so ``alpha * ||g||`` is ``||s||``:
@@ -38,7 +38,8 @@ def cosine(dot: Tensor, norm_a: Tensor, norm_b: Tensor) -> Tensor:
 
 
 def forget_rate(
-    mean_clip: Tensor, cos_gamma: Tensor, step_norm: Tensor, clip_norm: Tensor, *, steps_left: int, eps: float, eta: float
+    mean_clip: Tensor, cos_gamma: Tensor, step_norm: Tensor, clip_norm: Tensor, *, steps_left: int, eps: float,
+    eta: float,
 ) -> Tensor:
     """gamma of Eq. 13; ``steps_left`` is K_p - k (1 on the period's last step)."""
     if steps_left < 1:
@@ -51,7 +52,8 @@ def forget_rate(
 
 
 def step_size(
-    cos_d: Tensor, step_norm: Tensor, residual_norm: Tensor, gamma: Tensor, *, low_bits_step: Tensor, eta: float, xi: float
+    cos_d: Tensor, step_norm: Tensor, residual_norm: Tensor, gamma: Tensor, *, low_bits_step: Tensor, eta: float,
+    xi: float,
 ) -> Tensor:
     """d of Eq. 14 (before it is kept inside the bit range); ``low_bits_step`` is d(b_l).
 
