@@ -60,7 +60,8 @@ def test_recipes_lists_every_recipe_with_its_run_time() -> None:
 def test_compress_help_explains_the_options() -> None:
     result = runner.invoke(app, ["compress", "--help"])
     assert result.exit_code == 0
-    for option in ("--epochs", "--sparsity", "--target-rel-bops", "--target-size", "--weight-bits", "--act-bits", "--out", "--seed", "--baseline", "--skip"):
+    for option in ("--epochs", "--sparsity", "--target-rel-bops", "--target-size", "--weight-bits", "--act-bits",
+                   "--out", "--seed", "--baseline", "--skip"):
         assert option in result.output
 
 

@@ -302,9 +302,9 @@ def _error(message: object, code: int) -> typer.Exit:
 
 def _weight_count(model: nn.Module) -> int:
     """Parameters of ``model`` other than its quantizers' d, q_m, t."""
-    import geta
+    from geta.quant.quantizer import quantizer_parameter_ids
 
-    quantizer_parameters = {id(p) for m in model.modules() if isinstance(m, geta.Quantizer) for p in m.parameters()}
+    quantizer_parameters = quantizer_parameter_ids(model)
     return sum(p.numel() for p in model.parameters() if id(p) not in quantizer_parameters)
 
 
