@@ -276,9 +276,11 @@ class GETA:
         sparsity and bit ranges are only reached at the end of its schedule."""
         opt = self._optimizer
         if opt is not None and not opt.finished:
+            budget = opt.config.budget
+            target = f"{opt.target_groups} groups removed" if budget is None else f"{budget[0]}={budget[1]:g}"
             warnings.warn(
                 f"{what}: QASSO has taken {opt.steps_done} of its {opt.schedule.total_steps} steps, so its target "
-                f"({opt.target_groups} groups removed, bits in the target ranges) is not reached yet; "
+                f"({target}, bits in the target ranges) is not reached yet; "
                 f"{int(opt.pruned.sum())} groups are pruned so far", RuntimeWarning, stacklevel=3,
             )
 
