@@ -29,7 +29,8 @@ Accuracy is top-1 through each onnxruntime session on the first ``--eval-example
 of 444 articles); the torch accuracies of the dense model and of geta's compact QAT model on the same
 examples are given beside them. Latency is the median milliseconds per ``session.run`` at batch 1 and
 at ``--batch`` (64), on the first test examples: for each model and batch size the four sessions are
-called in turn, in an order rotated every round, after one untimed warm-up call each, for at least
+called in turn, in an order rotated every round, after one untimed warm-up call each
+(``geta.run.latency.interleaved_medians``), for at least
 ``--min-repeats`` rounds and then until ``--budget-s`` seconds have passed or ``--max-repeats`` rounds
 are done; all timing happens after all training, so that training does not load the machine meanwhile.
 ``ratio`` is float compact ms / artifact ms (above 1: faster than the float compact model). The
@@ -69,7 +70,6 @@ import json
 import logging
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -104,6 +104,7 @@ from geta.recipes.recipe import Recipe, get_recipe
 from geta.run import DenseModel, Display, RunResult, Settings, compress, train_dense
 from geta.run.budget import decay_start
 from geta.run.harness import check_run
+from geta.run.latency import interleaved_medians
 from geta.train import accuracy as torch_accuracy
 
 RECIPES = {"resnet20": "resnet20-fmnist", "vgg7": "vgg7-fmnist", "mobilenetv2": "mobilenetv2-fmnist",
@@ -127,7 +128,6 @@ FLOAT_COMPUTE_OPS = frozenset({
 })
 ORT_THREADS = 1
 EVAL_BATCH = 64
-WARMUP = 1
 
 
 @dataclass
@@ -433,20 +433,10 @@ def _time_model(entry: Measured, args: argparse.Namespace) -> None:
     """Median ms per call of each artifact at each batch size, the four sessions timed interleaved."""
     artifacts = list(entry.artifacts.values())
     for batch, feed in entry.feeds.items():
-        for artifact in artifacts:
-            for _ in range(WARMUP):
-                artifact.session.run(None, feed)
-        spent: list[list[float]] = [[] for _ in artifacts]
-        start, rounds = time.perf_counter(), 0
-        while rounds < args.max_repeats and (rounds < args.min_repeats or time.perf_counter() - start < args.budget_s):
-            shift = rounds % len(artifacts)
-            for index in [*range(shift, len(artifacts)), *range(shift)]:
-                before = time.perf_counter()
-                artifacts[index].session.run(None, feed)
-                spent[index].append(time.perf_counter() - before)
-            rounds += 1
-        for artifact, times in zip(artifacts, spent):
-            artifact.ms[batch] = 1000 * statistics.median(times)
+        medians, rounds = interleaved_medians([a.session for a in artifacts], feed, min_repeats=args.min_repeats,
+                                              max_repeats=args.max_repeats, budget_s=args.budget_s)
+        for artifact, ms in zip(artifacts, medians, strict=True):
+            artifact.ms[batch] = ms
         entry.repeats[batch] = rounds
 
 

@@ -145,12 +145,10 @@ class GETA:
     def calibrate(self, batches: Iterable[object]) -> None:
         """Set activation ranges from ``batches``; a layer whose input is never seen goes full precision,
         and an output quantizer that sees nothing is taken out."""
-        inputs = {layer.name: q for layer in self.layers if (q := layer.input_quantizer) is not None}
-        with_input = [layer for layer in self.layers if layer.name in inputs]
-        quantizers = list(inputs.values()) + list(self.output_quantizers.values())
-        unseen = set(calibrate(self.model, quantizers, batches))
-        for layer in with_input:
-            if layer.input_quantizer in unseen:
+        inputs = [(layer, q) for layer in self.layers if (q := layer.input_quantizer) is not None]
+        unseen = set(calibrate(self.model, [q for _, q in inputs] + list(self.output_quantizers.values()), batches))
+        for layer, quantizer in inputs:
+            if quantizer in unseen:
                 remove_input_quantizer(
                     layer,
                     "input not quantized: the layer is never called as a module (its weight is used "

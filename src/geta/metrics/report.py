@@ -123,7 +123,7 @@ def build_report(
     bops = _bops(((row.macs, row.weight_bits, row.act_bits) for row in rows), macs.other)
     weight_bits_of = {id(w): _bits_per_element(layer.weight_quantizer, w) for layer in layers for w in layer.weights()}
     quantizer_params = quantizer_parameter_ids(model)
-    params = [p for p in _unique_parameters(model) if id(p) not in quantizer_params]
+    params = [p for p in model.parameters() if id(p) not in quantizer_params]  # each parameter once
     size_bits = sum(
         weight_bits_of[id(p)].sum() if id(p) in weight_bits_of else p.numel() * p.element_size() * 8 for p in params
     )
@@ -283,13 +283,6 @@ def _bits_per_element(quantizer: Quantizer | None, weight: Tensor) -> Tensor:
     shape = [1] * weight.dim()
     shape[quantizer.axis] = -1
     return bits.reshape(shape).expand(weight.shape)
-
-
-def _unique_parameters(model: nn.Module) -> list[Tensor]:
-    seen: dict[int, Tensor] = {}
-    for p in model.parameters():
-        seen.setdefault(id(p), p)
-    return list(seen.values())
 
 
 def _integral(value: float) -> float:

@@ -713,7 +713,7 @@ class ModelProblem:
             quantized = {id(w): self._variable(layer.weight_quantizer) for layer in self.layers for w in layer.weights()
                          if layer.weight_quantizer is not None}
             skip = quantizer_parameter_ids(self.model)
-            params = [p for p in _unique_parameters(self.model) if id(p) not in skip]
+            params = [p for p in self.model.parameters() if id(p) not in skip]
             self._param_dims = [self._cut_dims(p) for p in params]
             self._first = np.array([quantized.get(id(p), -1) for p in params], dtype=np.int64)
             self._second = np.full(len(params), -1, dtype=np.int64)
@@ -845,7 +845,7 @@ class ModelProblem:
                     quantized[id(original_parameter(modules[layer.name], name))] = var
         skip = quantizer_parameter_ids(compact)
         constant, scale_list, first = 0.0, [], []
-        for p in _unique_parameters(compact):
+        for p in compact.parameters():
             if id(p) in skip:
                 continue
             if id(p) in quantized:
@@ -897,9 +897,3 @@ def _error(weight: Tensor, quantizer: Quantizer, bits: int) -> Tensor:
     quantized = quantize_reference(w, d.to(w.dtype), q_m.to(w.dtype), t.to(w.dtype), signed=quantizer.signed)
     return (w - quantized) ** 2
 
-
-def _unique_parameters(model: nn.Module) -> list[Tensor]:
-    seen: dict[int, Tensor] = {}
-    for p in model.parameters():
-        seen.setdefault(id(p), p)
-    return list(seen.values())

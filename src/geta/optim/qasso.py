@@ -284,7 +284,7 @@ class QASSO(torch.optim.Optimizer):
         """Rank the remaining groups and mark this period's share redundant (cumulative target); with a
         budget, plan the target first (:meth:`_allocate`)."""
         candidates = ~self.pruned
-        scores = saliency(self.space, self._saliency_weights(), candidates, self._group_costs())
+        scores = saliency(self.space, self.config.criterion_weights, candidates, self._group_costs())
         candidate_index = candidates.nonzero().flatten()
         ranked = candidate_index[torch.argsort(scores[candidate_index], stable=True)]
         order = torch.cat([self.pruned.nonzero().flatten(), ranked])
@@ -366,17 +366,11 @@ class QASSO(torch.optim.Optimizer):
 
     def _group_costs(self) -> Tensor | None:
         """Each group's MACs (for the ``macs`` saliency criterion), counted once on the model; None when unused."""
-        if not self._saliency_weights()["macs"]:
+        if not self.config.criterion_weights["macs"]:
             return None
         if self._costs is None:
             self._costs = group_macs(self.space, self.layers, self._layer_macs())
         return self._costs
-
-    def _saliency_weights(self) -> Mapping[str, float]:
-        """The config's criterion weights (always filled in by QassoConfig)."""
-        weights = self.config.saliency_weights
-        assert weights is not None
-        return weights
 
     def _layer_macs(self) -> MacCount:
         if self._macs is None:
@@ -522,7 +516,7 @@ class QASSO(torch.optim.Optimizer):
         """The weights, then the weight and the activation quantizers' parameters (no weight decay, at
         ``lr_quant`` when the config sets one; else see :func:`_made`), each group tagged with its role."""
         quantizer_params = quantizer_parameter_ids(model)
-        weights = [p for p in _unique(model.parameters()) if id(p) not in quantizer_params and p.requires_grad]
+        weights = [p for p in model.parameters() if id(p) not in quantizer_params and p.requires_grad]
         groups: list[dict[str, Any]] = [{"params": weights, "role": "weights"}]
         kinds = (("weight_quantizers", self.weight_quantizers), ("act_quantizers", self.act_quantizers))
         for role, quantizers in kinds:

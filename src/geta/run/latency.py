@@ -1,10 +1,11 @@
 """Measured latency of a compressed ONNX artifact against the dense float model, both in onnxruntime.
 
 The dense model is exported to ONNX as float into a temporary folder. Both sessions run on the same
-inputs (the example's rows repeated to the batch size), timed interleaved (one dense call, one
-compressed call, repeated) so that a change in the machine's load hits both alike: after a warm-up
-call each, pairs of calls until :data:`MAX_REPEATS`, or once :data:`MIN_REPEATS` are done until
-:data:`BUDGET_S` has passed (a large model gets few repeats). Medians are reported.
+inputs (the example's rows repeated to the batch size), timed interleaved (one call each per round,
+the one to go first alternating; :func:`interleaved_medians`) so that a change in the machine's load
+hits both alike: after a warm-up call each, rounds until :data:`MAX_REPEATS`, or once
+:data:`MIN_REPEATS` are done until :data:`BUDGET_S` has passed (a large model gets few repeats).
+Medians are reported.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,19 +97,32 @@ def measure_latency(
 
 def _time(sessions: tuple[Any, Any], example: Inputs, batch: int) -> BatchLatency:
     """Median milliseconds per call of each session on ``batch`` rows, the two timed interleaved."""
-    feed = _feed(example, batch)
+    (dense_ms, artifact_ms), rounds = interleaved_medians(
+        sessions, _feed(example, batch), min_repeats=MIN_REPEATS, max_repeats=MAX_REPEATS, budget_s=BUDGET_S)
+    return BatchLatency(batch, dense_ms, artifact_ms, rounds)
+
+
+def interleaved_medians(
+    sessions: Sequence[Any], feed: dict[str, np.ndarray], *, min_repeats: int, max_repeats: int, budget_s: float
+) -> tuple[list[float], int]:
+    """Median milliseconds per ``run`` of each onnxruntime session on ``feed``, and the rounds timed.
+
+    After :data:`WARMUP` untimed calls each, every round calls each session once, starting one further
+    along each round so that no session always runs first; rounds go on to ``max_repeats``, or once
+    ``min_repeats`` are done until ``budget_s`` seconds have passed."""
     for session in sessions:
         for _ in range(WARMUP):
             session.run(None, feed)
-    spent: tuple[list[float], list[float]] = ([], [])
-    start = time.perf_counter()
-    while len(spent[0]) < MAX_REPEATS and (len(spent[0]) < MIN_REPEATS or time.perf_counter() - start < BUDGET_S):
-        for session, times in zip(sessions, spent):
+    spent: list[list[float]] = [[] for _ in sessions]
+    start, rounds = time.perf_counter(), 0
+    while rounds < max_repeats and (rounds < min_repeats or time.perf_counter() - start < budget_s):
+        shift = rounds % len(sessions)
+        for index in [*range(shift, len(sessions)), *range(shift)]:
             before = time.perf_counter()
-            session.run(None, feed)
-            times.append(time.perf_counter() - before)
-    dense_ms, artifact_ms = (1000 * statistics.median(times) for times in spent)
-    return BatchLatency(batch, dense_ms, artifact_ms, len(spent[0]))
+            sessions[index].run(None, feed)
+            spent[index].append(time.perf_counter() - before)
+        rounds += 1
+    return [1000 * statistics.median(times) for times in spent], rounds
 
 
 def _feed(example: Inputs, batch: int) -> dict[str, np.ndarray]:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from geta.errors import ConfigError
-from geta.optim.config import QassoConfig
+from geta.optim.config import BUDGETS, TARGETS, QassoConfig
 from geta.quant.functional import check_bit_range
 from geta.quant.prepare import FIRST, LAST
 from geta.recipes.recipe import Recipe
@@ -48,7 +48,7 @@ class Settings:
     def resolve(self, recipe: Recipe) -> RunSettings:
         """Every field filled from ``recipe`` where left None, and checked; raises :class:`ConfigError`."""
         skip = recipe.skip if self.skip is None else tuple(_POSITIONS.get(s, s) for s in self.skip)
-        budgets = [name for name in ("target_rel_bops", "target_size_bytes") if getattr(self, name) is not None]
+        budgets = [name for name in BUDGETS if getattr(self, name) is not None]
         if len(budgets) > 1 or (budgets and self.sparsity is not None):
             given = budgets + (["sparsity"] if self.sparsity is not None else [])
             raise ConfigError(
@@ -79,8 +79,7 @@ class Settings:
         if not (resolved.lr > 0 and resolved.compress_lr > 0):
             raise ConfigError(
                 f"learning rates must be positive, got lr={resolved.lr}, compress_lr={resolved.compress_lr}")
-        reserved = {"target_sparsity", "target_rel_bops", "target_size_bytes", "total_steps", "weight_bits",
-                    "act_bits"} & set(resolved.qasso)
+        reserved = {*TARGETS, "total_steps", "weight_bits", "act_bits"} & set(resolved.qasso)
         if reserved:
             raise ConfigError(f"qasso={{...}} may not set {sorted(reserved)}: use the Settings fields instead")
         if resolved.limit_batches is not None and resolved.limit_batches < 1:
@@ -114,12 +113,9 @@ class RunSettings:
     def qasso_config(self, total_steps: int, sparsity: float | None = None) -> QassoConfig:
         """The QASSO config of a method over ``total_steps``, with these bit ranges and ``qasso`` settings;
         its target: ``sparsity`` when given, else the budget when one is set, else ``self.sparsity``."""
-        if sparsity is not None or (self.target_rel_bops is None and self.target_size_bytes is None):
-            target: dict[str, float] = {"target_sparsity": self.sparsity if sparsity is None else sparsity}
-        elif self.target_rel_bops is not None:
-            target = {"target_rel_bops": self.target_rel_bops}
-        else:
-            target = {"target_size_bytes": float(self.target_size_bytes or 0)}
+        budget = {name: value for name in BUDGETS if (value := getattr(self, name)) is not None}
+        target = budget if sparsity is None and budget else {
+            "target_sparsity": self.sparsity if sparsity is None else sparsity}
         return QassoConfig.from_settings({
             **target, "total_steps": total_steps, "weight_bits": self.weight_bits, "act_bits": self.act_bits,
             **self.qasso,
