@@ -4,6 +4,7 @@ from geta.api import GETA
 from geta.errors import ConfigError, GetaError, ModelError, SavedModelError
 from geta.export import export_onnx, load, save
 from geta.metrics.report import LayerReport, Report, report
+from geta.optim.allocation import Allocation
 from geta.optim.config import QassoConfig
 from geta.optim.qasso import QASSO, QassoMetrics
 from geta.optim.schedule import Stage
@@ -18,6 +19,7 @@ __all__ = [
     "GETA",
     "LAST",
     "QASSO",
+    "Allocation",
     "AttentionAttributes",
     "ConfigError",
     "GetaError",

@@ -229,10 +229,37 @@ def test_stage_shares_move_the_cooldown_and_every_method_decays_from_there() -> 
         replace(TINY, qasso={"stage_shares": (0.5, 0.3, 0.3)}).resolve(recipe)
 
 
-def test_a_rel_bops_budget_is_geta_s_target_and_the_report_meets_it() -> None:
+def test_a_rel_bops_budget_is_geta_s_target_and_the_report_meets_it(tmp_path: Path) -> None:
     """Settings(target_rel_bops=R): GETA's config carries the budget (the group sparsity is an outcome), the
-    compact model's rel. BOPs end at most R and within 2% below it, and report.json's config says so."""
+    compact model's rel. BOPs end at most R and within 2% below it, and report.json and report.md say so,
+    with the final plan."""
     result = run_recipe("cnn-digits", replace(TINY, target_rel_bops=0.02))
     assert 0.98 * 0.02 <= result.rel_bops <= 0.02
     assert result.settings["qasso_config"]["target_rel_bops"] == 0.02
     assert result.settings["qasso_config"]["target_sparsity"] is None
+    plan = result.settings["allocation"]
+    assert plan["final"] and plan["status"] == "ok" and plan["exact"] == pytest.approx(result.rel_bops)
+    planned_bits = {row["name"]: row["weight_bits"] for row in result.layers if row["name"] in plan["weight_bits"]}
+    assert planned_bits == {name: float(bits) for name, bits in plan["weight_bits"].items()}
+    text = write_run(result, tmp_path)["report_md"].read_text()
+    assert "Target: rel. BOPs at most 2.000% (group sparsity and bits are outcomes)" in text
+    assert "within 2% below the budget" in text
+
+
+def test_under_a_budget_prune_then_ptq_removes_the_fewest_groups_that_meet_it_at_each_bit_width() -> None:
+    """Settings(target_rel_bops=R): each PTQ bit width is compared at the budget, not at the recipe's
+    sparsity: its rel. BOPs end at most R, with more groups removed at 8 bits than at 4. (Unpruned, every
+    layer at 4 bits is at 1.5625% and at 8 bits at 6.25%, so both have to prune to meet 1%.)"""
+    budget = replace(TINY, target_rel_bops=0.01)
+    dense = train_dense("cnn-digits", budget)
+    ptq = {r.settings["ptq_bits"]: r for r in run_baseline("cnn-digits", budget, "prune-then-ptq", dense=dense)}
+    assert set(ptq) == {8, 4}
+    for result in ptq.values():
+        assert 0.5 * 0.01 < result.rel_bops <= 0.01
+    assert ptq[8].group_sparsity > ptq[4].group_sparsity > 0  # 8 bits cost more per MAC: more groups must go
+
+
+def test_a_budget_no_removal_meets_leaves_that_bit_width_out() -> None:
+    budget = replace(TINY, target_rel_bops=1e-6)
+    results = run_baseline("cnn-digits", budget, "prune-then-ptq", dense=train_dense("cnn-digits", budget))
+    assert results == []

@@ -164,6 +164,7 @@ def markdown(result: RunResult, files: dict[str, Path], export_error: str = "") 
         f"| params | {result.params_dense:,} | {result.params:,} |",
         f"| size | {result.size_bits_dense / 8 / 1024:.2f} KiB | {result.size_bits / 8 / 1024:.2f} KiB |",
         f"| group sparsity | 0% | {_pct(result.group_sparsity, 1)} |",
+        *_target_lines(s),
         "", "## Latency", "", *_latency_lines(result.latency),
         "", "## Layers", "",
         "| layer | kind | weight bits | act bits | kept width / dense | MACs | params | full precision |",
@@ -183,6 +184,28 @@ def markdown(result: RunResult, files: dict[str, Path], export_error: str = "") 
         lines += ["", (f"Compact model: `{files['state_dict'].name}` (a state dict; geta.export cannot save this "
                        f"model: {export_error}).")]
     return "\n".join(lines) + "\n"
+
+
+def _target_lines(settings: dict) -> list[str]:
+    """report.md's line on GETA's target: the sparsity, or the cost budget and how its final plan met it."""
+    config = settings.get("qasso_config")
+    if config is None:
+        return []
+    if config["target_sparsity"] is not None:
+        return ["", f"Target: group sparsity {_pct(config['target_sparsity'], 1)}."]
+    plan = settings.get("allocation")
+    name = next(n for n in ("target_rel_bops", "target_size_bytes") if config[n] is not None)
+    budget = config[name]
+    wanted = f"rel. BOPs at most {_pct(budget)}" if name == "target_rel_bops" else f"size at most {budget:,.0f} bytes"
+    if plan is None:
+        return ["", f"Target: {wanted}; no plan was made (the joint stage did not start)."]
+    exact = _pct(plan["exact"]) if name == "target_rel_bops" else f"{plan['exact']:,.0f} bytes"
+    words = {"ok": "within 2% below the budget", "coarse": "within the budget; the group and bit granularity "
+             "allows nothing closer", "below_reach": "NOT met: the budget is below the least cost reachable",
+             "above_cost": "met with nothing removed at the top bits (the budget is above the dense cost)"}
+    return ["", f"Target: {wanted} (group sparsity and bits are outcomes). The final plan "
+            f"(`allocation` in the settings): {plan['removed_groups']:,} groups removed, cost {exact}, "
+            f"{words.get(plan['status'], plan['status'])}; its per-layer bits are in the table below."]
 
 
 def _latency_lines(latency: Latency | None) -> list[str]:

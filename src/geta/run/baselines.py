@@ -5,7 +5,8 @@
   model, the least salient ``sparsity`` share removed (in whole chunks with GETA's ``round_to``),
   the compact model fine-tuned for the budget, then post-training quantization at uniform 8 and at 4 bits
   (same quantizers, fixed bits; weight clip chosen by least squared error, activation ranges calibrated on
-  training batches).
+  training batches). Under GETA's cost budget each bit width instead removes the fewest groups that bring
+  its compact model within the budget, so that it is compared at the same BOPs (or size).
 * quantize-only: QASSO over the same bit ranges without pruning (``harness.compress`` with
   sparsity 0).
 """
@@ -14,14 +15,18 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from itertools import islice
 
 import torch
+from torch import nn
 
 import geta
+from geta.errors import GetaError
 from geta.metrics.cost import count_macs
 from geta.optim.qasso import base_optimizer
 from geta.optim.saliency import group_macs, saliency
+from geta.pruning.subnet import construct_subnet
 from geta.quant.functional import quantize_reference
 from geta.run.budget import decay_start
 from geta.run.costs import model_report
@@ -47,7 +52,12 @@ def dense_training(dense: DenseModel, *, display: Display | None = None) -> RunR
 
 
 def prune_then_ptq(dense: DenseModel, *, display: Display | None = None) -> list[RunResult]:
-    """Prune by saliency, fine-tune for the budget, then quantize after training at each of :data:`PTQ_BITS`."""
+    """Prune by saliency, fine-tune for the budget, then quantize after training at each of :data:`PTQ_BITS`.
+
+    With a sparsity target every bit width shares one pruned, fine-tuned model. With a cost budget
+    (``target_rel_bops`` / ``target_size_bytes``) each bit width gets the fewest groups, in saliency
+    order, whose compact model at those uniform bits meets the budget (:func:`budget_count`), and its own
+    fine-tuning; a bit width that no removal brings within the budget is left out with a message."""
     recipe, settings = dense.recipe, dense.settings
     display = display or Display()
     start = time.perf_counter()
@@ -59,37 +69,102 @@ def prune_then_ptq(dense: DenseModel, *, display: Display | None = None) -> list
     weights = config.criterion_weights  # GETA's saliency, macs included
     costs = group_macs(space, g.layers, count_macs(g.model, g.example_inputs, g.layers)) if weights["macs"] else None
     scores = saliency(space, weights, torch.ones(len(space), dtype=torch.bool), costs)
-    removed = space.select(torch.argsort(scores, stable=True), round(settings.sparsity * len(space)), config.round_to)
-    space.zero_(removed)
     g.model.zero_grad(set_to_none=True)
-    pruned = g.construct_subnet()
-    sparsity = float(removed.float().mean()) if len(space) else 0.0
-    display.message(f"prune-then-ptq: removed {int(removed.sum())} of {len(space)} groups by saliency; fine-tuning "
-                    f"for {settings.epochs} epochs ({dense.method_steps} steps)")
-    pruned_rel_bops = model_report(pruned, dense.example).bops / dense.cost.bops
-    point = {"group_sparsity": sparsity, "rel_bops": pruned_rel_bops}
-    recorder = _fine_tune(dense, pruned, "fine-tune", display, point)
-    tuned_at = time.perf_counter()
-    results = []
-    display.set_stage("ptq")
+    order = torch.argsort(scores, stable=True)
+    budget = config.budget
+    counts: dict[int, int] = {}
     for bits in PTQ_BITS:
-        ptq_start = time.perf_counter()
-        q = geta.GETA(pruned, dense.example, quantize=recipe.quantize, skip=list(dense.settings.skip),
-                      initial_weight_bits=bits, initial_act_bits=bits, calibration_data=dense.calibration,
-                      exponent=recipe.exponent, quantize_residuals=recipe.quantize_residuals)
-        fit_weight_clips(q)
-        q.model.eval()
-        report = model_report(q.model, dense.example, dict(q.unquantized()), group_sparsity=sparsity)
-        result = make_result(dense, f"prune-then-ptq-{bits}bit", q.model, report, dense.test_accuracy(q.model),
-                             recorder, start, group_sparsity=sparsity, extra={"ptq_bits": bits})
-        result.wall_s -= ptq_start - tuned_at  # each result: prune + fine-tune + its own quantization
-        act_bits = bits if recipe.quantize == "weights+activations" else None
-        result.curves = [*result.curves, Point(result.curves[-1].step, "ptq", result.curves[-1].loss, sparsity, bits,
-                                               act_bits, result.rel_bops, time.perf_counter() - tuned_at)]
-        results.append(result)
-        display.message(f"prune-then-ptq at {bits} bits: test accuracy {result.accuracy:.4f}, "
-                        f"rel. BOPs {100 * result.rel_bops:.3f}%")
+        if budget is None:
+            counts[bits] = round(settings.sparsity * len(space))
+        elif (count := budget_count(dense, g, order, bits, budget)) is not None:
+            counts[bits] = count
+        else:
+            display.message(f"prune-then-ptq at {bits} bits: no removal meets {budget[0]}={budget[1]:g}; left out")
+    setup_s = time.perf_counter() - start
+    results = []
+    for count in dict.fromkeys(counts.values()):
+        tune_start = time.perf_counter()
+        removed = space.select(order, count, config.round_to)
+        pruned = construct_subnet(g.model, space, removed)
+        sparsity = float(removed.float().mean()) if len(space) else 0.0
+        display.set_stage("setup")
+        display.message(f"prune-then-ptq: removed {int(removed.sum())} of {len(space)} groups by saliency; "
+                        f"fine-tuning for {settings.epochs} epochs ({dense.method_steps} steps)")
+        pruned_rel_bops = model_report(pruned, dense.example).bops / dense.cost.bops
+        recorder = _fine_tune(dense, pruned, "fine-tune", display, {"group_sparsity": sparsity,
+                                                                    "rel_bops": pruned_rel_bops})
+        tuned_at = time.perf_counter()
+        display.set_stage("ptq")
+        for bits in [b for b, c in counts.items() if c == count]:
+            ptq_start = time.perf_counter()
+            q = _quantized(dense, pruned, bits)
+            fit_weight_clips(q)
+            q.model.eval()
+            report = model_report(q.model, dense.example, dict(q.unquantized()), group_sparsity=sparsity)
+            result = make_result(dense, f"prune-then-ptq-{bits}bit", q.model, report, dense.test_accuracy(q.model),
+                                 recorder, start, group_sparsity=sparsity, extra={"ptq_bits": bits})
+            # each result: the shared setup, its own pruning and fine-tuning, its own quantization
+            result.wall_s = dense.wall_s + setup_s + (tuned_at - tune_start) + (time.perf_counter() - ptq_start)
+            act_bits = bits if recipe.quantize == "weights+activations" else None
+            result.curves = [*result.curves, Point(result.curves[-1].step, "ptq", result.curves[-1].loss, sparsity,
+                                                   bits, act_bits, result.rel_bops, time.perf_counter() - tuned_at)]
+            results.append(result)
+            display.message(f"prune-then-ptq at {bits} bits: test accuracy {result.accuracy:.4f}, "
+                            f"rel. BOPs {100 * result.rel_bops:.3f}%")
     return results
+
+
+def budget_count(dense: DenseModel, g: geta.GETA, order: torch.Tensor, bits: int,
+                 budget: tuple[str, float]) -> int | None:
+    """The fewest groups, taken in ``order`` as :meth:`SearchSpace.select` takes them, whose compact model
+    quantized at uniform ``bits`` (as :func:`prune_then_ptq` quantizes it) costs at most ``budget``
+    (``("target_rel_bops", R)`` against the dense model's BOPs, or ``("target_size_bytes", S)`` of the
+    report's size); None when even the most removable groups do not get there. The cost falls as the
+    count grows, so both searches are binary: first the most groups ``select`` can take, then the count."""
+    space, round_to = g.groups, dense.settings.qasso_config(dense.method_steps).round_to
+    name, value = budget
+
+    def selectable(count: int) -> bool:
+        try:
+            space.select(order, count, round_to)
+        except GetaError:
+            return False
+        return True
+
+    def fits(count: int) -> bool:
+        removed = space.select(order, count, round_to)
+        pruned = construct_subnet(g.model, space, removed) if bool(removed.any()) else g.model
+        report = model_report(_quantized(dense, pruned, bits, calibrate=False).model, dense.example)
+        cost = report.bops / dense.cost.bops if name == "target_rel_bops" else report.size_bytes
+        return cost <= value * (1 - 1e-9)
+
+    most = _last_true(selectable, 0, len(space))
+    if not fits(most):
+        return None
+    low, high = -1, most  # fits(high) holds, fits(low) does not (or low is below every count)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return high
+
+
+def _last_true(predicate: Callable[[int], bool], low: int, high: int) -> int:
+    """The largest n in [low, high] with ``predicate(n)``, for a predicate true up to some n and false
+    after it (``predicate(low)`` holds)."""
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if predicate(middle) else (low, middle - 1)
+    return low
+
+
+def _quantized(dense: DenseModel, model: nn.Module, bits: int, *, calibrate: bool = True) -> geta.GETA:
+    """``model`` quantization-aware at uniform ``bits`` as the recipe quantizes it (same skip; activation
+    ranges calibrated unless only its cost is wanted)."""
+    recipe = dense.recipe
+    return geta.GETA(model, dense.example, quantize=recipe.quantize, skip=list(dense.settings.skip),
+                     initial_weight_bits=bits, initial_act_bits=bits,
+                     calibration_data=dense.calibration if calibrate else None,
+                     exponent=recipe.exponent, quantize_residuals=recipe.quantize_residuals)
 
 
 @torch.no_grad()

@@ -11,12 +11,14 @@ final model with the dense float model (dense MACs x 32 x 32).
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import torch
 
 import geta
 from geta.data.split import select
 from geta.errors import ConfigError
+from geta.optim.config import BUDGETS
 from geta.optim.qasso import base_optimizer
 from geta.quant.prepare import find_layers, resolve_skip
 from geta.recipes.recipe import Recipe, get_recipe
@@ -98,7 +100,9 @@ def run_methods(
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-    dense = train_dense(recipe, settings, display=display, methods=len(methods))
+    budgeted = settings is not None and any(getattr(settings, name) is not None for name in BUDGETS)
+    stages = sum(len(baselines.PTQ_BITS) if budgeted and m == "prune-then-ptq" else 1 for m in methods)
+    dense = train_dense(recipe, settings, display=display, methods=stages)
     results: list[RunResult] = []
     for method in methods:
         if method == "geta":
@@ -113,7 +117,8 @@ def train_dense(
 ) -> DenseModel:
     """Build the recipe's model and data (seeded) and train it densely for ``dense_epochs``.
 
-    ``methods``: how many method stages will follow (for the display's time left)."""
+    ``methods``: how many method stages will follow (for the display's time left; prune-then-ptq under a
+    budget fine-tunes once per bit width)."""
     recipe = _recipe(recipe)
     resolved = (settings or Settings()).resolve(recipe)
     display = display or Display()
@@ -193,8 +198,10 @@ def compress(
     compact = g.construct_subnet().eval()
     reasons = dict(g.unquantized())
     report = model_report(compact, dense.example, reasons, group_sparsity=g.group_sparsity())
+    allocation = asdict(optimizer.allocation) if optimizer.allocation is not None else None
     return make_result(dense, method, compact, report, dense.test_accuracy(compact), recorder, start,
-                       group_sparsity=g.group_sparsity(), extra={"qasso_config": config.to_dict()})
+                       group_sparsity=g.group_sparsity(),
+                       extra={"qasso_config": config.to_dict(), "allocation": allocation})
 
 
 def _dense_for(
