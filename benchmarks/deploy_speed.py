@@ -6,8 +6,9 @@ Models: ResNet20, VGG7 and a small MobileNetV2 on Fashion-MNIST (recipes ``resne
 trained by geta's own harness as ``geta compress`` does (``train_dense``, then ``compress``: QASSO and
 ``construct_subnet``) on a short budget. The CNN recipes run as variants with weights and activations
 quantized, uniform levels (``exponent="fixed"``, t = 1) and the conv outputs that go into residual adds
-quantized too (``quantize_residuals=True``; ``--no-quantize-residuals`` leaves them float), because
-integer kernels need quantized activations on uniform levels. MiniLM is its recipe as it is: weights
+quantized too, as are the block outputs that the next block's add and convs read, once, shared by those
+readers (``quantize_residuals=True``; ``--no-quantize-residuals`` leaves them float), because integer
+kernels (QLinearConv, QLinearAdd) need quantized activations on uniform levels. MiniLM is its recipe as it is: weights
 only, so its geta artifact computes in float with integer weights (no integer speed is claimed).
 
 For each model four ONNX files, each run in an onnxruntime CPU session with one thread
@@ -98,7 +99,7 @@ import geta
 from geta.data.split import Inputs, select
 from geta.errors import GetaError
 from geta.export.onnx import inference_session
-from geta.quant.prepare import INPUT_QUANTIZER, OUTPUT_QUANTIZER
+from geta.quant.prepare import INPUT_QUANTIZED_BY, INPUT_QUANTIZER, OUTPUT_QUANTIZER
 from geta.quant.quantizer import Quantizer
 from geta.recipes.recipe import Recipe, get_recipe
 from geta.run import DenseModel, Display, RunResult, Settings, compress, train_dense
@@ -353,6 +354,7 @@ def float_compact(compact: nn.Module) -> nn.Module:
         for attr in (INPUT_QUANTIZER, OUTPUT_QUANTIZER):
             if isinstance(getattr(module, attr, None), Quantizer):
                 delattr(module, attr)
+        module.__dict__.pop(INPUT_QUANTIZED_BY, None)
     left = [path for path, module in model.named_modules() if isinstance(module, Quantizer)]
     if left:
         raise GetaError(f"the float compact model still holds quantizers: {', '.join(left[:3])}")

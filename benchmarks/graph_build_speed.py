@@ -15,7 +15,11 @@ and for each model, these candidates:
   calibrates quantizers); the timed region is the first access of ``g.groups``, i.e. the
   ``torch.export`` capture, the dependency analysis, the construction of the groups and the probe that
   verifies them (``geta/pruning/verify.py``: a compact model built with part of every family removed and
-  the example inputs run through both it and the model; its share is the ``probe s`` column). The inputs
+  the example inputs run through both it and the model; its share is the ``probe s`` column). With
+  ``weights+activations`` the constructor makes the capture (the analyses that place activation
+  quantizers read it, and the search space reuses it), and its time is added to the sample: a sample
+  is every capture geta makes plus the rest of the build (the captures' share is the ``graph s``
+  column). The inputs
   are a tensor for ResNet50 and ``{"input_ids": ...}`` for BERT. A fresh ``GETA`` is built for
   every sample, so each sample is a cold build of the search space (``groups`` is cached);
 * ``torch-pruning``: ``torch_pruning.DependencyGraph().build_dependency(model,
@@ -134,13 +138,16 @@ class Candidate:
     count: Callable[[object], int]
     samples: list[float] = field(default_factory=list)
     probes: list[float] = field(default_factory=list)
+    captures: list[float] = field(default_factory=list)
     first: float | None = None
     result: int | None = None
     error: str | None = None
 
     def sample(self) -> float:
+        _CAPTURE_SECONDS.clear()
         with _quiet():
             call = self.prepare()
+        built = sum(_CAPTURE_SECONDS)  # the captures geta's constructor made: part of the search space's build
         gc.collect()
         _PROBE_SECONDS.clear()
         with _quiet():
@@ -151,7 +158,8 @@ class Candidate:
                 self.result = self.count(out)
         del out, call
         self.probes.append(sum(_PROBE_SECONDS))
-        return elapsed
+        self.captures.append(sum(_CAPTURE_SECONDS))
+        return elapsed + built
 
 
 _PROBE_SECONDS: list[float] = []
@@ -168,6 +176,20 @@ def _timed_verify_space(*args: object, **kwargs: object) -> object:
 
 
 geta.api.verify_space = _timed_verify_space
+_CAPTURE_SECONDS: list[float] = []
+_capture = geta.api.capture
+
+
+def _timed_capture(*args: object, **kwargs: object) -> object:
+    """geta's torch.export capture (in the constructor or in the timed region), its time recorded."""
+    start = time.perf_counter()
+    try:
+        return _capture(*args, **kwargs)
+    finally:
+        _CAPTURE_SECONDS.append(time.perf_counter() - start)
+
+
+geta.api.capture = _timed_capture
 
 
 def _build_model(name: str) -> tuple[nn.Module, object, object]:
@@ -289,7 +311,7 @@ def main() -> None:
         print(f"  {label} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
 
     header = (
-        f"{'model':<9} {'tool/mode':<26} {'median s':>9} {'min s':>7} {'probe s':>8} {'first s':>8} "
+        f"{'model':<9} {'tool/mode':<26} {'median s':>9} {'min s':>7} {'graph s':>8} {'probe s':>8} {'first s':>8} "
         f"{'/TP':>6} {'/OTO':>6} {'result':>7}"
     )
     print(header)
@@ -306,9 +328,11 @@ def main() -> None:
             ratios = ["", ""]
             if c.name.startswith("geta/"):
                 ratios = [f"{med / medians[ref]:.2f}" if ref in medians else "-" for ref in (TP, OTO)]
-            probe = _fmt(statistics.median(c.probes[1:])) if c.name.startswith("geta/") and c.probes[1:] else "-"
+            shares = [_fmt(statistics.median(part[1:])) if c.name.startswith("geta/") and part[1:] else "-"
+                      for part in (c.captures, c.probes)]
             print(
-                f"{name:<9} {c.name:<26} {_fmt(med):>9} {_fmt(min(c.samples)):>7} {probe:>8} {_fmt(c.first):>8} "
+                f"{name:<9} {c.name:<26} {_fmt(med):>9} {_fmt(min(c.samples)):>7} {shares[0]:>8} {shares[1]:>8} "
+                f"{_fmt(c.first):>8} "
                 f"{ratios[0]:>6} {ratios[1]:>6} {c.result if c.result is not None else '-':>7}"
             )
         for mode in GETA_MODES:
@@ -317,7 +341,9 @@ def main() -> None:
             got = f"{medians[key]:.3f} s" if key in medians else "failed"
             verdicts.append(f"{name} geta/{mode}: median {got} -> {'PASS' if ok else 'FAIL'}")
     print(
-        "\nprobe s: the median part of geta's time spent probing the search space (one compact model built and\n"
+        "\ngraph s: the median part of geta's time spent in torch.export captures, the constructor's included\n"
+        "(included in median s).\n"
+        "probe s: the median part of geta's time spent probing the search space (one compact model built and\n"
         "two forward passes when every family passes; included in median s).\n"
         "/TP, /OTO: geta's median over the tool's median on the same model (< 1 means geta is faster).\n"
         "result: the tool's own count (geta: removable structures; TP: pruning groups; OTO: node groups)."

@@ -56,6 +56,35 @@ def test_every_layer_kind_gets_a_quantizer_and_matches_float_at_16_bits(mode: st
     assert not any(isinstance(m, geta.Quantizer) for m in model.modules())
 
 
+@pytest.mark.parametrize(("kwargs", "captures"), [
+    ({"quantize": "weights"}, 1),
+    ({"quantize": "weights+activations"}, 1),  # the constructor's capture is reused
+    ({"quantize": "weights+activations", "per_channel": True}, 2),  # per-channel quantizers must be in the graph
+])
+def test_the_search_space_reuses_the_constructors_capture_while_every_quantizer_is_per_tensor(
+    monkeypatch: pytest.MonkeyPatch, kwargs: dict, captures: int
+) -> None:
+    torch.manual_seed(0)
+    model, x = small_cnn().eval(), torch.randn(2, 3, 8, 8)
+
+    def slices(g: geta.GETA) -> list[list[tuple[str, int, list[int]]]]:
+        return [sorted((s.name, s.dim, s.indices.tolist()) for s in group.slices if not s.is_quantizer)
+                for group in g.groups]
+
+    plain = slices(geta.GETA(model, x, quantize="none"))
+    calls = []
+    capture = geta.api.capture
+
+    def counted(*args: object, **options: object) -> object:
+        calls.append(args)
+        return capture(*args, **options)
+
+    monkeypatch.setattr(geta.api, "capture", counted)
+    groups = slices(geta.GETA(model, x, **kwargs))
+    assert len(calls) == captures
+    assert groups == plain
+
+
 def test_quantizers_change_outputs_at_low_bits_and_get_gradients() -> None:
     model = EveryLayer().eval()
     inputs = every_layer_inputs()

@@ -18,6 +18,7 @@ from geta.errors import ConfigError, GetaError, ModelError
 from geta.graph.capture import capture
 from geta.graph.dependency import DependencyAnalysis, UnprunableStructure
 from geta.graph.nonnegative import layer_inputs, nonnegative_nodes
+from geta.graph.partial import analyse_parts
 from geta.graph.residual import residual_sources
 from geta.metrics.cost import count_macs
 from geta.metrics.report import Report, build_report, model_layers
@@ -39,6 +40,7 @@ from geta.quant.prepare import (
     remove_input_quantizer,
     remove_output_quantizer,
     resolve_skip,
+    share_input_quantizer,
 )
 from geta.quant.quantizer import Exponent, Quantizer
 
@@ -63,8 +65,10 @@ class GETA:
         exponent: ``"learned"`` (each quantizer learns its exponent t) or ``"fixed"`` (t stays 1: uniform
             levels, which integer runtimes need for their kernels; see ``geta.export_onnx``).
         quantize_residuals: with ``"weights+activations"``, also quantize the output of each convolution
-            (after its batch norm) that goes into a residual add, so that an integer runtime runs those
-            convolutions with integer kernels too (see ``geta.graph.residual``). Their quantizers are
+            (after its batch norm) that goes into a residual add, and each block output that is both an
+            operand of a residual add and the input of quantized layers, once where it is produced, those
+            layers reading it through that same quantizer; an integer runtime then runs those convolutions
+            and the adds with integer kernels too (see ``geta.graph.residual``). Their quantizers are
             activation quantizers like the inputs' (``act_bits``, projected by QASSO), listed in
             ``.output_quantizers``.
         calibration_data: batches (shaped like ``example_inputs``) that set activation ranges;
@@ -103,6 +107,7 @@ class GETA:
         self.output_quantizers: dict[str, Quantizer] = {}
         self._optimizer: QASSO | None = None
         self._space: tuple[SearchSpace, list[UnprunableStructure]] | None = None
+        self._program: torch.export.ExportedProgram | None = None  # a capture _search_space may reuse
         weight_bits = check_bits(initial_weight_bits, "initial_weight_bits")
         act_bits = check_bits(initial_act_bits, "initial_act_bits")
         try:
@@ -129,24 +134,33 @@ class GETA:
         active = [layer for layer in self.layers if not layer.full_precision_reason]
         if quantize == "none":
             return
-        program = self._plain_program(quantize_residuals) if quantize == "weights+activations" else None
+        attach_weight_quantizers(active, weight_bits, per_channel, exponent)
+        program = self._program = self._unquantized_program(quantize_residuals) \
+            if quantize == "weights+activations" else None
         unsigned = _nonnegative_inputs(program, active) if program is not None else set()
         full_precision = {layer.name for layer in self.layers if layer.full_precision_reason}
-        residual = residual_sources(program.graph, self.model, full_precision) \
+        readers = [layer.name for layer in active if layer.spec.inputs]
+        residual = residual_sources(program, self.model, full_precision, readers) \
             if program is not None and quantize_residuals else []
-        attach_weight_quantizers(active, weight_bits, per_channel, exponent)
         if quantize == "weights+activations":
             attach_input_quantizers(active, act_bits, unsigned, exponent)
             modules = dict(self.model.named_modules())
-            quantizers = attach_output_quantizers([modules[name] for name in residual], act_bits, exponent)
-            self.output_quantizers = dict(zip(residual, quantizers))
+            quantizers = attach_output_quantizers([modules[s.name] for s in residual], act_bits, exponent,
+                                                  unsigned=[modules[s.name] for s in residual if s.unsigned])
+            self.output_quantizers = {source.name: quantizer for source, quantizer in zip(residual, quantizers)}
+            by_name = {layer.name: layer for layer in active}
+            for source, quantizer in zip(residual, quantizers):
+                for reader in source.readers:  # these layers read the source's quantized output as their input
+                    share_input_quantizer(by_name[reader], quantizer, source.name)
             self.calibrate(calibration_data if calibration_data is not None else [example_inputs])
 
     def calibrate(self, batches: Iterable[object]) -> None:
         """Set activation ranges from ``batches``; a layer whose input is never seen goes full precision,
         and an output quantizer that sees nothing is taken out."""
         inputs = [(layer, q) for layer in self.layers if (q := layer.input_quantizer) is not None]
-        unseen = set(calibrate(self.model, [q for _, q in inputs] + list(self.output_quantizers.values()), batches))
+        # a shared input quantizer is an output quantizer too: each calibrated once
+        every = list({id(q): q for q in [q for _, q in inputs] + list(self.output_quantizers.values())}.values())
+        unseen = set(calibrate(self.model, every, batches))
         for layer, quantizer in inputs:
             if quantizer in unseen:
                 remove_input_quantizer(
@@ -311,9 +325,24 @@ class GETA:
         return "no single family is at fault; they break it only together."
 
     def _search_space(self) -> tuple[SearchSpace, list[UnprunableStructure]]:
+        """The groups and the unprunable structures, built on first use: capture (or the constructor's capture
+        reused), dependency analysis, frozen tensors left out, and the probe (``verify_space``)."""
         if self._space is None:
-            program = capture(self.model, self.example_inputs)
-            table, unprunable = DependencyAnalysis(program, self.model).run()
+            program, self._program = self._program, None
+            quantizers = [m for m in self.model.modules() if isinstance(m, Quantizer)]
+            per_tensor = [q for q in quantizers if q.axis is None]
+            if program is None or len(per_tensor) < len(quantizers):
+                # the dependency analysis labels a per-tensor quantizer's call as the tensor it quantizes, so
+                # the groups are the same without the calls (which cost export time); a per-channel one ties
+                # its parameters to channels
+                try:
+                    program = capture(self.model, self.example_inputs, leave_out=per_tensor)
+                except ModelError as error:  # not traceable whole: the groups inside the parts that trace alone
+                    program, untraceable = None, error
+            if program is not None:
+                table, unprunable = DependencyAnalysis(program, self.model).run()
+            else:
+                table, unprunable = analyse_parts(self.model, self.example_inputs, untraceable)
             space = SearchSpace(self.model, table)
             frozen = _frozen_groups(space)
             if frozen:
@@ -359,11 +388,16 @@ class GETA:
                 handle.remove()
         return order
 
-    def _plain_program(self, quantize_residuals: bool) -> torch.export.ExportedProgram | None:
-        """The graph of the model before any quantizer, for the analyses that place activation quantizers
-        (signedness, residual sources); None, with a warning of what is lost, if it cannot be exported."""
+    def _unquantized_program(self, quantize_residuals: bool) -> torch.export.ExportedProgram | None:
+        """The graph of the model without its quantizers, for the analyses that place activation quantizers
+        (signedness, residual sources) and, while every quantizer is per tensor, for the search space (see
+        :meth:`_search_space`); None, with a warning of what is lost, if it cannot be exported.
+
+        The weight quantizers are attached by then and left out of the capture, so that the graph names the
+        weights as the model does."""
+        quantizers = [m for m in self.model.modules() if isinstance(m, Quantizer)]
         try:
-            return capture(self.model, self.example_inputs)
+            return capture(self.model, self.example_inputs, leave_out=quantizers)
         except ModelError as error:
             lost = " and no residual is quantized" if quantize_residuals else ""
             warnings.warn(f"{error} Input quantizers are all signed (unsigned ones would gain a bit){lost}.",

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 import geta
 from geta.export.onnx import inference_session
+from geta.models.cifar import ResNet20
 from geta.quant.prepare import INPUT_QUANTIZER, OUTPUT_QUANTIZER
 from zoo import DepthwiseNet
 
@@ -126,22 +127,27 @@ def test_cnn_runs_integer_kernels_within_one_level_of_torch(small_resnet: nn.Mod
 
 def test_quantized_residuals_put_every_block_conv_on_integer_kernels(tmp_path: Path) -> None:
     """With ``quantize_residuals`` the conv before the residual add (batch norm folded, its output quantized)
-    runs as QLinearConv as well; the export stays within one head level of torch, and geta.save / geta.load
-    keep the output quantizer."""
+    runs as QLinearConv as well, and so does the stem: its ReLU (functional, in the root forward) is read by
+    conv1 and the add, so the stem's batch norm gets an unsigned output quantizer (Q(y) = Q(relu(y))) that conv1
+    takes as its input quantizer, and the export drops the ReLU after its DequantizeLinear (values >= 0). The
+    export stays within one head level of torch, and geta.save / geta.load keep the output quantizers."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, 16, 16)
     compact = _compact(_with_statistics(SmallResNet()), x, residuals=True)
-    assert hasattr(compact.bn2, OUTPUT_QUANTIZER)
+    assert hasattr(compact.bn2, OUTPUT_QUANTIZER) and not getattr(compact.bn, OUTPUT_QUANTIZER).signed
+    assert getattr(compact.conv1, INPUT_QUANTIZER) is getattr(compact.bn, OUTPUT_QUANTIZER)
     path = geta.export_onnx(compact, x, tmp_path / "m.onnx")
+    exported = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert exported.count("Relu") == 2  # conv1's (fused into its QLinearConv) and the one after the add
     session, optimized = _optimized(path, onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL)
     ops = [node.op_type for node in optimized.graph.node]
-    assert ops.count("QLinearConv") == 2 and "QGemm" in ops
+    assert ops.count("QLinearConv") == 3 and "Conv" not in ops and "QGemm" in ops
     batch = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     error, bound = _head_level_error(compact, compact.head, session, batch)
     assert error <= bound
     geta.save(compact, tmp_path / "m.safetensors")
     loaded = geta.load(tmp_path / "m.safetensors", model=SmallResNet())
-    assert hasattr(loaded.bn2, OUTPUT_QUANTIZER)
+    assert hasattr(loaded.bn2, OUTPUT_QUANTIZER) and not getattr(loaded.bn, OUTPUT_QUANTIZER).signed
     with torch.no_grad():
         torch.testing.assert_close(loaded(batch), compact(batch), rtol=0, atol=0)
 
@@ -149,17 +155,41 @@ def test_quantized_residuals_put_every_block_conv_on_integer_kernels(tmp_path: P
 def test_relu6_before_a_quantizer_keeps_the_integer_kernel(tmp_path: Path) -> None:
     """MobileNetV2-style blocks (ReLU6, exported as Clip(0, 6)): the Clip before each unsigned quantizer becomes
     a Relu with the codes clipped at round(6 / d), the same codes, so the expansion and depthwise convs run as
-    QLinearConv (the projections too, their residuals quantized); only the stem, whose ReLU output also goes
-    into the first residual add in float, stays a float conv."""
+    QLinearConv (the projections too, their residuals quantized); the stem's ReLU output, read by the first
+    expansion conv and the first residual add, is quantized once by the stem's output quantizer, so the stem
+    runs as QLinearConv too and the first add, whose output (the block's, quantized the same way) feeds the
+    next block, as QLinearAdd; the last add, read by the pooling, stays float."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 8)
     compact = _compact(_with_statistics(DepthwiseNet()), x, residuals=True)
     path = geta.export_onnx(compact, x, tmp_path / "m.onnx")
     session, optimized = _optimized(path, onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL)
     ops = [node.op_type for node in optimized.graph.node]
-    assert ops.count("QLinearConv") == 6 and ops.count("Conv") == 1
+    assert ops.count("QLinearConv") == 7 and "Conv" not in ops
+    assert ops.count("QLinearAdd") == 1
     batch = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(5))
     error, bound = _head_level_error(compact, compact.head, session, batch)
+    assert error <= bound
+
+
+def test_resnet20_block_outputs_run_integer_adds(tmp_path: Path) -> None:
+    """ResNet20 with ``quantize_residuals``: each block output that the next block reads (its conv1 and its
+    identity add, or its conv1 and its projection shortcut) is quantized once, at the block, and read by all of
+    them, so every conv runs as QLinearConv and the adds of blocks 1-7 as QLinearAdd, each reading two quantized
+    operands and writing the quantized block output, and the add of block 0, whose identity operand is the stem's
+    ReLU (functional, in the root forward), quantized at the stem's batch norm. Only the last add stays float
+    (read by the pooling); the export stays within one head level of torch."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 16)
+    compact = _compact(_with_statistics(ResNet20(in_channels=3, width=8)), x, residuals=True)
+    assert getattr(compact.blocks[3].shortcut[0], INPUT_QUANTIZER) is getattr(compact.blocks[2], OUTPUT_QUANTIZER)
+    path = geta.export_onnx(compact, x, tmp_path / "m.onnx")
+    session, optimized = _optimized(path, onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    ops = [node.op_type for node in optimized.graph.node]
+    assert ops.count("QLinearConv") == 21 and "Conv" not in ops and ops.count("QLinearAdd") == 8
+    assert "QGemm" in ops
+    batch = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    error, bound = _head_level_error(compact, compact.fc, session, batch)
     assert error <= bound
 
 

@@ -1,7 +1,8 @@
-"""Graph capture: quantizers traced as one call each, their parameters left as they were."""
+"""Graph capture: quantizers traced as one call each (or left out), their parameters left as they were."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -9,6 +10,7 @@ from torch import nn
 import geta
 from geta.core.inputs import ExampleInputs
 from geta.graph.capture import capture
+from geta.graph.dependency import DependencyAnalysis
 from geta.quant.quantizer import Quantizer
 
 
@@ -51,6 +53,37 @@ def test_per_channel_quantizer_parameters_go_with_their_output_channel() -> None
             continue
         quantizer_slices = {s.name: s.indices for s in group.slices if s.is_quantizer}
         assert quantizer_slices == {f"0.weight_quantizer.{p}": weight[0].indices for p in ("d", "q_m", "t")}
+
+
+def test_quantizers_left_out_leave_no_node_and_the_weights_read_as_their_original_tensors() -> None:
+    x = torch.randn(2, 3, 10, 10)
+    g = geta.GETA(_net(), x, quantize="weights+activations")
+    quantizers = [m for m in g.model.modules() if isinstance(m, Quantizer)]
+    program = capture(g.model, ExampleInputs.from_user(x), leave_out=quantizers[:2])
+    calls = [n for n in program.graph.nodes if n.target == torch.ops.geta.quantizer_call.default]
+    assert len(calls) == len(quantizers) - 2
+    program = capture(g.model, ExampleInputs.from_user(x), leave_out=quantizers)
+    assert not any(n.target == torch.ops.geta.quantizer_call.default for n in program.graph.nodes)
+    convs = [n for n in program.graph.nodes if n.target == torch.ops.aten.conv2d.default]
+    weights = {program.graph_signature.inputs_to_parameters[n.args[1].name] for n in convs}
+    assert weights == {"0.parametrizations.weight.original", "3.parametrizations.weight.original"}
+    assert not any(q.passed_through for q in quantizers)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_per_tensor_quantizers_left_out_give_the_same_structures(per_channel: bool) -> None:
+    # what lets GETA capture the model without them (and reuse the constructor's capture)
+    x = torch.randn(2, 3, 10, 10)
+    g = geta.GETA(_net(), x, quantize="weights+activations", per_channel=per_channel)
+    per_tensor = [m for m in g.model.modules() if isinstance(m, Quantizer) and m.axis is None]
+    inputs = ExampleInputs.from_user(x)
+    table, unprunable = DependencyAnalysis(capture(g.model, inputs), g.model).run()
+    left_out, left_out_unprunable = DependencyAnalysis(capture(g.model, inputs, leave_out=per_tensor), g.model).run()
+    assert (left_out.names, left_out.dims, left_out.count) == (table.names, table.dims, table.count)
+    for field in ("slot", "position", "group"):
+        np.testing.assert_array_equal(getattr(left_out, field), getattr(table, field))
+    assert left_out_unprunable == unprunable
+    assert any(s.is_quantizer for group in g.groups for s in group.slices) == per_channel
 
 
 def test_unprunable_structures_name_tensors_by_state_dict_key() -> None:

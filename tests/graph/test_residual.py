@@ -1,7 +1,9 @@
-"""Which modules' outputs go into residual adds (where ``quantize_residuals`` puts output quantizers), one
-test per graph pattern, and what the output quantizers do in the model GETA prepares."""
+"""Which modules' outputs get a quantizer (``quantize_residuals``) and which layers then read that quantizer as
+their input quantizer, one test per graph pattern, and what those quantizers do in the model GETA prepares."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,14 +12,20 @@ from torch import Tensor, nn
 import geta
 from geta.core.inputs import ExampleInputs
 from geta.graph.capture import capture
-from geta.graph.residual import residual_sources
+from geta.graph.residual import Source, residual_sources
 from geta.models.cifar import ResNet20
-from geta.quant.prepare import OUTPUT_QUANTIZER
+from geta.quant.prepare import INPUT_QUANTIZED_BY, INPUT_QUANTIZER, OUTPUT_QUANTIZER, find_layers
 from zoo import DepthwiseNet
 
 
+def _found(model: nn.Module, x: Tensor, excluded: set[str] = frozenset()) -> list[Source]:
+    """The sources of ``model``, every layer that reads activations not in ``excluded`` a candidate reader."""
+    readers = [layer.name for layer in find_layers(model) if layer.spec.inputs and layer.name not in excluded]
+    return residual_sources(capture(model, ExampleInputs.from_user(x)), model, set(excluded), readers)
+
+
 def _sources(model: nn.Module, x: Tensor, excluded: set[str] = frozenset()) -> list[str]:
-    return residual_sources(capture(model, ExampleInputs.from_user(x)).graph, model, set(excluded))
+    return [source.name for source in _found(model, x, excluded)]
 
 
 class ConvAdd(nn.Module):
@@ -45,16 +53,154 @@ class BiasAdd(nn.Module):
         return self.conv(x) + self.shift
 
 
+class Block(nn.Module):
+    """A conv with a residual add and a relu after it: the block's output is ``relu(x + conv(x))``."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(x + self.conv(x))
+
+
+class Stream(nn.Module):
+    """A stem conv and two blocks in a row, each block's input read by its conv and its add; ``extra`` also reads
+    the first block's output elsewhere: ``"sigmoid"`` (a float op), ``"relu"`` (the second block's conv reads it
+    through a relu), ``"twice"`` (the first block called again)."""
+
+    def __init__(self, extra: str = "") -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 1)
+        self.first, self.second = Block(), Block()
+        self.extra = extra
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.first(self.stem(x))
+        out = self.second(h) if self.extra != "relu" else torch.relu(h + self.second.conv(torch.relu(h)))
+        if self.extra == "sigmoid":
+            out = out * torch.sigmoid(h)
+        if self.extra == "twice":
+            out = self.first(out)
+        return out
+
+
+class Branches(nn.Module):
+    """A module ReLU's output read by two convs and no add (their outputs concatenated)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU())
+        self.left, self.right = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.stem(x)
+        return torch.cat([self.left(h), self.right(h)], dim=1)
+
+
+class TwoOutputs(nn.Module):
+    """A module returning two tensors, one of which goes into a residual add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        y = torch.relu(self.conv(x))
+        return y, 2 * y
+
+
+class UsesTwoOutputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pair = TwoOutputs()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y, z = self.pair(x)
+        return y + self.conv(y) + z
+
+
 def test_resnet_block_outputs_and_projection_shortcuts() -> None:
-    """ResNet20: each block's second batch norm, and the batch norm of each projection shortcut."""
-    sources = _sources(ResNet20(in_channels=1).eval(), torch.randn(2, 1, 16, 16))
-    assert set(sources) == {*(f"blocks.{i}.bn2" for i in range(9)), "blocks.3.shortcut.1", "blocks.6.shortcut.1"}
-    assert sources == sorted(sources, key=list(dict(ResNet20(in_channels=1).named_modules())).index)
+    """ResNet20: each block's second batch norm and each projection shortcut's batch norm; and each block output
+    that goes into the next block (its conv1 and its identity add, or its conv1 and its projection shortcut),
+    unsigned (after the ReLU), read by those convs through the block's quantizer. The stem's ReLU is functional
+    in the root forward (no module's output): its input, the stem's batch norm, gets the unsigned quantizer
+    (Q(y) = Q(relu(y))), read by blocks.0.conv1."""
+    model = ResNet20(in_channels=1).eval()
+    found = _found(model, torch.randn(2, 1, 16, 16))
+    names = [source.name for source in found]
+    blocks = {f"blocks.{i}" for i in range(8)}
+    assert set(names) == {*(f"blocks.{i}.bn2" for i in range(9)), "blocks.3.shortcut.1", "blocks.6.shortcut.1",
+                          *blocks, "bn"}
+    assert found[0] == Source("bn", ("blocks.0.conv1",), unsigned=True)
+    assert names == sorted(names, key=list(dict(model.named_modules())).index)
+    by_name = {source.name: source for source in found}
+    for i in range(8):
+        expected = (f"blocks.{i + 1}.conv1",) + ((f"blocks.{i + 1}.shortcut.0",) if i in (2, 5) else ())
+        assert by_name[f"blocks.{i}"] == Source(f"blocks.{i}", expected, unsigned=True)
+    assert all(not by_name[name].readers and not by_name[name].unsigned for name in names
+               if name not in {*blocks, "bn"})
 
 
-def test_inverted_residual_projection() -> None:
-    """MobileNetV2-style blocks: the projection's batch norm (``project.1``) of each block."""
-    assert _sources(DepthwiseNet().eval(), torch.randn(2, 3, 8, 8)) == ["blocks.0.project.1", "blocks.1.project.1"]
+def test_inverted_residual_projection_and_block_outputs() -> None:
+    """MobileNetV2-style blocks: the projection's batch norm (``project.1``) of each block; the stem's module ReLU
+    (unsigned) and the first block's add output (signed), each read by the next expansion conv and the next add."""
+    found = _found(DepthwiseNet().eval(), torch.randn(2, 3, 8, 8))
+    assert found == [Source("stem.2", ("blocks.0.expand.0",), True), Source("blocks.0", ("blocks.1.expand.0",)),
+                     Source("blocks.0.project.1"), Source("blocks.1.project.1")]
+
+
+def test_block_outputs_read_by_the_next_conv_and_add() -> None:
+    """The stem conv's output (signed) and the first block's (after its ReLU: unsigned), each read by the next
+    block's conv and its add; each block's conv output (into its add); the second block's output is the
+    model's, read by no add."""
+    assert _found(Stream().eval(), torch.randn(2, 3, 8, 8)) == [
+        Source("stem", ("first.conv",)), Source("first", ("second.conv",), True), Source("first.conv"),
+        Source("second.conv")]
+
+
+class RootRelu(nn.Module):
+    """conv-bn and a functional ReLU in the root forward, its output read by a conv and the add; ``extra``: the
+    batch norm's output is read elsewhere too."""
+
+    def __init__(self, extra: bool = False) -> None:
+        super().__init__()
+        self.conv, self.bn, self.conv2 = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, padding=1)
+        self.extra = extra
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.bn(self.conv(x))
+        h = torch.relu(y)
+        out = h + self.conv2(h)
+        return out * torch.sigmoid(y) if self.extra else out
+
+
+@pytest.mark.parametrize("extra", [False, True])
+def test_a_functional_relu_of_a_module_output(extra: bool) -> None:
+    """``relu(bn(...))`` computed in the root forward: the batch norm gets the (unsigned) quantizer, read by conv2
+    through the ReLU; not when the batch norm's output is read elsewhere too."""
+    found = _found(RootRelu(extra).eval(), torch.randn(2, 3, 8, 8))
+    assert found == ([Source("conv2")] if extra else [Source("bn", ("conv2",), True), Source("conv2")])
+
+
+def test_an_output_read_by_two_layers_and_no_add() -> None:
+    assert _found(Branches().eval(), torch.randn(2, 3, 8, 8)) == [Source("stem.1", ("left", "right"), True)]
+
+
+@pytest.mark.parametrize("extra", ["sigmoid", "relu", "twice"])
+def test_an_output_read_elsewhere_or_a_module_called_twice_is_not_a_source(extra: str) -> None:
+    """A block output also read by an op that is neither a residual add nor a quantized layer (which would then
+    read a quantized value), or a block called twice (one hook would quantize both calls), gets no quantizer;
+    the stem conv's output, an add operand, still does."""
+    sources = _sources(Stream(extra).eval(), torch.randn(2, 3, 8, 8))
+    assert "first" not in sources and "stem" in sources
+
+
+def test_one_of_two_outputs_is_not_a_source() -> None:
+    """``y`` goes into the add and is read by ``conv`` but is one of ``pair``'s two outputs: not quantized, nor is the
+    conv output before its ReLU, which ``2 * y`` reads too (``conv``'s own output, into the add, is)."""
+    assert _sources(UsesTwoOutputs().eval(), torch.randn(2, 4, 8, 8)) == ["conv"]
 
 
 def test_convs_without_batch_norm_and_a_scaled_operand() -> None:
@@ -66,15 +212,20 @@ def test_broadcast_add_is_not_a_residual() -> None:
 
 
 def test_full_precision_layers_are_left_out() -> None:
-    """A skipped conv gets no output quantizer, nor does the batch norm right after it."""
+    """A skipped conv gets no output quantizer, nor does the batch norm right after it; a block output that a
+    skipped conv reads is not quantized (that conv's input stays float)."""
     model = ResNet20(in_channels=1).eval()
-    sources = _sources(model, torch.randn(2, 1, 16, 16), {"blocks.0.conv2", "blocks.3.shortcut.0"})
+    sources = _sources(model, torch.randn(2, 1, 16, 16), {"blocks.0.conv2", "blocks.3.shortcut.0", "blocks.5.conv1"})
     assert "blocks.0.bn2" not in sources and "blocks.3.shortcut.1" not in sources and "blocks.1.bn2" in sources
+    assert "blocks.2" not in sources and "blocks.4" not in sources and "blocks.5" in sources
+    # the stem's batch norm, after a skipped conv, still: its ReLU output is read by quantized blocks.0.conv1
+    assert "bn" in _sources(model, torch.randn(2, 1, 16, 16), {"conv"})
 
 
 def test_geta_quantizes_residuals_and_qasso_projects_their_bits() -> None:
-    """GETA(quantize_residuals=True): signed output quantizers on the sources, calibrated, counted among the
-    activation quantizers that QASSO projects into act_bits, and passed through when the probe compares."""
+    """GETA(quantize_residuals=True): output quantizers on the sources (unsigned after a ReLU), calibrated, counted
+    among the activation quantizers that QASSO projects into act_bits, and passed through when the probe compares;
+    a layer reading a source's output takes that quantizer as its input quantizer and does not apply it again."""
     torch.manual_seed(0)
     model = DepthwiseNet()
     x = torch.randn(4, 3, 8, 8)
@@ -82,17 +233,65 @@ def test_geta_quantizes_residuals_and_qasso_projects_their_bits() -> None:
     modules = dict(g.model.named_modules())
     assert set(g.output_quantizers) == set(_sources(model.eval(), x))
     for name, quantizer in g.output_quantizers.items():
-        assert getattr(modules[name], OUTPUT_QUANTIZER) is quantizer and quantizer.signed
+        assert getattr(modules[name], OUTPUT_QUANTIZER) is quantizer and quantizer.signed == (name != "stem.2")
         assert float(quantizer.q_m.detach()) > 0
+    expand = g.model.blocks[0].expand[0]
+    assert getattr(expand, INPUT_QUANTIZER) is g.output_quantizers["stem.2"]
+    assert getattr(expand, INPUT_QUANTIZED_BY) == "stem.2"
+    assert next(layer for layer in g.layers if layer.name == "blocks.0.expand.0").input_quantizer \
+        is g.output_quantizers["stem.2"]
     opt = g.qasso(lr=0.01, target_sparsity=0.3, total_steps=20, act_bits=(4, 6))
-    assert all(any(q is p for p in opt.act_quantizers) for q in g.output_quantizers.values())
+    assert all(sum(q is p for p in opt.act_quantizers) == 1 for q in g.output_quantizers.values())
     for _ in range(20):
         opt.zero_grad()
         g.model(x).square().mean().backward()
         opt.step()
     assert all(4 <= float(q.integer_bits()) <= 6 for q in g.output_quantizers.values())
+    row = next(r for r in g.report().layers if r.name == "blocks.0.expand.0")
+    assert row.act_bits == pytest.approx(float(g.output_quantizers["stem.2"].integer_bits()))
     compact = g.construct_subnet()
     assert any(hasattr(m, OUTPUT_QUANTIZER) for m in compact.modules())
+    assert getattr(compact.blocks[0].expand[0], INPUT_QUANTIZER) is getattr(compact.stem[2], OUTPUT_QUANTIZER)
+
+
+def test_a_shared_input_quantizer_runs_once() -> None:
+    """The reader's input is quantized once, by the source's quantizer (the reader's pre-hook passes it through):
+    one call of that quantizer per forward, and the block computes relu(h + conv(h)) on the quantized h."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8)
+    g = geta.GETA(Stream(), x, quantize="weights+activations", quantize_residuals=True, initial_act_bits=4)
+    quantizer = g.output_quantizers["first"]
+    assert getattr(g.model.second.conv, INPUT_QUANTIZER) is quantizer
+    calls: list[Tensor] = []
+    handle = quantizer.register_forward_hook(lambda _module, _args, out: calls.append(out))
+    with torch.no_grad():
+        out = g.model.eval()(x)
+    handle.remove()
+    assert len(calls) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(out, torch.relu(calls[0] + g.model.second.conv(calls[0])), rtol=0, atol=0)
+        assert torch.equal(quantizer(calls[0]), calls[0])  # what a second application would have given anyway
+
+
+@pytest.mark.parametrize("given_model", [False, True])
+def test_save_and_load_keep_shared_and_unsigned_output_quantizers(given_model: bool, tmp_path: Path) -> None:
+    """geta.save / geta.load (from the file alone, or into a freshly built model) keep the unsigned output
+    quantizers and the layers that read them, with the same outputs."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 16, 16)
+    g = geta.GETA(ResNet20(in_channels=1, width=8), x, quantize="weights+activations", exponent="fixed",
+                  quantize_residuals=True)
+    g.zero_random_groups(0.2, seed=1)
+    compact = g.construct_subnet().eval()
+    geta.save(compact, tmp_path / "m.safetensors")
+    loaded = geta.load(tmp_path / "m.safetensors", model=ResNet20(in_channels=1, width=8) if given_model else None)
+    assert not getattr(loaded.blocks[0], OUTPUT_QUANTIZER).signed
+    assert not getattr(loaded.bn, OUTPUT_QUANTIZER).signed
+    assert getattr(loaded.blocks[1].conv1, INPUT_QUANTIZED_BY) == "blocks.0"
+    assert getattr(loaded.blocks[0].conv1, INPUT_QUANTIZED_BY) == "bn"
+    assert not hasattr(loaded.blocks[0].conv2, INPUT_QUANTIZED_BY)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), compact(x), rtol=0, atol=0)
 
 
 def test_quantize_residuals_needs_quantized_activations() -> None:

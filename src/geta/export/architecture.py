@@ -45,6 +45,7 @@ from geta.pruning.attention import CompactMultiheadAttention
 from geta.pruning.modules import update_widths
 from geta.quant.layers import spec_for
 from geta.quant.prepare import (
+    INPUT_QUANTIZED_BY,
     INPUT_QUANTIZER,
     OUTPUT_QUANTIZER,
     QuantizableLayer,
@@ -516,13 +517,13 @@ def _attach_activation_quantizers(module: nn.Module, path: str, record: dict, te
         layer = QuantizableLayer(path, module, type(module).__name__, spec, spec.weight_names(module))
         attach_input_quantizers([layer], max(entry["bits"], 2), set() if entry["signed"] else {path})
         quantizers.append((layer.input_quantizer, entry))
+        shared = record["attributes"].get(INPUT_QUANTIZED_BY)
+        if isinstance(shared, str):  # its input arrives quantized by that module's output quantizer
+            setattr(module, INPUT_QUANTIZED_BY, shared)
     if "output_quantizer" in record:
         entry = record["output_quantizer"]
-        if not entry["signed"]:
-            raise SavedModelError(
-                f"{_where(path)} has an unsigned output quantizer; geta's output quantizers are signed"
-            )
-        quantizers.append((attach_output_quantizers([module], max(entry["bits"], 2))[0], entry))
+        unsigned = () if entry["signed"] else (module,)
+        quantizers.append((attach_output_quantizers([module], max(entry["bits"], 2), unsigned=unsigned)[0], entry))
     with torch.no_grad():
         for quantizer, entry in quantizers:
             for name in QUANTIZER_PARAMETERS:

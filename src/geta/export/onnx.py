@@ -32,9 +32,15 @@ moved above the data-movement ops that feed them alone (Flatten, Reshape, Transp
 MaxPool: the same codes either way). A Conv then runs as QLinearConv when its input is an activation
 quantized to at most 8 bits, its weight is INT8 and its output (batch norm folded) feeds only a quantizer
 of at most 8 bits, directly or through a Relu (then an unsigned one); a Gemm runs as QGemm and a MatMul as
-MatMulIntegerToFloat whenever their input is such an activation. Everything else computes in float on
-the exact quantized values: a conv whose output goes into a residual Add, for instance, which the torch
-model adds in float.
+MatMulIntegerToFloat whenever their input is such an activation. An Add (a residual add) runs as QLinearAdd
+when both its operands are such activations and its output feeds only such a quantizer, directly or
+through a Relu: with ``GETA(..., quantize_residuals=True)`` the conv outputs going into an add and the
+block outputs read by the next block's add and convs carry output quantizers, one per tensor, whose
+DequantizeLinear every reader shares (``geta.graph.residual``); a layer that reads such a tensor has no
+Q/DQ of its own, so its input is quantized once. A Relu that reads a DequantizeLinear of unsigned codes
+(zero point 0) changes nothing and is dropped, so that its readers read the DequantizeLinear (a functional
+ReLU after a module with an unsigned output quantizer leaves one). Everything else computes in float on the exact
+quantized values: an add whose operand is not quantized, for instance, which the torch model adds in float.
 
 Which export is exact for which quantizer:
 
@@ -126,6 +132,7 @@ def export_onnx(
     graph = _Graph(graph_model.graph)
     _hoist_quantizers(graph)
     _clips_as_relus(graph)
+    _drop_relus_of_unsigned_codes(graph)
     _transpose_weight_levels(graph)
     _fold_batch_norms(graph)
     _place_weights(graph)
@@ -244,11 +251,12 @@ def _exportable(model: nn.Module, description: Description, weights: WeightForma
             parametrization = _WeightLevels(levels.levels.to(traced), levels.scale.clone(), levels.axis, container,
                                             saved.value.dtype)
             parametrize.register_parametrization(module, attr, parametrization, unsafe=True)
-    for module in model.modules():
+    exportable: dict[int, _ActivationQuantizer] = {}  # a shared input quantizer is its producer's output one
+    for module in list(model.modules()):
         for attr in (INPUT_QUANTIZER, OUTPUT_QUANTIZER):
             quantizer = getattr(module, attr, None)
             if isinstance(quantizer, Quantizer):
-                setattr(module, attr, _ActivationQuantizer(quantizer))
+                setattr(module, attr, exportable.setdefault(id(quantizer), _ActivationQuantizer(quantizer)))
     return model
 
 
@@ -570,6 +578,24 @@ def _clips_as_relus(graph: _Graph) -> None:
             graph.graph.node.insert(index + 1, helper.make_node(
                 "Clip", [q.output[0], graph.add_constant(np.uint8(0), f"{q.output[0]}_low"),
                          graph.add_constant(np.uint8(top), f"{q.output[0]}_top")], [clipped], name=clipped))
+        graph.refresh()
+
+
+def _drop_relus_of_unsigned_codes(graph: _Graph) -> None:
+    """Remove each Relu that reads a DequantizeLinear of unsigned codes with zero point 0 (values >= 0, which it
+    leaves as they are): its readers read the DequantizeLinear instead, which onnxruntime's QDQ fusion needs.
+    Such a Relu comes from a functional ReLU after a module whose output quantizer is unsigned (geta quantizes
+    ``y`` where ``relu(y)`` is read, ``graph/residual.py``)."""
+    for relu in [node for node in graph.nodes() if node.op_type == "Relu"]:
+        dq = graph.producers.get(relu.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3 or relu.output[0] in graph.pinned:
+            continue
+        zero = graph.constant(dq.input[2])
+        if zero is None or zero.dtype not in (np.uint8, np.uint16) or np.any(zero != 0):
+            continue
+        for consumer in graph.consumers.get(relu.output[0], []):
+            consumer.input[:] = [dq.output[0] if name == relu.output[0] else name for name in consumer.input]
+        graph.graph.node.remove(relu)
         graph.refresh()
 
 

@@ -57,16 +57,33 @@ def quantizers_as_calls(model: nn.Module) -> Iterator[None]:
                 quantizer.register_parameter(name, parameter)
 
 
-def capture(model: nn.Module, inputs: ExampleInputs) -> torch.export.ExportedProgram:
+@contextlib.contextmanager
+def passed_through(quantizers: list[Quantizer]) -> Iterator[None]:
+    """Make each of ``quantizers`` return its input unchanged for the block (traced, it leaves no node)."""
+    previous = [q.passed_through for q in quantizers]
+    for quantizer in quantizers:
+        quantizer.passed_through = True
+    try:
+        yield
+    finally:
+        for quantizer, before in zip(quantizers, previous):
+            quantizer.passed_through = before
+
+
+def capture(
+    model: nn.Module, inputs: ExampleInputs, *, leave_out: list[Quantizer] | None = None
+) -> torch.export.ExportedProgram:
     """Export ``model`` on ``inputs`` in eval mode, geta's quantizers traced as calls (see
-    :func:`quantizers_as_calls`); raise ModelError naming the fix if it cannot be traced.
+    :func:`quantizers_as_calls`) but those of ``leave_out``, which pass their input through and leave no
+    node (a weight one parametrizes reads as its original tensor). Raise ModelError naming the fix if the
+    model cannot be traced.
 
     A forward that branches on a tensor's value (a padding computed with ``.item()``, an
     ``if mask.any():``) stops export at a data-dependent guard. Such a model is exported again with
     real-tensor propagation, which decides each guard from the example's values, as
     ``torch.export.draft_export`` does. The graph then holds for the example only, and that is all the
     analysis needs: its result is checked by running the compact model eagerly (pruning/verify.py)."""
-    with eval_mode(model), without_stack_traces(), quantizers_as_calls(model):
+    with eval_mode(model), without_stack_traces(), quantizers_as_calls(model), passed_through(leave_out or []):
         try:
             return torch.export.export(model, inputs.args, kwargs=inputs.kwargs, strict=False)
         except Exception as error:

@@ -1,52 +1,158 @@
-"""Which modules' outputs go into a residual add: where ``GETA(..., quantize_residuals=True)`` puts output
-quantizers.
+"""Which modules' outputs get a quantizer of their own (``GETA(..., quantize_residuals=True)``), and which layers
+then read that quantized output as their input.
 
 An integer runtime runs a convolution as an integer kernel only when its output is quantized as well
-(onnxruntime's QLinearConv reads codes and writes codes). In a residual block the last convolution's
-output (after its batch norm) goes into the add, where no layer's input quantizer sees it, so that
-convolution stays in float, and so does every projection shortcut. Quantizing those outputs in the model
-that is trained gives the export a quantizer to fuse each convolution with, as onnxruntime's own
-``quantize_static`` does for the inputs of an add.
+(onnxruntime's QLinearConv reads codes and writes codes), and a residual add as an integer add (QLinearAdd)
+only when both its operands and its output are quantized. In a residual block the last convolution's
+output (after its batch norm) goes into the add, where no layer's input quantizer sees it; and the
+identity side of the add reads the previous block's output, which the next block's first convolution
+quantizes with its own input quantizer, so the add reads the float value beside it. Quantizing such
+tensors once, where they are produced, in the model that is trained gives the export a quantizer to fuse
+each convolution and each add with, as onnxruntime's own ``quantize_static`` does.
 
-A module qualifies when it is a convolution or a batch norm (modules whose forward returns one tensor)
-and, in the captured graph, a tensor computed innermost in it is an operand of an add or a subtraction of
-two same-shaped tensors outside it. A batch norm whose input comes from a layer in ``excluded`` (kept at
-full precision) does not qualify, nor does such a layer itself.
+The rule, on the captured graph of the model before its activation quantizers. A tensor T is a *source* when
+
+1. T is an operand of an add or a subtraction of two same-shaped floating tensors (a residual add), or
+   the only input of at least two of the layers that get input quantizers (``readers``);
+2. T is the only output of a module P other than the root, called once: T is computed innermost in P,
+   nothing in P's scope reads it, and no other tensor computed in P's scope is read outside it. Or T is
+   ``relu(y)`` computed outside any such module (a functional ReLU in a parent's forward, as in
+   ``ResNet20``'s stem), y is P's only output in that sense and the ReLU alone reads it: P's quantizer is
+   then unsigned, and ``Q(y) = Q(relu(y))`` (it maps negative values to level 0), which the ReLU leaves as
+   it is, so T's readers read ``Q(relu(y))``;
+3. P is not a layer kept at full precision (``excluded``); nor, when no layer of ``readers`` reads T, a
+   batch norm fed by one (with readers, their input quantization only moves to P); and
+4. every node that reads T is a residual add of (1), or belongs to a layer of ``readers`` whose only
+   input is T (so no full-precision layer and no other op is made to read a quantized value). A
+   convolution's or batch norm's own output that goes into a residual add needs only (1)-(3), as before
+   this rule covered more: its other readers then read the quantized value.
+
+P then gets an output quantizer (unsigned where T is provably non-negative, e.g. after a ReLU), and
+the layers of (4) that read T take that quantizer as their input quantizer instead of quantizing T a
+second time (see ``quant.prepare.share_input_quantizer``), so that every reader of T, the add included,
+reads the same quantized tensor.
+
+Not covered: a tensor computed in the root module's own forward other than the ReLU of a module's output
+(``relu(x + y)`` or ``torch.sigmoid(y)`` there), which is no module's output, nor a tensor that is only one of
+several outputs of a module, nor one read by anything but residual adds and quantized layers; these stay
+as before (the layers reading them quantize them, the add reads the float value).
 """
 
 from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
 
 from geta.graph.capture import module_path
+from geta.graph.nonnegative import layer_inputs, nonnegative_nodes
 
 aten = torch.ops.aten
 
 _RESIDUAL_OPS = {aten.add, aten.add_, aten.sub, aten.sub_}
+_RELUS = {aten.relu, aten.relu_}
 RESIDUAL_KINDS = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
 
 
-def residual_sources(graph: fx.Graph, model: nn.Module, excluded: set[str]) -> list[str]:
-    """Names of the modules of ``model`` whose output is an operand of a residual add in ``graph``, in
-    module order; ``excluded`` names layers kept at full precision (see the module docstring)."""
+@dataclass(frozen=True)
+class Source:
+    """A module whose output gets a quantizer: its ``name``, the layers (``readers``) whose only input is
+    that output and that take the quantizer as their input quantizer, and whether the output is provably
+    non-negative (``unsigned``: the quantizer is then unsigned)."""
+
+    name: str
+    readers: tuple[str, ...] = ()
+    unsigned: bool = False
+
+
+def residual_sources(
+    program: torch.export.ExportedProgram, model: nn.Module, excluded: set[str], readers: Iterable[str] = (),
+) -> list[Source]:
+    """The sources of the captured ``program`` of ``model`` (see the module docstring), in module order.
+
+    ``excluded`` names the layers kept at full precision, ``readers`` the layers that get input quantizers."""
+    graph = program.graph
     modules = dict(model.named_modules())
-    found: set[str] = set()
+    signature = program.graph_signature
+    state = set(signature.inputs_to_parameters) | set(signature.inputs_to_buffers)
+    state |= set(signature.inputs_to_lifted_tensor_constants)
+    calls = _calls(graph)
+    read_by: dict[fx.Node, list[str]] = defaultdict(list)
+    for name in readers:
+        inputs = layer_inputs(graph, name, state)
+        if len(inputs) == 1 and calls.get(name) == 1:
+            read_by[inputs[0]].append(name)
+    adds: dict[fx.Node, list[fx.Node]] = defaultdict(list)
     for node in graph.nodes:
-        if node.op != "call_function" or getattr(node.target, "overloadpacket", None) not in _RESIDUAL_OPS:
+        if node.op == "call_function" and getattr(node.target, "overloadpacket", None) in _RESIDUAL_OPS:
+            operands = [arg for arg in node.args[:2] if isinstance(arg, fx.Node)]
+            if len(operands) == 2 and _same_shape(*operands):
+                for operand in operands:
+                    adds[operand].append(node)
+    candidates = list(adds) + [node for node, names in read_by.items() if len(names) > 1 and node not in adds]
+    nonnegative = nonnegative_nodes(graph) if candidates else set()
+    found: dict[str, Source] = {}
+    for tensor in candidates:
+        output, through_relu = tensor, False
+        path = _module_output(graph, tensor, modules, calls)
+        if path is None and (relu := _relu_input(tensor)) is not None:
+            output, through_relu = relu, True
+            path = _module_output(graph, relu, modules, calls)
+        if path is None or path in found or path in excluded:
             continue
-        operands = [arg for arg in node.args[:2] if isinstance(arg, fx.Node)]
-        if len(operands) != 2 or not _same_shape(*operands):
-            continue
-        scope = _scopes(node)
-        for operand in operands:
-            path = _innermost(operand)
-            if path is None or path in scope or path in excluded:
-                continue
-            module = modules.get(path)
-            if isinstance(module, RESIDUAL_KINDS) and not _fed_by(operand, path, excluded):
-                found.add(path)
-    return [name for name in modules if name in found]
+        names = read_by.get(tensor, [])
+        if not names and _fed_by(output, path, excluded):
+            continue  # (3); with readers, their input quantization only moves to the source
+        allowed = set(adds.get(tensor, []))
+        only_adds_and_readers = all(user in allowed or any(name in _scopes(user) for name in names)
+                                    for user in tensor.users)
+        old_rule = not through_relu and isinstance(modules[path], RESIDUAL_KINDS) and tensor in adds
+        if not only_adds_and_readers and not old_rule:
+            continue  # (4); a conv's or batch norm's add operand needs only (1)-(3)
+        found[path] = Source(path, tuple(names), through_relu or tensor in nonnegative)
+    return [found[name] for name in modules if name in found]
+
+
+def _module_output(
+    graph: fx.Graph, tensor: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int]
+) -> str | None:
+    """The module (not the root) called once whose one output is ``tensor``, or None (condition 2)."""
+    path = _innermost(tensor)
+    if not path or calls.get(path) != 1 or path not in modules:
+        return None
+    if any(path in _scopes(user) for user in tensor.users) or _outputs(graph, path) != [tensor]:
+        return None
+    return path
+
+
+def _relu_input(tensor: fx.Node) -> fx.Node | None:
+    """For ``tensor = relu(y)`` with ``y`` read by that ReLU alone, ``y``; else None.
+
+    Where ``tensor`` is no module's output (a functional ReLU in a parent's forward) but ``y`` is, an unsigned
+    quantizer on ``y`` outputs ``Q(y) = Q(relu(y))`` (it maps negative values to level 0), which the ReLU then
+    leaves as it is: every reader of ``tensor`` reads ``Q(relu(y))``, as if the ReLU's output were quantized."""
+    if tensor.op != "call_function" or getattr(tensor.target, "overloadpacket", None) not in _RELUS:
+        return None
+    inputs = tensor.all_input_nodes
+    return inputs[0] if len(inputs) == 1 and list(inputs[0].users) == [tensor] else None
+
+
+def _calls(graph: fx.Graph) -> dict[str, int]:
+    """How many times each module is called in ``graph`` (its distinct ``nn_module_stack`` keys)."""
+    keys: dict[str, set[str]] = defaultdict(set)
+    for node in graph.nodes:
+        for key, entry in (node.meta.get("nn_module_stack") or {}).items():
+            keys[module_path(entry)].add(key)
+    return {path: len(found) for path, found in keys.items()}
+
+
+def _outputs(graph: fx.Graph, path: str) -> list[fx.Node]:
+    """The nodes computed in module ``path``'s scope that something outside it reads (its outputs)."""
+    return [node for node in graph.nodes if path in _scopes(node)
+            and any(path not in _scopes(user) for user in node.users)]
 
 
 def _same_shape(a: fx.Node, b: fx.Node) -> bool:

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from geta.core.inputs import ExampleInputs
 from geta.core.modes import eval_mode
 from geta.errors import GetaError, error_summary
+from geta.graph.capture import passed_through
 from geta.pruning.groups import SearchSpace
 from geta.pruning.subnet import construct_subnet
 from geta.quant.prepare import activation_quantizers
@@ -79,7 +80,7 @@ def verify_space(model: nn.Module, inputs: ExampleInputs, space: SearchSpace, se
     # cannot change what they do: the probe passes them through (and is spared their arithmetic, most of a
     # quantization-aware forward pass); per-channel ones are cut with their channels and stay
     per_tensor = [m for m in model.modules() if isinstance(m, Quantizer) and m.axis is None]
-    with _zero_tensors_filled(model, seed), _passed_through(per_tensor):
+    with _zero_tensors_filled(model, seed), passed_through(per_tensor):
         while pending:
             removed = _sample(space, [members[f] for f in pending], generator)
             reason = probe.failure(removed)
@@ -165,20 +166,8 @@ def output_difference(expected: object, actual: object) -> float | None:
 @contextlib.contextmanager
 def activations_unquantized(model: nn.Module) -> Iterator[None]:
     """Pass every activation quantizer (input and output) of ``model`` through for the block."""
-    with _passed_through(activation_quantizers(model)):
+    with passed_through(activation_quantizers(model)):
         yield
-
-
-@contextlib.contextmanager
-def _passed_through(quantizers: list[Quantizer]) -> Iterator[None]:
-    previous = [q.passed_through for q in quantizers]
-    for quantizer in quantizers:
-        quantizer.passed_through = True
-    try:
-        yield
-    finally:
-        for quantizer, before in zip(quantizers, previous):
-            quantizer.passed_through = before
 
 
 class _Probe:

@@ -1,8 +1,9 @@
 """Make a model quantization-aware: weight quantizers attached to every registered layer's weights
 (as ``torch.nn.utils.parametrize`` parametrizations) and, optionally, input quantizers run by a
 forward pre-hook and output quantizers (on the tensors that go into residual adds, see
-``graph/residual.py``) run by a forward hook. Layers are found by class (see ``layers.py``) and keyed
-by module identity.
+``graph/residual.py``) run by a forward hook. A layer whose only input is such a quantized output takes
+that output quantizer as its input quantizer (:func:`share_input_quantizer`): every reader of the tensor
+reads it quantized once. Layers are found by class (see ``layers.py``) and keyed by module identity.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from geta.quant.quantizer import Exponent, Quantizer
 
 INPUT_QUANTIZER = "geta_input_quantizer"
 OUTPUT_QUANTIZER = "geta_output_quantizer"
+# a layer attribute: the module whose output quantizer is the layer's input quantizer (its input arrives
+# quantized, so its pre-hook passes it through); a plain string, saved with the module's attributes
+INPUT_QUANTIZED_BY = "geta_input_quantized_by"
 FIRST = "<first>"
 LAST = "<last>"
 
@@ -136,16 +140,18 @@ def attach_input_quantizers(
 
 
 def attach_output_quantizers(
-    modules: Iterable[nn.Module], bits: int, exponent: Exponent = "learned"
+    modules: Iterable[nn.Module], bits: int, exponent: Exponent = "learned", unsigned: Iterable[nn.Module] = ()
 ) -> list[Quantizer]:
-    """Give each of ``modules`` a signed quantizer on its output, run by a forward hook; returns them in order.
+    """Give each of ``modules`` a quantizer on its output, run by a forward hook; returns them in order. The
+    quantizers are signed, except those of the modules in ``unsigned`` (outputs known to be non-negative).
 
-    A module's output must be one floating tensor (a convolution's, a batch norm's); any other output
-    passes through unchanged."""
+    A module's output must be one floating tensor (a convolution's, a batch norm's, a block's); any other
+    output passes through unchanged."""
     quantizers = []
+    nonnegative = {id(module) for module in unsigned}
     for module in modules:
         device = next(iter(module.parameters()), next(iter(module.buffers()), None))
-        quantizer = Quantizer(bits, signed=True, exponent=exponent)
+        quantizer = Quantizer(bits, signed=id(module) not in nonnegative, exponent=exponent)
         if device is not None:
             quantizer = quantizer.to(device.device)
         module.add_module(OUTPUT_QUANTIZER, quantizer)
@@ -154,15 +160,26 @@ def attach_output_quantizers(
     return quantizers
 
 
+def share_input_quantizer(layer: QuantizableLayer, quantizer: Quantizer, producer: str) -> None:
+    """Make ``quantizer``, the output quantizer of module ``producer`` whose output is ``layer``'s only input,
+    the layer's input quantizer: the same module (so bits, calibration, QASSO's projection and the report see
+    one quantizer), which the layer's pre-hook no longer applies, since its input arrives quantized by it."""
+    layer.module.add_module(INPUT_QUANTIZER, quantizer)
+    setattr(layer.module, INPUT_QUANTIZED_BY, producer)
+    layer.input_quantizer = quantizer
+
+
 def activation_quantizers(model: nn.Module) -> list[Quantizer]:
-    """Every input and output quantizer of ``model`` (geta's activation quantizers), in module order."""
+    """Every input and output quantizer of ``model`` (geta's activation quantizers), in module order, each
+    once (a shared input quantizer is its producer's output quantizer)."""
     found = (getattr(module, name, None) for module in model.modules() for name in (INPUT_QUANTIZER, OUTPUT_QUANTIZER))
-    return [quantizer for quantizer in found if isinstance(quantizer, Quantizer)]
+    return list({id(q): q for q in found if isinstance(q, Quantizer)}.values())
 
 
 def remove_input_quantizer(layer: QuantizableLayer, reason: str) -> None:
     """Take a layer's input quantizer out again (its pre-hook then passes inputs through)."""
     delattr(layer.module, INPUT_QUANTIZER)
+    layer.module.__dict__.pop(INPUT_QUANTIZED_BY, None)
     layer.input_quantizer = None
     layer.full_precision_reason = reason
 
@@ -197,8 +214,8 @@ def foreign_parametrization(layer: QuantizableLayer) -> bool:
 
 def _quantize_inputs(module: nn.Module, args: tuple, kwargs: dict, positions: tuple[int | str, ...]):
     quantizer = getattr(module, INPUT_QUANTIZER, None)
-    if quantizer is None:
-        return None
+    if quantizer is None or getattr(module, INPUT_QUANTIZED_BY, None) is not None:
+        return None  # no input quantizer, or one that ran where the input was computed
     done: dict[int, Tensor] = {}
 
     def apply(value: object) -> object:
