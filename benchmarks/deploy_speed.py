@@ -43,7 +43,9 @@ counts the convolutions, gemms and matmuls that stayed float.
 ``--skip`` (layers geta keeps at full precision; the recipes keep the first and the last) and
 ``--round-to N`` (QASSO removes groups in chunks so that widths that are multiples of N stay so;
 onnxruntime's blocked NCHWc float convolutions need channel counts that are multiples of 8 or 16) change
-the compression; by default both are the recipes'.
+the compression; by default both are the recipes'. ``--act-bits LO HI`` sets the CNNs' activation range:
+codes of fewer than 8 bits sit in UINT8 containers behind a Clip on the codes (onnxruntime runs it as a
+separate pass), and at ``8 8`` every unsigned activation uses the whole container, as the PTQ's do.
 
 Targets, on each CNN: geta's quantized artifact at least 1.4x faster than the float compact model and at
 least as fast as onnxruntime's int8 PTQ (judged at batch 1 and at ``--batch``, both printed), with its
@@ -223,6 +225,9 @@ def _parser() -> argparse.ArgumentParser:
                              "every layer (default: each recipe's, first and last)")
     parser.add_argument("--round-to", type=int, default=1, help="QASSO removes groups in whole chunks so that widths "
                         "that are multiples of N stay so (1: any width, as geta compress does)")
+    parser.add_argument("--act-bits", type=int, nargs=2, default=None, metavar=("LO", "HI"),
+                        help="CNNs: activation bit range (default: each recipe's); 8 8 puts every activation on the "
+                             "whole UINT8 range, as onnxruntime's PTQ does, so no code Clip is left between Q and DQ")
     parser.add_argument("--no-quantize-residuals", dest="quantize_residuals", action="store_false",
                         help="CNNs: leave the conv outputs that go into residual adds float")
     parser.add_argument("--seed", type=int, default=0)
@@ -285,7 +290,8 @@ def _plans(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[st
             epochs, dense_epochs, limit = args.text_epochs, args.text_dense_epochs, args.text_limit_batches
         settings = Settings(epochs=epochs, dense_epochs=dense_epochs, limit_batches=limit, sparsity=args.sparsity,
                             seed=args.seed, qasso={"round_to": args.round_to} if args.round_to != 1 else {},
-                            skip=None if args.skip is None else tuple(args.skip))
+                            skip=None if args.skip is None else tuple(args.skip),
+                            act_bits=tuple(args.act_bits) if args.act_bits and name in CNNS else None)
         try:
             check_run(recipe, settings)
         except GetaError as error:
