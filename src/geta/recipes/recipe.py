@@ -29,7 +29,8 @@ class Recipe:
     ``skip``: layers kept at full precision (``geta.FIRST`` / ``geta.LAST``, names, globs).
     ``exponent``: the quantizers' t mode (``"fixed"`` where the artifact is meant for integer runtimes,
     which need uniform levels; see :class:`geta.GETA`). ``quantize_residuals``: also quantize the conv
-    outputs that go into residual adds, so that onnxruntime runs those convs with integer kernels too.
+    outputs that go into residual adds and the residual stream once where it is produced, so that
+    onnxruntime runs those convs and the adds with integer kernels too (``geta.graph.residual``).
     ``threads``: CPU threads ``geta compress`` gives torch (None: torch's default); a small model's
     tensors are too small for several threads to pay off.
     ``check_data()`` and ``build_model()`` let ``geta compress`` check a run before it loads the data
