@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from bisect import bisect_left
 from itertools import islice
 
 import torch
@@ -76,7 +76,7 @@ def prune_then_ptq(dense: DenseModel, *, display: Display | None = None) -> list
     for bits in PTQ_BITS:
         if budget is None:
             counts[bits] = round(settings.sparsity * len(space))
-        elif (count := budget_count(dense, g, order, bits, budget)) is not None:
+        elif (count := budget_count(dense, g, order, config.round_to, bits, budget)) is not None:
             counts[bits] = count
         else:
             display.message(f"prune-then-ptq at {bits} bits: no removal meets {budget[0]}={budget[1]:g}; left out")
@@ -114,14 +114,14 @@ def prune_then_ptq(dense: DenseModel, *, display: Display | None = None) -> list
     return results
 
 
-def budget_count(dense: DenseModel, g: geta.GETA, order: torch.Tensor, bits: int,
+def budget_count(dense: DenseModel, g: geta.GETA, order: torch.Tensor, round_to: int, bits: int,
                  budget: tuple[str, float]) -> int | None:
     """The fewest groups, taken in ``order`` as :meth:`SearchSpace.select` takes them, whose compact model
     quantized at uniform ``bits`` (as :func:`prune_then_ptq` quantizes it) costs at most ``budget``
     (``("target_rel_bops", R)`` against the dense model's BOPs, or ``("target_size_bytes", S)`` of the
     report's size); None when even the most removable groups do not get there. The cost falls as the
-    count grows, so both searches are binary: first the most groups ``select`` can take, then the count."""
-    space, round_to = g.groups, dense.settings.qasso_config(dense.method_steps).round_to
+    count grows, so both searches are bisections: first the most groups ``select`` can take, then the count."""
+    space = g.groups
     name, value = budget
 
     def selectable(count: int) -> bool:
@@ -138,23 +138,9 @@ def budget_count(dense: DenseModel, g: geta.GETA, order: torch.Tensor, bits: int
         cost = report.bops / dense.cost.bops if name == "target_rel_bops" else report.size_bytes
         return cost <= value * (1 - 1e-9)
 
-    most = _last_true(selectable, 0, len(space))
-    if not fits(most):
-        return None
-    low, high = -1, most  # fits(high) holds, fits(low) does not (or low is below every count)
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if fits(middle) else (middle, high)
-    return high
-
-
-def _last_true(predicate: Callable[[int], bool], low: int, high: int) -> int:
-    """The largest n in [low, high] with ``predicate(n)``, for a predicate true up to some n and false
-    after it (``predicate(low)`` holds)."""
-    while low < high:
-        middle = (low + high + 1) // 2
-        low, high = (middle, high) if predicate(middle) else (low, middle - 1)
-    return low
+    most = bisect_left(range(len(space) + 1), True, key=lambda count: not selectable(count)) - 1
+    count = bisect_left(range(most + 1), True, key=fits)  # the first count that fits; most + 1 if none does
+    return count if count <= most else None
 
 
 def _quantized(dense: DenseModel, model: nn.Module, bits: int, *, calibrate: bool = True) -> geta.GETA:
