@@ -185,7 +185,7 @@ class GETA:
         removed = self.groups.zero_mask() if self._space is not None else None
         if removed is None or not removed.any():
             return build_report(self.model, self.layers, dense, group_sparsity=self.group_sparsity())
-        compact = construct_subnet(self.model, self.groups, removed)
+        compact = construct_subnet(self.model, self.groups, removed, share_unchanged=True)
         layers = model_layers(compact, dict(self.unquantized()))
         macs = count_macs(compact, self.example_inputs, layers)
         return build_report(compact, layers, macs, group_sparsity=self.group_sparsity(), dense_macs=dense.total)
@@ -317,7 +317,7 @@ class GETA:
         family = families(self.groups)
         for f in np.unique(family[removed.numpy()]).tolist():
             alone = removed & torch.from_numpy(family == f)
-            compact = construct_subnet(self.model, self.groups, alone)
+            compact = construct_subnet(self.model, self.groups, alone, share_unchanged=True)
             why = check_compact(self.model, compact, self.example_inputs)
             if why is not None:
                 first = self.groups[int(alone.nonzero()[0])]

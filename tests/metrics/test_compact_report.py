@@ -108,9 +108,9 @@ def test_qasso_metrics_count_the_compact_model_only_when_the_zeroed_groups_chang
 ) -> None:
     built: list[Tensor] = []
 
-    def counted(model: nn.Module, space: object, removed: Tensor) -> nn.Module:
+    def counted(model: nn.Module, space: object, removed: Tensor, **options: bool) -> nn.Module:
         built.append(removed.clone())
-        return construct(model, space, removed)
+        return construct(model, space, removed, **options)
 
     construct = report_module.construct_subnet
     monkeypatch.setattr(report_module, "construct_subnet", counted)

@@ -205,7 +205,7 @@ class CompactCost:
         if not removed.any():
             self._macs, self._kept = self.dense, {}
             return
-        compact = construct_subnet(self.model, self.space, removed)
+        compact = construct_subnet(self.model, self.space, removed, share_unchanged=True)
         self._macs = count_macs(compact, self.inputs, model_layers(compact))
         self._kept = _kept_channels(self.space, removed)
 

@@ -822,7 +822,9 @@ class ModelProblem:
     def exact(self, count: int) -> CostModel:
         if count not in self._exact:
             mask = self.removed(count)
-            compact = construct_subnet(self.model, self.space, mask) if bool(mask.any()) else self.model
+            compact = self.model
+            if bool(mask.any()):
+                compact = construct_subnet(self.model, self.space, mask, share_unchanged=True)
             self._exact[count] = self._exact_cost(compact)
         return self._exact[count][0]
 

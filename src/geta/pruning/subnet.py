@@ -15,12 +15,17 @@ from geta.pruning.heads import update_head_attributes
 from geta.pruning.modules import update_widths
 
 
-def construct_subnet(model: nn.Module, space: SearchSpace, removed: Tensor) -> nn.Module:
+def construct_subnet(
+    model: nn.Module, space: SearchSpace, removed: Tensor, *, share_unchanged: bool = False
+) -> nn.Module:
     """A deep copy of ``model`` without the groups selected by bool ``removed``; ``model`` is untouched.
 
     Every tensor slice of every removed group is cut out (all aliases of a tied tensor follow), then
     each module's width attributes are updated from its new tensors. The cut tensors go into the copy
     directly (through ``deepcopy``'s memo), so a tensor that loses positions is copied once, cut.
+    With ``share_unchanged`` the copy holds ``model``'s own parameters and buffers wherever they lose
+    no position, rather than copies: for a compact model that is only run or measured and then dropped
+    (a probe, a cost count), it spares copying them (a vocabulary's embedding, the norms).
     """
     cuts: dict[int, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
     tensors: dict[int, Tensor] = {}
@@ -45,6 +50,9 @@ def construct_subnet(model: nn.Module, space: SearchSpace, removed: Tensor) -> n
                 )
             new = new.index_select(dim, keep.nonzero().flatten().to(new.device))
         memo[key] = nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
+    if share_unchanged:
+        for tensor in [*model.parameters(), *model.buffers()]:
+            memo.setdefault(id(tensor), tensor)
     compact = copy.deepcopy(model, memo)
     for module in compact.modules():
         update_widths(module)

@@ -102,7 +102,7 @@ def _zero_tensors_filled(model: nn.Module, seed: int) -> Iterator[None]:
     saved = []
     with torch.no_grad():
         for parameter in {id(p): p for p in model.parameters()}.values():
-            if parameter.is_floating_point() and parameter.numel() > 1 and not parameter.any():
+            if parameter.is_floating_point() and parameter.numel() > 1 and _all_zero(parameter):
                 fan_in = parameter[0].numel() if parameter.dim() > 1 else parameter.numel()
                 noise = torch.randn(parameter.shape, generator=generator) / fan_in**0.5
                 saved.append(parameter)
@@ -112,6 +112,13 @@ def _zero_tensors_filled(model: nn.Module, seed: int) -> Iterator[None]:
         finally:
             for parameter in saved:
                 parameter.zero_()
+
+
+def _all_zero(tensor: Tensor) -> bool:
+    """Whether every value of ``tensor`` is zero; its first row (a view) is looked at first, since a
+    trained or randomly initialized tensor shows a nonzero there and is spared a whole scan."""
+    first_row = tensor[(0,) * (tensor.dim() - 1)]
+    return not bool(first_row.any()) and not bool(tensor.any())
 
 
 def probe_reason(reason: str) -> str:
@@ -182,7 +189,7 @@ class _Probe:
             try:
                 self.space.zero_(removed)
                 try:
-                    compact = construct_subnet(self.model, self.space, removed)
+                    compact = construct_subnet(self.model, self.space, removed, share_unchanged=True)
                 except Exception as error:  # a construction that fails is what the probe looks for
                     return f"the compact model cannot be built: {error_summary(error)}"
                 return check_compact(self.model, compact, self.inputs)
