@@ -40,12 +40,14 @@ integer ops are counted in the graph onnxruntime optimizes each file into (writt
 MatMulIntegerToFloat, ConvInteger, QLinearAdd and the other QLinear* / integer kernels; ``float ops``
 counts the convolutions, gemms and matmuls that stayed float.
 
-``--skip`` (layers geta keeps at full precision; the recipes keep the first and the last) and
-``--round-to N`` (QASSO removes groups in chunks so that widths that are multiples of N stay so;
-onnxruntime's blocked NCHWc float convolutions need channel counts that are multiples of 8 or 16) change
-the compression; by default both are the recipes'. ``--act-bits LO HI`` sets the CNNs' activation range:
-codes of fewer than 8 bits sit in UINT8 containers behind a Clip on the codes (onnxruntime runs it as a
-separate pass), and at ``8 8`` every unsigned activation uses the whole container, as the PTQ's do.
+The CNN variants also quantize every layer (``skip=()``, as the PTQ does; the recipes keep the first and
+the last at full precision, which leaves those convolutions float) and put activations at 8 bits
+(``act_bits=(8, 8)``): codes of fewer than 8 bits sit in UINT8 containers behind a Clip on the codes
+(onnxruntime runs it as a separate pass) and buy no speed, while at 8 bits every unsigned activation uses
+the whole container, as the PTQ's do. ``--skip`` (layers geta keeps at full precision) and ``--act-bits
+LO HI`` override these (``--skip first last --act-bits 4 8`` is the recipes' setting), and ``--round-to
+N`` (QASSO removes groups in chunks so that widths that are multiples of N stay so; onnxruntime's blocked
+NCHWc float convolutions need channel counts that are multiples of 8 or 16) changes the compression.
 
 Targets, on each CNN: geta's quantized artifact at least 1.4x faster than the float compact model and at
 least as fast as onnxruntime's int8 PTQ (judged at batch 1 and at ``--batch``, both printed), with its
@@ -117,6 +119,9 @@ DENSE, FLOAT_COMPACT, GETA_QUANTIZED, ORT_PTQ = "dense float", "float compact", 
 ARTIFACTS = (DENSE, FLOAT_COMPACT, GETA_QUANTIZED, ORT_PTQ)
 FILES = {DENSE: "dense", FLOAT_COMPACT: "float-compact", GETA_QUANTIZED: "geta", ORT_PTQ: "ort-ptq"}
 SPEEDUP_TARGET = 1.4  # geta quantized vs float compact, CNNs
+# the CNN variants' activations: onnxruntime's integer kernels read UINT8 codes, so codes of fewer bits buy
+# no speed and cost a Clip each (ResNet20 at 4-8 bits: 1.48x / 1.85x the float compact model, at 8: 1.73x / 2.03x)
+DEPLOY_ACT_BITS = (8, 8)
 # onnxruntime kernels that compute on integer codes (ONNX and com.microsoft domains)
 INTEGER_OPS = frozenset({
     "QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "ConvInteger",
@@ -222,12 +227,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="fraction of groups removed (default: each recipe's)")
     parser.add_argument("--skip", nargs="*", default=None, metavar="LAYER",
                         help="layers geta keeps at full precision: first, last, names or globs; none given quantizes "
-                             "every layer (default: each recipe's, first and last)")
+                             "every layer (default: none for the CNNs, as the PTQ quantizes every layer; MiniLM's "
+                             "recipe's, first and last)")
     parser.add_argument("--round-to", type=int, default=1, help="QASSO removes groups in whole chunks so that widths "
                         "that are multiples of N stay so (1: any width, as geta compress does)")
     parser.add_argument("--act-bits", type=int, nargs=2, default=None, metavar=("LO", "HI"),
-                        help="CNNs: activation bit range (default: each recipe's); 8 8 puts every activation on the "
-                             "whole UINT8 range, as onnxruntime's PTQ does, so no code Clip is left between Q and DQ")
+                        help="CNNs: activation bit range (default: 8 8, every activation on the whole UINT8 range "
+                             "as onnxruntime's PTQ has it, so no code Clip is left between Q and DQ; 4 8 is the "
+                             "recipes')")
     parser.add_argument("--no-quantize-residuals", dest="quantize_residuals", action="store_false",
                         help="CNNs: leave the conv outputs that go into residual adds float")
     parser.add_argument("--seed", type=int, default=0)
@@ -284,7 +291,7 @@ def _plans(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[st
         recipe = get_recipe(RECIPES[name])
         if name in CNNS:
             recipe = replace(recipe, quantize="weights+activations", exponent="fixed",
-                             quantize_residuals=args.quantize_residuals)
+                             quantize_residuals=args.quantize_residuals, act_bits=DEPLOY_ACT_BITS, skip=())
             epochs, dense_epochs, limit = args.epochs, args.dense_epochs, args.limit_batches
         else:
             epochs, dense_epochs, limit = args.text_epochs, args.text_dense_epochs, args.text_limit_batches
@@ -332,7 +339,8 @@ def _artifacts(name: str, dense: DenseModel, result: RunResult, folder: Path, ar
              for batch in dict.fromkeys((1, args.batch))}
     recipe = dense.recipe
     variant = {"quantize": recipe.quantize, "exponent": recipe.exponent,
-               "quantize_residuals": recipe.quantize_residuals, "skip": list(dense.settings.skip)}
+               "quantize_residuals": recipe.quantize_residuals, "skip": list(dense.settings.skip),
+               "act_bits": list(dense.settings.act_bits)}
     return Measured(name, recipe.name, result, n_eval, torch_accuracy(dense.model, test_inputs, test_y),
                     torch_accuracy(compact, test_inputs, test_y), artifacts, feeds, variant)
 
@@ -474,7 +482,8 @@ def _verdicts(measured: list[Measured], batch: int, tolerance: float) -> list[st
         r, a = entry.result, entry.artifacts
         lines.append(
             f"{entry.model} ({entry.recipe}): {r.settings['quantize']}, exponent {entry.variant['exponent']}, "
-            f"quantize_residuals={entry.variant['quantize_residuals']}, group sparsity {r.group_sparsity:.1%}, "
+            f"quantize_residuals={entry.variant['quantize_residuals']}, act bits {entry.variant['act_bits']}, "
+            f"skip {entry.variant['skip']}, group sparsity {r.group_sparsity:.1%}, "
             f"rel. BOPs {r.rel_bops:.2%}, MACs {r.macs / r.macs_dense:.1%} of dense; accuracy on {entry.eval_examples} "
             f"test examples: torch dense {entry.torch_dense_accuracy:.4f}, torch geta QAT "
             f"{entry.torch_compact_accuracy:.4f} (whole test split {r.accuracy:.4f}); "

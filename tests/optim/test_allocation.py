@@ -19,6 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 import geta
 from geta.errors import ConfigError
+from geta.metrics.cost import count_macs
+from geta.metrics.report import model_layers
 from geta.optim.allocation import (
     MAX_EXACT_CHECKS,
     WINDOW,
@@ -29,6 +31,7 @@ from geta.optim.allocation import (
     fit_bits,
 )
 from geta.optim.qasso import QASSO
+from geta.pruning.subnet import construct_subnet
 from geta.quant.kernel import set_fused_kernel
 
 MAX_BITS = 32
@@ -453,3 +456,48 @@ def test_ranks_plan_the_same_budget(tmp_path: Path) -> None:
     for key in first["state"]:
         assert torch.equal(first["state"][key], second["state"][key]), key
 
+
+
+class _SharedStream(nn.Module):
+    """A stem and a block whose input is read by its add and two convs of their own widths (concatenated, then
+    mixed): with ``quantize_residuals`` the stem's output gets one quantizer that both convs read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.wide, self.narrow = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 6, 1)
+        self.mix = nn.Conv2d(14, 8, 1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.stem(x)
+        y = torch.relu(h + self.mix(torch.relu(torch.cat([self.wide(h), self.narrow(h)], 1))))
+        return self.head(y.mean((2, 3)))
+
+
+def test_a_shared_stream_quantizer_weighs_the_kept_macs_of_all_its_readers() -> None:
+    """The rounding noise of a quantizer that several layers read reaches each of them: its estimated loss at a
+    count is its loss with nothing removed times its readers' kept MAC fractions, weighted by their dense MACs."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8)
+    g = geta.GETA(_SharedStream(), x, quantize="weights+activations", exponent="fixed", quantize_residuals=True)
+    shared = g.output_quantizers["stem"]
+    readers = [layer for layer in g.layers if layer.input_quantizer is shared]
+    assert sorted(layer.name for layer in readers) == ["narrow", "wide"]
+    opt = g.qasso(lr=0.05, total_steps=40, target_rel_bops=0.05)
+    _train(g, opt, _data((4, 3, 8, 8), 5))
+    order = torch.randperm(len(g.groups), generator=torch.Generator().manual_seed(1))
+    problem = _problem(g, opt, order, "rel_bops")
+    var = problem.var_of[id(shared)]
+    dense = opt._layer_macs().per_layer
+    full = problem.candidate(0).bit_loss[var]
+    assert full[4:9].max() > 0
+    seen = set()
+    for count in range(1, problem.counts()[1] + 1):
+        compact = construct_subnet(g.model, g.groups, problem.removed(count))
+        macs = count_macs(compact, g.example_inputs, model_layers(compact)).per_layer
+        kept = {layer.name: macs[layer.name] / dense[layer.name] for layer in readers}
+        weighted = sum(dense[n] * k for n, k in kept.items()) / sum(dense[n] for n in kept)
+        np.testing.assert_allclose(problem.candidate(count).bit_loss[var][4:9], full[4:9] * weighted, rtol=1e-9)
+        seen.add(round(kept["wide"] - kept["narrow"], 6))
+    assert len(seen) > 1, "the readers' kept fractions differ at some count"

@@ -34,7 +34,9 @@ Sensitivities: one currency, the estimated loss increase (diagonal Fisher, secon
                                               current q_m and t with step d(b), ``quant.functional``)
         activation quantizer at b bits        1/2 A d(b)^2 / 12 (uniform rounding noise of step d(b)), times
                                               the layer's kept fraction of MACs (fewer inputs carry noise,
-                                              fewer outputs receive it)
+                                              fewer outputs receive it; a quantizer that several layers read,
+                                              a residual stream's, takes their fractions weighted by their
+                                              dense MACs)
 
     F and A are squared gradients of the training loss as given (the batch mean) alike, so they share a
     scale. Under a ``GradScaler`` the activation sums are unscaled by the scale measured on the quantizers'
@@ -696,8 +698,17 @@ class ModelProblem:
             weights = layer.weights()
             total = sum(w.numel() for w in weights) or 1
             self._layer_dims.append([(w.numel() / total, self._cut_dims(w)) for w in weights])
-        self._act_layer = {self.var_of[id(layer.input_quantizer)]: i for i, layer in enumerate(self.layers)
-                           if layer.input_quantizer is not None and id(layer.input_quantizer) in self.var_of}
+        # per activation variable: its readers (a residual stream's shared quantizer has several) and their
+        # shares of its dense MACs, which weigh their kept fractions
+        readers: dict[int, list[int]] = {}
+        for i, layer in enumerate(self.layers):
+            if layer.input_quantizer is not None and id(layer.input_quantizer) in self.var_of:
+                readers.setdefault(self.var_of[id(layer.input_quantizer)], []).append(i)
+        self._act_readers: dict[int, tuple[Ints, Floats]] = {}
+        for var, indices in readers.items():
+            macs = np.array([self.dense.per_layer.get(self.layers[i].name, 0.0) for i in indices], dtype=np.float64)
+            share = macs / macs.sum() if macs.sum() > 0 else np.full(len(indices), 1 / len(indices))
+            self._act_readers[var] = (np.array(indices, dtype=np.int64), share)
         if self.kind == "rel_bops":
             first, second, scale = [], [], []
             for layer in self.layers:
@@ -782,9 +793,9 @@ class ModelProblem:
         table = self._base_loss.copy()
         table -= weight_removed
         np.maximum(table, 0.0, out=table)
-        for var, layer in self._act_layer.items():
+        for var, (indices, share) in self._act_readers.items():
             span = slice(int(self.low[var]), int(self.high[var]) + 1)
-            table[var, span] = self._base_loss[var, span] * layer_kept[layer]
+            table[var, span] = self._base_loss[var, span] * float(share @ layer_kept[indices])
         if self.kind == "rel_bops":
             cost = CostModel(self._other_macs(removed) * FULL_PRECISION_BITS**2, self._scale * layer_kept,
                              self._first, self._second)
