@@ -40,14 +40,14 @@ integer ops are counted in the graph onnxruntime optimizes each file into (writt
 MatMulIntegerToFloat, ConvInteger, QLinearAdd and the other QLinear* / integer kernels; ``float ops``
 counts the convolutions, gemms and matmuls that stayed float.
 
-The CNN variants also quantize every layer (``skip=()``, as the PTQ does; the recipes keep the first and
-the last at full precision, which leaves those convolutions float) and put activations at 8 bits
-(``act_bits=(8, 8)``): codes of fewer than 8 bits sit in UINT8 containers behind a Clip on the codes
-(onnxruntime runs it as a separate pass) and buy no speed, while at 8 bits every unsigned activation uses
-the whole container, as the PTQ's do. ``--skip`` (layers geta keeps at full precision) and ``--act-bits
-LO HI`` override these (``--skip first last --act-bits 4 8`` is the recipes' setting), and ``--round-to
-N`` (QASSO removes groups in chunks so that widths that are multiples of N stay so; onnxruntime's blocked
-NCHWc float convolutions need channel counts that are multiples of 8 or 16) changes the compression.
+The CNN variants also put activations at 8 bits (``act_bits=(8, 8)``; the recipes' range is 4-8): codes
+of fewer than 8 bits sit in UINT8 containers behind a Clip on the codes (onnxruntime runs it as a separate
+pass) and buy no speed, while at 8 bits every unsigned activation uses the whole container, as the PTQ's
+do. ``--act-bits LO HI`` overrides it. ``--skip`` (layers geta keeps at full precision; by default the
+recipes', the first and the last; with no names every layer is quantized, as the PTQ quantizes them) and
+``--round-to N`` (QASSO removes groups in chunks so that widths that are multiples of N stay so;
+onnxruntime's blocked NCHWc float convolutions need channel counts that are multiples of 8 or 16) change
+the compression.
 
 Targets, on each CNN: geta's quantized artifact at least 1.4x faster than the float compact model and at
 least as fast as onnxruntime's int8 PTQ (judged at batch 1 and at ``--batch``, both printed), with its
@@ -227,8 +227,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="fraction of groups removed (default: each recipe's)")
     parser.add_argument("--skip", nargs="*", default=None, metavar="LAYER",
                         help="layers geta keeps at full precision: first, last, names or globs; none given quantizes "
-                             "every layer (default: none for the CNNs, as the PTQ quantizes every layer; MiniLM's "
-                             "recipe's, first and last)")
+                             "every layer, as the PTQ does (default: each recipe's, first and last)")
     parser.add_argument("--round-to", type=int, default=1, help="QASSO removes groups in whole chunks so that widths "
                         "that are multiples of N stay so (1: any width, as geta compress does)")
     parser.add_argument("--act-bits", type=int, nargs=2, default=None, metavar=("LO", "HI"),
@@ -291,7 +290,7 @@ def _plans(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[st
         recipe = get_recipe(RECIPES[name])
         if name in CNNS:
             recipe = replace(recipe, quantize="weights+activations", exponent="fixed",
-                             quantize_residuals=args.quantize_residuals, act_bits=DEPLOY_ACT_BITS, skip=())
+                             quantize_residuals=args.quantize_residuals, act_bits=DEPLOY_ACT_BITS)
             epochs, dense_epochs, limit = args.epochs, args.dense_epochs, args.limit_batches
         else:
             epochs, dense_epochs, limit = args.text_epochs, args.text_dense_epochs, args.text_limit_batches
