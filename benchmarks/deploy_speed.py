@@ -43,11 +43,14 @@ counts the convolutions, gemms and matmuls that stayed float.
 The CNN variants also put activations at 8 bits (``act_bits=(8, 8)``; the recipes' range is 4-8): codes
 of fewer than 8 bits sit in UINT8 containers behind a Clip on the codes (onnxruntime runs it as a separate
 pass) and buy no speed, while at 8 bits every unsigned activation uses the whole container, as the PTQ's
-do. ``--act-bits LO HI`` overrides it. ``--skip`` (layers geta keeps at full precision; by default the
-recipes', the first and the last; with no names every layer is quantized, as the PTQ quantizes them) and
-``--round-to N`` (QASSO removes groups in chunks so that widths that are multiples of N stay so;
-onnxruntime's blocked NCHWc float convolutions need channel counts that are multiples of 8 or 16) change
-the compression.
+do. ``--act-bits LO HI`` overrides it. They keep only the first layer at full precision (the recipes keep
+the first and the last): an integer conv gains nothing on a 1-channel image and pays a QuantizeLinear of it,
+while a last layer at full precision leaves the conv before it float as well, since that conv's output then
+feeds no quantizer. ``--skip`` (layers geta keeps at full precision, for the CNNs and MiniLM alike; with no
+names every layer is quantized, as the PTQ quantizes them; ``--skip first last --act-bits 4 8`` is the
+recipes' setting) and ``--round-to N`` (QASSO removes groups in chunks so that widths that are multiples of
+N stay so; onnxruntime's blocked NCHWc float convolutions need channel counts that are multiples of 8 or 16)
+change the compression.
 
 Targets, on each CNN: geta's quantized artifact at least 1.4x faster than the float compact model and at
 least as fast as onnxruntime's int8 PTQ (judged at batch 1 and at ``--batch``, both printed), with its
@@ -122,6 +125,10 @@ SPEEDUP_TARGET = 1.4  # geta quantized vs float compact, CNNs
 # the CNN variants' activations: onnxruntime's integer kernels read UINT8 codes, so codes of fewer bits buy
 # no speed and cost a Clip each (ResNet20 at 4-8 bits: 1.48x / 1.85x the float compact model, at 8: 1.73x / 2.03x)
 DEPLOY_ACT_BITS = (8, 8)
+# and their full-precision layers: the first only. Its 1-channel image input gives an integer conv nothing to
+# gain (and a QuantizeLinear to pay), while a last layer at full precision leaves the conv before it float too
+# (its output feeds no quantizer): VGG7 ran 4 of 7 layers as integer kernels with the recipes' (first, last)
+DEPLOY_SKIP = (geta.FIRST,)
 # onnxruntime kernels that compute on integer codes (ONNX and com.microsoft domains)
 INTEGER_OPS = frozenset({
     "QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "ConvInteger",
@@ -227,7 +234,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="fraction of groups removed (default: each recipe's)")
     parser.add_argument("--skip", nargs="*", default=None, metavar="LAYER",
                         help="layers geta keeps at full precision: first, last, names or globs; none given quantizes "
-                             "every layer, as the PTQ does (default: each recipe's, first and last)")
+                             "every layer, as the PTQ does (default: first for the CNNs, the recipe's first and "
+                             "last for MiniLM)")
     parser.add_argument("--round-to", type=int, default=1, help="QASSO removes groups in whole chunks so that widths "
                         "that are multiples of N stay so (1: any width, as geta compress does)")
     parser.add_argument("--act-bits", type=int, nargs=2, default=None, metavar=("LO", "HI"),
@@ -290,7 +298,8 @@ def _plans(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[st
         recipe = get_recipe(RECIPES[name])
         if name in CNNS:
             recipe = replace(recipe, quantize="weights+activations", exponent="fixed",
-                             quantize_residuals=args.quantize_residuals, act_bits=DEPLOY_ACT_BITS)
+                             quantize_residuals=args.quantize_residuals, act_bits=DEPLOY_ACT_BITS,
+                             skip=DEPLOY_SKIP)
             epochs, dense_epochs, limit = args.epochs, args.dense_epochs, args.limit_batches
         else:
             epochs, dense_epochs, limit = args.text_epochs, args.text_dense_epochs, args.text_limit_batches
