@@ -42,15 +42,15 @@ counts the convolutions, gemms and matmuls that stayed float.
 
 The CNN variants also put activations at 8 bits (``act_bits=(8, 8)``; the recipes' range is 4-8): codes
 of fewer than 8 bits sit in UINT8 containers behind a Clip on the codes (onnxruntime runs it as a separate
-pass) and buy no speed, while at 8 bits every unsigned activation uses the whole container, as the PTQ's
-do. ``--act-bits LO HI`` overrides it. They keep only the first layer at full precision (the recipes keep
-the first and the last): an integer conv gains nothing on a 1-channel image and pays a QuantizeLinear of it,
-while a last layer at full precision leaves the conv before it float as well, since that conv's output then
-feeds no quantizer. ``--skip`` (layers geta keeps at full precision, for the CNNs and MiniLM alike; with no
-names every layer is quantized, as the PTQ quantizes them; ``--skip first last --act-bits 4 8`` is the
-recipes' setting) and ``--round-to N`` (QASSO removes groups in chunks so that widths that are multiples of
-N stay so; onnxruntime's blocked NCHWc float convolutions need channel counts that are multiples of 8 or 16)
-change the compression.
+pass) and buy no speed, while at 8 bits every activation uses the whole container (signed ones through
+their two's-complement levels), as the PTQ's do. ``--act-bits LO HI`` overrides it. They quantize every
+layer, as the PTQ does (the recipes keep the first and the last at full precision): a float first layer
+leaves the first stage's residual adds in NCHW between Transposes, and a last layer at full precision
+leaves the conv before it float as well, since that conv's output then feeds no quantizer. ``--skip``
+(layers geta keeps at full precision, for the CNNs and MiniLM alike; ``--skip first last --act-bits 4 8``
+is the recipes' setting) and ``--round-to N`` (QASSO removes groups in chunks so that widths that are
+multiples of N stay so; onnxruntime's blocked NCHWc float convolutions need channel counts that are
+multiples of 8 or 16) change the compression.
 
 Targets, on each CNN: geta's quantized artifact at least 1.4x faster than the float compact model and at
 least as fast as onnxruntime's int8 PTQ (judged at batch 1 and at ``--batch``, both printed), with its
@@ -125,10 +125,11 @@ SPEEDUP_TARGET = 1.4  # geta quantized vs float compact, CNNs
 # the CNN variants' activations: onnxruntime's integer kernels read UINT8 codes, so codes of fewer bits buy
 # no speed and cost a Clip each (ResNet20 at 4-8 bits: 1.48x / 1.85x the float compact model, at 8: 1.73x / 2.03x)
 DEPLOY_ACT_BITS = (8, 8)
-# and their full-precision layers: the first only. Its 1-channel image input gives an integer conv nothing to
-# gain (and a QuantizeLinear to pay), while a last layer at full precision leaves the conv before it float too
-# (its output feeds no quantizer): VGG7 ran 4 of 7 layers as integer kernels with the recipes' (first, last)
-DEPLOY_SKIP = (geta.FIRST,)
+# and their full-precision layers: none, as the PTQ quantizes every layer. With two's-complement signed codes
+# and the pooled stream quantized, geta's optimized graph is then the PTQ's own (the same kernels and two
+# Transposes); a float first layer leaves the first stage's adds in NCHW between Transposes, and a float last
+# layer leaves the conv before it float too (VGG7 ran 4 of 7 layers as integer kernels with (first, last))
+DEPLOY_SKIP: tuple[str, ...] = ()
 # onnxruntime kernels that compute on integer codes (ONNX and com.microsoft domains)
 INTEGER_OPS = frozenset({
     "QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "ConvInteger",
@@ -234,7 +235,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="fraction of groups removed (default: each recipe's)")
     parser.add_argument("--skip", nargs="*", default=None, metavar="LAYER",
                         help="layers geta keeps at full precision: first, last, names or globs; none given quantizes "
-                             "every layer, as the PTQ does (default: first for the CNNs, the recipe's first and "
+                             "every layer, as the PTQ does (default: none for the CNNs, the recipe's first and "
                              "last for MiniLM)")
     parser.add_argument("--round-to", type=int, default=1, help="QASSO removes groups in whole chunks so that widths "
                         "that are multiples of N stay so (1: any width, as geta compress does)")

@@ -103,19 +103,23 @@ def _away_from_boundaries(d: float, q_m: float, t: float, top: int, signed: bool
     return x.float()
 
 
-@pytest.mark.parametrize(("t", "signed", "bits"), [(1.0, True, 8), (0.7, True, 5), (1.3, False, 6), (1.0, False, 3),
-                                                   (0.8, True, 4), (1.0, True, 12), (0.9, True, 20)])
-def test_activation_pattern_is_the_quantizer(t: float, signed: bool, bits: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("t", "signed", "bits", "twos"), [
+    (1.0, True, 8, False), (0.7, True, 5, False), (1.3, False, 6, False), (1.0, False, 3, False),
+    (0.8, True, 4, False), (1.0, True, 12, False), (0.9, True, 20, False),
+    (1.0, True, 8, True), (1.0, True, 5, True), (1.0, True, 12, True), (1.0, True, 20, True),
+])
+def test_activation_pattern_is_the_quantizer(t: float, signed: bool, bits: int, twos: bool, tmp_path: Path) -> None:
     """One quantized input feeding an identity weight: onnxruntime equals torch away from level boundaries,
-    for t == 1 and t != 1, signed and unsigned, UINT8 codes up to 8 bits (zero point 128 when signed),
-    INT16 / UINT16 and (beyond 16 bits) plain float ops."""
+    for t == 1 and t != 1, signed and unsigned, symmetric and two's-complement levels (the inputs below -q_m
+    land on the extra level), UINT8 codes up to 8 bits (zero point 128 when signed; at 8 bits two's
+    complement fills the container, so no Clip), INT16 / UINT16 and (beyond 16 bits) plain float ops."""
     layer = nn.Linear(64, 64, bias=False)
     with torch.no_grad():
         layer.weight.copy_(torch.eye(64))
     g = geta.GETA(nn.Sequential(layer), torch.randn(2, 64), quantize="weights+activations", initial_weight_bits=8)
     model = g.construct_subnet().eval()
     quantizer = getattr(model[0], INPUT_QUANTIZER)
-    quantizer.signed = signed
+    quantizer.signed, quantizer.twos_complement = signed, twos
     with torch.no_grad():
         quantizer.q_m.fill_(2.0)
         quantizer.t.fill_(t)
@@ -127,6 +131,9 @@ def test_activation_pattern_is_the_quantizer(t: float, signed: bool, bits: int, 
     ref, out, graph_model = _run_both(model, x, path)
     ops = [n.op_type for n in graph_model.graph.node]
     assert ("QuantizeLinear" in ops) == (bits <= 16) and ("Exp" in ops) == (t != 1.0)
+    assert ("Clip" in ops) == (bits != 8 or not twos)
+    if twos:
+        assert (torch.round(torch.from_numpy(ref) / d).min() == -top - 1) and (ref.max() <= top * d + 1e-6)
     zero_points = [numpy_helper.to_array(i) for i in graph_model.graph.initializer
                    if i.name.startswith("geta_act") and i.name.endswith("zero_point")]
     expected = dict.fromkeys((3, 4, 5, 6, 8), (np.uint8, 128 if signed else 0)) | {12: (np.int16, 0)}

@@ -158,7 +158,10 @@ def test_relu6_before_a_quantizer_keeps_the_integer_kernel(tmp_path: Path) -> No
     QLinearConv (the projections too, their residuals quantized); the stem's ReLU output, read by the first
     expansion conv and the first residual add, is quantized once by the stem's output quantizer, so the stem
     runs as QLinearConv too and the first add, whose output (the block's, quantized the same way) feeds the
-    next block, as QLinearAdd; the last add, read by the pooling, stays float."""
+    next block, as QLinearAdd; so does the last add, whose output the mean pools into the head (a pooled
+    stream), and the mean (``x.mean((2, 3))``, exported as ReduceMean) runs as QLinearGlobalAveragePool.
+    Every signed quantizer is 8-bit two's complement (``exponent="fixed"``), so no Clip is left between a
+    QuantizeLinear and the next kernel, and the layout stays NHWC from the first conv to the pool."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 8)
     compact = _compact(_with_statistics(DepthwiseNet()), x, residuals=True)
@@ -166,7 +169,9 @@ def test_relu6_before_a_quantizer_keeps_the_integer_kernel(tmp_path: Path) -> No
     session, optimized = _optimized(path, onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL)
     ops = [node.op_type for node in optimized.graph.node]
     assert ops.count("QLinearConv") == 7 and "Conv" not in ops
-    assert ops.count("QLinearAdd") == 1
+    assert ops.count("QLinearAdd") == 2
+    assert "Clip" not in ops and ops.count("Transpose") == 2
+    assert "QLinearGlobalAveragePool" in ops and "ReduceMean" not in ops
     batch = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(5))
     error, bound = _head_level_error(compact, compact.head, session, batch)
     assert error <= bound
@@ -177,8 +182,10 @@ def test_resnet20_block_outputs_run_integer_adds(tmp_path: Path) -> None:
     identity add, or its conv1 and its projection shortcut) is quantized once, at the block, and read by all of
     them, so every conv runs as QLinearConv and the adds of blocks 1-7 as QLinearAdd, each reading two quantized
     operands and writing the quantized block output, and the add of block 0, whose identity operand is the stem's
-    ReLU (functional, in the root forward), quantized at the stem's batch norm. Only the last add stays float
-    (read by the pooling); the export stays within one head level of torch."""
+    ReLU (functional, in the root forward), quantized at the stem's batch norm. The last add's output, which the
+    pooling averages into the classifier, is quantized at the last block (a pooled stream): that add runs as
+    QLinearAdd too and the pooling as QLinearGlobalAveragePool, so the graph is onnxruntime's own PTQ graph
+    (no Clip, two Transposes); the export stays within one head level of torch."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, 16, 16)
     compact = _compact(_with_statistics(ResNet20(in_channels=3, width=8)), x, residuals=True)
@@ -186,8 +193,9 @@ def test_resnet20_block_outputs_run_integer_adds(tmp_path: Path) -> None:
     path = geta.export_onnx(compact, x, tmp_path / "m.onnx")
     session, optimized = _optimized(path, onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL)
     ops = [node.op_type for node in optimized.graph.node]
-    assert ops.count("QLinearConv") == 21 and "Conv" not in ops and ops.count("QLinearAdd") == 8
-    assert "QGemm" in ops
+    assert ops.count("QLinearConv") == 21 and "Conv" not in ops and ops.count("QLinearAdd") == 9
+    assert "QGemm" in ops and "QLinearGlobalAveragePool" in ops
+    assert "Clip" not in ops and ops.count("Transpose") == 2
     batch = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     error, bound = _head_level_error(compact, compact.fc, session, batch)
     assert error <= bound

@@ -132,23 +132,25 @@ def test_resnet_block_outputs_and_projection_shortcuts() -> None:
     names = [source.name for source in found]
     blocks = {f"blocks.{i}" for i in range(8)}
     assert set(names) == {*(f"blocks.{i}.bn2" for i in range(9)), "blocks.3.shortcut.1", "blocks.6.shortcut.1",
-                          *blocks, "bn"}
+                          *blocks, "blocks.8", "bn"}
     assert found[0] == Source("bn", ("blocks.0.conv1",), unsigned=True)
     assert names == sorted(names, key=list(dict(model.named_modules())).index)
     by_name = {source.name: source for source in found}
     for i in range(8):
         expected = (f"blocks.{i + 1}.conv1",) + ((f"blocks.{i + 1}.shortcut.0",) if i in (2, 5) else ())
         assert by_name[f"blocks.{i}"] == Source(f"blocks.{i}", expected, unsigned=True)
+    assert by_name["blocks.8"] == Source("blocks.8", (), unsigned=True)  # pooled into fc
     assert all(not by_name[name].readers and not by_name[name].unsigned for name in names
-               if name not in {*blocks, "bn"})
+               if name not in {*blocks, "blocks.8", "bn"})
 
 
 def test_inverted_residual_projection_and_block_outputs() -> None:
     """MobileNetV2-style blocks: the projection's batch norm (``project.1``) of each block; the stem's module ReLU
-    (unsigned) and the first block's add output (signed), each read by the next expansion conv and the next add."""
+    (unsigned) and the first block's add output (signed), each read by the next expansion conv and the next add;
+    the last block's output (signed), which a mean pools into the linear head."""
     found = _found(DepthwiseNet().eval(), torch.randn(2, 3, 8, 8))
     assert found == [Source("stem.2", ("blocks.0.expand.0",), True), Source("blocks.0", ("blocks.1.expand.0",)),
-                     Source("blocks.0.project.1"), Source("blocks.1.project.1")]
+                     Source("blocks.0.project.1"), Source("blocks.1"), Source("blocks.1.project.1")]
 
 
 def test_block_outputs_read_by_the_next_conv_and_add() -> None:
@@ -201,6 +203,45 @@ def test_one_of_two_outputs_is_not_a_source() -> None:
     """``y`` goes into the add and is read by ``conv`` but is one of ``pair``'s two outputs: not quantized, nor is the
     conv output before its ReLU, which ``2 * y`` reads too (``conv``'s own output, into the add, is)."""
     assert _sources(UsesTwoOutputs().eval(), torch.randn(2, 4, 8, 8)) == ["conv"]
+
+
+class Pooled(nn.Module):
+    """conv, batch norm and a module ReLU, pooled into a linear classifier by ``pool``: ``"adaptive"``
+    (``nn.AdaptiveAvgPool2d`` and a flatten), ``"mean"`` (``x.mean((2, 3))``), ``"avg"`` (``F.avg_pool2d`` and a
+    view), ``"max"`` (``nn.AdaptiveMaxPool2d``), ``"sigmoid"`` (a float op between the pool and the linear) or
+    ``"elsewhere"`` (the ReLU's output also scales the logits)."""
+
+    def __init__(self, pool: str) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.pool = nn.AdaptiveMaxPool2d(1) if pool == "max" else nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 5)
+        self.kind = pool
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.features(x)
+        if self.kind == "mean":
+            return self.fc(h.mean((2, 3)))
+        if self.kind == "avg":
+            return self.fc(nn.functional.avg_pool2d(h, 8).view(len(h), -1))
+        pooled = torch.flatten(self.pool(h), 1)
+        if self.kind == "sigmoid":
+            return self.fc(torch.sigmoid(pooled))
+        return self.fc(pooled) * h.amax() if self.kind == "elsewhere" else self.fc(pooled)
+
+
+@pytest.mark.parametrize("pool", ["adaptive", "mean", "avg"])
+def test_a_stream_averaged_into_a_quantized_layer(pool: str) -> None:
+    """The ReLU's output, averaged into the classifier, gets an unsigned quantizer; the classifier keeps its own
+    input quantizer (an average of levels is not a level), so the quantizer has no readers."""
+    assert _found(Pooled(pool).eval(), torch.randn(2, 3, 8, 8)) == [Source("features.2", (), True)]
+
+
+@pytest.mark.parametrize("pool", ["max", "sigmoid", "elsewhere"])
+def test_a_max_pool_a_float_op_or_another_reader_gives_no_pooled_source(pool: str) -> None:
+    """A max pool selects values (the export moves the classifier's quantizer above it); a float op between the
+    pool and the classifier, or another reader of the stream, leaves the stream float."""
+    assert _found(Pooled(pool).eval(), torch.randn(2, 3, 8, 8)) == []
 
 
 def test_convs_without_batch_norm_and_a_scaled_operand() -> None:
@@ -276,7 +317,8 @@ def test_a_shared_input_quantizer_runs_once() -> None:
 @pytest.mark.parametrize("given_model", [False, True])
 def test_save_and_load_keep_shared_and_unsigned_output_quantizers(given_model: bool, tmp_path: Path) -> None:
     """geta.save / geta.load (from the file alone, or into a freshly built model) keep the unsigned output
-    quantizers and the layers that read them, with the same outputs."""
+    quantizers and the layers that read them, and the signed ones' two's-complement levels, with the same
+    outputs."""
     torch.manual_seed(0)
     x = torch.randn(4, 1, 16, 16)
     g = geta.GETA(ResNet20(in_channels=1, width=8), x, quantize="weights+activations", exponent="fixed",
@@ -290,6 +332,8 @@ def test_save_and_load_keep_shared_and_unsigned_output_quantizers(given_model: b
     assert getattr(loaded.blocks[1].conv1, INPUT_QUANTIZED_BY) == "blocks.0"
     assert getattr(loaded.blocks[0].conv1, INPUT_QUANTIZED_BY) == "bn"
     assert not hasattr(loaded.blocks[0].conv2, INPUT_QUANTIZED_BY)
+    assert getattr(loaded.blocks[0].bn2, OUTPUT_QUANTIZER).twos_complement
+    assert getattr(loaded.conv, INPUT_QUANTIZER).twos_complement  # the image input: signed
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), compact(x), rtol=0, atol=0)
 

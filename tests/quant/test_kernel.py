@@ -243,3 +243,42 @@ def test_fused_falls_back_to_eager_kernels_with_warning(monkeypatch):
     expected = torch.autograd.grad(_reference_quantize(x, d, q_m, t, axis=1).square().sum(), (x, d, q_m, t))
     for grad, want in zip(grads, expected):
         torch.testing.assert_close(grad, want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("layout", ["per-tensor", "conv-axis0"])
+def test_twos_complement_fused_kernel_matches_the_reference(layout: str) -> None:
+    """Two's-complement levels (t = 1): the fused kernel's output and its gradients of x, d and q_m equal the
+    reference ops', on inputs below -q_m - d (clipped at the extra level), between -q_m - d and -q_m (inside, on
+    the extra level), and capped ones."""
+    shape, axis = LAYOUTS[layout]
+    x, d, q_m, _ = _case(shape, axis, torch.float64, seed=11)
+    t = torch.ones_like(q_m)
+    leaves = [v.clone().requires_grad_(True) for v in (x, d, q_m)]
+    kernel.set_fused_kernel(True)
+    out = quantize(*leaves[:3], t, signed=True, axis=axis, twos_complement=True)
+    ref_leaves = [v.clone().requires_grad_(True) for v in (x, d, q_m)]
+    view = [1] * x.dim()
+    if axis is not None:
+        view[axis] = -1
+    ref = quantize_reference(ref_leaves[0], *(p.reshape(view if axis is not None else ()) for p in
+                                              (ref_leaves[1], ref_leaves[2], t)), twos_complement=True)
+    torch.testing.assert_close(out, ref, **TOLERANCES[torch.float64])
+    weights = torch.randn(shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    grads = torch.autograd.grad((out * weights).sum(), leaves)
+    ref_grads = torch.autograd.grad((ref * weights).sum(), ref_leaves)
+    for grad, ref_grad in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref_grad, **TOLERANCES[torch.float64])
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_twos_complement_levels_fill_the_integer_range(impl: str) -> None:
+    """At 8 bits, levels -128..127: the negative side reaches one level further, the positive side is unchanged."""
+    d = step_for_bits(8, torch.tensor(1.0), torch.tensor(1.0))
+    x = torch.linspace(-3, 3, 2001)
+    with reference_kernel() if impl == "reference" else warnings.catch_warnings():
+        out = quantize(x, d, torch.tensor(1.0), torch.tensor(1.0), twos_complement=True)
+        symmetric = quantize(x, d, torch.tensor(1.0), torch.tensor(1.0))
+    levels = torch.round(out / d)
+    assert levels.min() == -128 and levels.max() == 127 and len(levels.unique()) == 256
+    assert torch.equal(out[x >= 0], symmetric[x >= 0])
+    assert torch.equal(out[x > -1], symmetric[x > -1])  # within the clip, the same function

@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 import geta
 from geta.errors import ConfigError
@@ -232,3 +233,22 @@ def test_fixed_exponent_stays_one_through_qasso(optimizer):
     for quantizer in quantizers:
         assert not quantizer.t.requires_grad and torch.equal(quantizer.t, torch.ones_like(quantizer.t))
     assert any(not torch.equal(q.d, d) or not torch.equal(q.q_m, q_m) for q, (d, q_m) in zip(quantizers, before))
+
+
+@pytest.mark.parametrize("options", [{"signed": False, "exponent": "fixed"}, {"signed": True, "exponent": "learned"}])
+def test_twos_complement_needs_a_signed_quantizer_with_t_fixed(options: dict) -> None:
+    with pytest.raises(ConfigError, match="twos_complement"):
+        Quantizer(8, twos_complement=True, **options)
+
+
+def test_fixed_exponent_activation_quantizers_are_twos_complement_when_signed() -> None:
+    """``exponent="fixed"`` runs give signed activation quantizers two's-complement levels (-2^(b-1)..2^(b-1)-1)
+    and keep weight quantizers and learned-exponent runs symmetric."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    for exponent, expected in (("fixed", True), ("learned", False)):
+        g = geta.GETA(model, torch.randn(16, 4), quantize="weights+activations", exponent=exponent)
+        first, second = (layer.input_quantizer for layer in g.layers)
+        assert first.signed and first.twos_complement is expected
+        assert not second.signed and not second.twos_complement  # after the ReLU: unsigned
+        assert not any(layer.weight_quantizer.twos_complement for layer in g.layers)

@@ -54,7 +54,7 @@ from geta.quant.prepare import (
     original_parameter,
     parametrization_list,
 )
-from geta.quant.quantizer import Quantizer
+from geta.quant.quantizer import Exponent, Quantizer
 
 _MODULE_INTERNALS = frozenset(nn.Module().__dict__)
 QUANTIZER_PARAMETERS = ("d", "q_m", "t")  # a quantizer's tensors, as saved
@@ -282,6 +282,8 @@ def _describe_module(
             key = _join(path, attr)
             out.activation_quantizers[key] = quantizer
             record[entry] = {"key": key, "signed": quantizer.signed, "bits": int(quantizer.integer_bits())}
+            if quantizer.twos_complement:  # absent in files written before two's-complement levels existed
+                record[entry]["twos_complement"] = True
     return record
 
 
@@ -373,7 +375,9 @@ def _check_activation_quantizer(
     key = _join(path, attr)
     if entry.get("key") != key:
         raise SavedModelError(f"{what} has key {entry.get('key')!r}; expected {key!r}")
-    _expect(entry.get("signed"), bool, f"{what} 'signed'")
+    signed = _expect(entry.get("signed"), bool, f"{what} 'signed'")
+    if _expect(entry.get("twos_complement", False), bool, f"{what} 'twos_complement'") and not signed:
+        raise SavedModelError(f"{what} is unsigned but has two's-complement levels; only a signed quantizer can")
     bits = _expect(entry.get("bits"), int, f"{what} 'bits'")
     if not 1 <= bits <= 32:
         raise SavedModelError(f"{what} has {bits} bits; expected 1 to 32")
@@ -515,7 +519,8 @@ def _attach_activation_quantizers(module: nn.Module, path: str, record: dict, te
         if spec is None or not spec.inputs:
             raise SavedModelError(f"{_where(path)} has an input quantizer but is not a layer geta quantizes inputs of")
         layer = QuantizableLayer(path, module, type(module).__name__, spec, spec.weight_names(module))
-        attach_input_quantizers([layer], max(entry["bits"], 2), set() if entry["signed"] else {path})
+        attach_input_quantizers([layer], max(entry["bits"], 2), set() if entry["signed"] else {path},
+                                _exponent(entry))
         quantizers.append((layer.input_quantizer, entry))
         shared = record["attributes"].get(INPUT_QUANTIZED_BY)
         if isinstance(shared, str):  # its input arrives quantized by that module's output quantizer
@@ -523,11 +528,18 @@ def _attach_activation_quantizers(module: nn.Module, path: str, record: dict, te
     if "output_quantizer" in record:
         entry = record["output_quantizer"]
         unsigned = () if entry["signed"] else (module,)
-        quantizers.append((attach_output_quantizers([module], max(entry["bits"], 2), unsigned=unsigned)[0], entry))
+        quantizers.append((attach_output_quantizers([module], max(entry["bits"], 2), _exponent(entry),
+                                                    unsigned=unsigned)[0], entry))
     with torch.no_grad():
         for quantizer, entry in quantizers:
             for name in QUANTIZER_PARAMETERS:
                 getattr(quantizer, name).copy_(tensors[f"{entry['key']}.{name}"])
+
+
+def _exponent(entry: dict) -> Exponent:
+    """The t mode that rebuilds a saved activation quantizer: ``"fixed"`` gives a signed one its saved
+    two's-complement levels (``quant.prepare.activation_quantizer``); t itself is loaded either way."""
+    return "fixed" if entry.get("twos_complement") else "learned"
 
 
 def _parameter(key: str, tensors: dict[str, Tensor], parameters: dict[str, nn.Parameter]) -> nn.Parameter:

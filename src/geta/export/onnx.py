@@ -16,13 +16,16 @@ channel c becomes d_c |f_c| (its levels negated where f_c < 0, so they stay exac
 (b - mean) f + beta.
 
 Activations. An input quantizer computes sign(x) * d * min(round(c^t / d), N), c = min(|x|, q_m),
-N = floor(q_m^t / d). With t = 1 that is ``QuantizeLinear(x, d, z) -> Clip -> DequantizeLinear(d, z)``
-with the Clip on the integer codes: [z - N, z + N] (unsigned: [0, N]). Up to 8 bits the codes are UINT8,
-z = 128 for a signed quantizer and 0 for an unsigned one, and the Clip is left out where it is the whole
-UINT8 range; clipping the codes between Q and DQ keeps the DQ a direct input of the next op and the Q a
-direct output of the previous one, which onnxruntime's QDQ fusion needs. Beyond 8 bits (INT16 / UINT16,
-z = 0; onnxruntime has no 16-bit integer Clip) the input is clipped to [-N d, N d] before Q instead, the
-same function: N d / d rounds to N. Beyond 16 bits (no QuantizeLinear type) the same arithmetic is
+N = floor(q_m^t / d) (a two's-complement one, ``exponent="fixed"``, reaches -(N + 1) d below zero). With
+t = 1 that is ``QuantizeLinear(x, d, z) -> Clip -> DequantizeLinear(d, z)`` with the Clip on the integer
+codes: [z - N, z + N] (two's complement: [z - N - 1, z + N]; unsigned: [0, N]). Up to 8 bits the codes are
+UINT8, z = 128 for a signed quantizer and 0 for an unsigned one, and the Clip is left out where it is the
+whole UINT8 range (every 8-bit quantizer of an ``exponent="fixed"`` run: QuantizeLinear's saturation is
+then the quantizer's clip); clipping the codes between Q and DQ keeps the DQ a direct input of the next op
+and the Q a direct output of the previous one, which onnxruntime's QDQ fusion needs. Beyond 8 bits (INT16 /
+UINT16, z = 0; onnxruntime has no 16-bit integer Clip) the input is clipped to [-N d, N d] (two's
+complement: [-(N + 1) d, N d]) before Q instead, the same function: N d / d rounds to N. Beyond 16 bits (no
+QuantizeLinear type) the same arithmetic is
 exported as Clip, Div, Round and Mul. With t != 1 the levels are uniform in c^t, not in x, so Q is
 applied to the warped input ``sign(x) * exp(t * log(min(|x|, q_m)))`` (unsigned: ``relu`` in place of
 ``|x|`` and no sign), the quantizer's own formula.
@@ -34,13 +37,15 @@ quantized to at most 8 bits, its weight is INT8 and its output (batch norm folde
 of at most 8 bits, directly or through a Relu (then an unsigned one); a Gemm runs as QGemm and a MatMul as
 MatMulIntegerToFloat whenever their input is such an activation. An Add (a residual add) runs as QLinearAdd
 when both its operands are such activations and its output feeds only such a quantizer, directly or
-through a Relu: with ``GETA(..., quantize_residuals=True)`` the conv outputs going into an add and the
-block outputs read by the next block's add and convs carry output quantizers, one per tensor, whose
+through a Relu; a GlobalAveragePool (a ReduceMean over the axes after the channel axis is written as one)
+runs as QLinearGlobalAveragePool between such quantizers. With ``GETA(..., quantize_residuals=True)`` the
+conv outputs going into an add, the block outputs read by the next block's add and convs, and the streams
+an averaging pool reads into a quantized layer carry output quantizers, one per tensor, whose
 DequantizeLinear every reader shares (``geta.graph.residual``); a layer that reads such a tensor has no
 Q/DQ of its own, so its input is quantized once. A Relu that reads a DequantizeLinear of unsigned codes
 (zero point 0) changes nothing and is dropped, so that its readers read the DequantizeLinear (a functional
-ReLU after a module with an unsigned output quantizer leaves one). Everything else computes in float on the exact
-quantized values: an add whose operand is not quantized, for instance, which the torch model adds in float.
+ReLU after a module with an unsigned output quantizer leaves one). Everything else computes in float on
+the exact quantized values: an add whose operand is not quantized, for instance, which the torch model adds in float.
 
 Which export is exact for which quantizer:
 
@@ -130,6 +135,7 @@ def export_onnx(
     graph_model = onnx.load(str(path))
     _lower_placeholders(graph_model)
     graph = _Graph(graph_model.graph)
+    _means_as_global_pools(graph, graph_model)
     _hoist_quantizers(graph)
     _clips_as_relus(graph)
     _drop_relus_of_unsigned_codes(graph)
@@ -183,13 +189,14 @@ class _QuantizeActivation(torch.autograd.Function):
     """The input quantizer in torch; a placeholder node (later the Q/DQ pattern) in the exported graph."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, d: float, q_m: float, t: float, top: int, signed: bool) -> Tensor:
+    def forward(ctx, x: Tensor, d: float, q_m: float, t: float, top: int, signed: bool, extra: bool) -> Tensor:
         d_t, q_m_t, t_t = (torch.tensor(v, dtype=torch.float32) for v in (d, q_m, t))
-        return quantize(x, d_t, q_m_t, t_t, signed=signed)
+        return quantize(x, d_t, q_m_t, t_t, signed=signed, twos_complement=extra)
 
     @staticmethod
-    def symbolic(g, x, d: float, q_m: float, t: float, top: int, signed: bool):
-        out = g.op(f"{_DOMAIN}::QuantizeActivation", x, d_f=d, q_m_f=q_m, t_f=t, top_i=top, signed_i=int(signed))
+    def symbolic(g, x, d: float, q_m: float, t: float, top: int, signed: bool, extra: bool):
+        out = g.op(f"{_DOMAIN}::QuantizeActivation", x, d_f=d, q_m_f=q_m, t_f=t, top_i=top, signed_i=int(signed),
+                   extra_i=int(extra))
         out.setType(x.type())
         return out
 
@@ -218,9 +225,10 @@ class _ActivationQuantizer(nn.Module):
         self.params = (d, q_m, t)
         self.top = int(top_level(torch.tensor(q_m, dtype=torch.float32) ** t / torch.tensor(d, dtype=torch.float32)))
         self.signed = quantizer.signed
+        self.extra = quantizer.twos_complement
 
     def forward(self, x: Tensor) -> Tensor:
-        return _QuantizeActivation.apply(x, *self.params, self.top, self.signed)
+        return _QuantizeActivation.apply(x, *self.params, self.top, self.signed, self.extra)
 
 
 def _exportable(model: nn.Module, description: Description, weights: WeightFormat) -> nn.Module:
@@ -351,7 +359,7 @@ def _constant_source(name: str, producers: dict, initializers: dict) -> str:
 def _lower_activation(node: onnx.NodeProto, prefix: str, graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     d, q_m, t = (np.float32(attrs[k]) for k in ("d", "q_m", "t"))
-    top, signed = int(attrs["top"]), bool(attrs["signed"])
+    top, signed, extra = int(attrs["top"]), bool(attrs["signed"]), int(attrs["extra"])
     bits = int(np.ceil(np.log2(max(2 * top + 2 if signed else top + 1, 2))))
     (x,), (y,) = node.input, node.output
     nodes: list[onnx.NodeProto] = []
@@ -377,13 +385,13 @@ def _lower_activation(node: onnx.NodeProto, prefix: str, graph: onnx.GraphProto)
         zero = container[1]
         zero_point = constant("zero_point", np.uint8(zero))
         codes = add("QuantizeLinear", [warped, scale, zero_point], "quantized")
-        code_low, code_high = zero - top if signed else 0, zero + top
+        code_low, code_high = zero - top - extra if signed else 0, zero + top
         if (code_low, code_high) != (0, 255):
             codes = add("Clip", [codes, constant("low", np.uint8(code_low)), constant("high", np.uint8(code_high))],
                         "clip")
         add("DequantizeLinear", [codes, scale, zero_point], "dequantized", output=y)
         return nodes
-    low = constant("low", np.float32(-top) * d if signed else np.float32(0))
+    low = constant("low", np.float32(-top - extra) * d if signed else np.float32(0))
     clipped = add("Clip", [warped, low, constant("high", np.float32(top) * d)], "clip")
     if container is None:
         levels = add("Round", [add("Div", [clipped, scale], "ratio")], "levels")
@@ -525,6 +533,35 @@ def _along(values: np.ndarray, axis: int, dims: int) -> np.ndarray:
     shape = [1] * dims
     shape[axis] = -1
     return values.reshape(shape)
+
+
+def _means_as_global_pools(graph: _Graph, model: onnx.ModelProto) -> None:
+    """Write each ReduceMean over every axis after the channel axis (``x.mean((2, 3))``) of a dequantized
+    input as GlobalAveragePool, followed by a Flatten(axis=1) where it drops the reduced axes: the same mean,
+    which onnxruntime runs on the codes (QLinearGlobalAveragePool) when a quantizer reads its output, as it
+    does for ``nn.AdaptiveAvgPool2d(1)``. The input's rank comes from ONNX shape inference; a mean whose rank
+    or axes are not known stays as it is."""
+    means = [node for node in graph.nodes() if node.op_type == "ReduceMean" and len(node.input) == 2
+             and (producer := graph.producers.get(node.input[0])) is not None
+             and producer.op_type == "DequantizeLinear"]
+    if not means:
+        return
+    inferred = onnx.shape_inference.infer_shapes(model)
+    ranks = {value.name: len(value.type.tensor_type.shape.dim) for value in inferred.graph.value_info
+             if value.type.tensor_type.HasField("shape")}
+    for mean in means:
+        rank, axes = ranks.get(mean.input[0]), graph.constant(mean.input[1])
+        if rank is None or rank < 3 or axes is None or sorted(int(a) % rank for a in axes.ravel()) != [
+                *range(2, rank)]:
+            continue
+        keep = bool(_attribute(mean, "keepdims", 1))
+        pooled = mean.output[0] if keep else f"{mean.output[0]}_pooled"
+        nodes = [helper.make_node("GlobalAveragePool", [mean.input[0]], [pooled], name=f"{mean.name}_pool")]
+        if not keep:
+            nodes.append(helper.make_node("Flatten", [pooled], [mean.output[0]], name=f"{mean.name}_flatten",
+                                          axis=1))
+        graph.replace(mean, nodes)
+    graph.refresh()
 
 
 def _hoist_quantizers(graph: _Graph) -> None:

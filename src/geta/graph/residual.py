@@ -12,8 +12,14 @@ each convolution and each add with, as onnxruntime's own ``quantize_static`` doe
 
 The rule, on the captured graph of the model before its activation quantizers. A tensor T is a *source* when
 
-1. T is an operand of an add or a subtraction of two same-shaped floating tensors (a residual add), or
-   the only input of at least two of the layers that get input quantizers (``readers``);
+1. T is an operand of an add or a subtraction of two same-shaped floating tensors (a residual add), the
+   only input of at least two of the layers that get input quantizers (``readers``), or the input of an
+   averaging pool (average or adaptive average pooling, a mean) whose output reaches one of ``readers``
+   as that layer's only input through data-movement ops alone (flatten, view, reshape, squeeze): a
+   *pooled* stream, such as the last block's output read by global pooling into the classifier. An
+   integer runtime averages codes (onnxruntime's QLinearGlobalAveragePool, QLinearAveragePool) only when
+   the pool's input is quantized, and the layer before the pool then runs as an integer kernel too (a max
+   pooling needs no such quantizer: it selects values, so the export moves the reader's quantizer above it);
 2. T is the only output of a module P other than the root, called once: T is computed innermost in P,
    nothing in P's scope reads it, and no other tensor computed in P's scope is read outside it. Or T is
    ``relu(y)`` computed outside any such module (a functional ReLU in a parent's forward, as in
@@ -22,8 +28,9 @@ The rule, on the captured graph of the model before its activation quantizers. A
    it is, so T's readers read ``Q(relu(y))``;
 3. P is not a layer kept at full precision (``excluded``); nor, when no layer of ``readers`` reads T, a
    batch norm fed by one (with readers, their input quantization only moves to P); and
-4. every node that reads T is a residual add of (1), or belongs to a layer of ``readers`` whose only
-   input is T (so no full-precision layer and no other op is made to read a quantized value). A
+4. every node that reads T is a residual add or a pooled reader of (1), or belongs to a layer of
+   ``readers`` whose only input is T (so no full-precision layer and no other op is made to read a
+   quantized value). A
    convolution's or batch norm's own output that goes into a residual add needs only (1)-(3), as before
    this rule covered more: its other readers then read the quantized value.
 
@@ -34,8 +41,8 @@ reads the same quantized tensor.
 
 Not covered: a tensor computed in the root module's own forward other than the ReLU of a module's output
 (``relu(x + y)`` or ``torch.sigmoid(y)`` there), which is no module's output, nor a tensor that is only one of
-several outputs of a module, nor one read by anything but residual adds and quantized layers; these stay
-as before (the layers reading them quantize them, the add reads the float value).
+several outputs of a module, nor one read by anything but residual adds, pooled readers and quantized layers;
+these stay as before (the layers reading them quantize them, the add or the pool reads the float value).
 """
 
 from __future__ import annotations
@@ -54,6 +61,11 @@ aten = torch.ops.aten
 
 _RESIDUAL_OPS = {aten.add, aten.add_, aten.sub, aten.sub_}
 _RELUS = {aten.relu, aten.relu_}
+_AVERAGING_POOLS = {
+    aten.avg_pool1d, aten.avg_pool2d, aten.avg_pool3d, aten.adaptive_avg_pool1d, aten.adaptive_avg_pool2d,
+    aten.adaptive_avg_pool3d, aten.mean,
+}
+_DATA_MOVEMENT = {aten.flatten, aten.view, aten._unsafe_view, aten.reshape, aten.squeeze, aten.contiguous}
 RESIDUAL_KINDS = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
 
 
@@ -87,12 +99,16 @@ def residual_sources(
             read_by[inputs[0]].append(name)
     adds: dict[fx.Node, list[fx.Node]] = defaultdict(list)
     for node in graph.nodes:
-        if node.op == "call_function" and getattr(node.target, "overloadpacket", None) in _RESIDUAL_OPS:
+        if _target(node) in _RESIDUAL_OPS:
             operands = [arg for arg in node.args[:2] if isinstance(arg, fx.Node)]
             if len(operands) == 2 and _same_shape(*operands):
                 for operand in operands:
                     adds[operand].append(node)
-    candidates = list(adds) + [node for node, names in read_by.items() if len(names) > 1 and node not in adds]
+    pools: dict[fx.Node, list[fx.Node]] = defaultdict(list)
+    for node in graph.nodes:
+        if _target(node) in _AVERAGING_POOLS and isinstance(node.args[0], fx.Node) and _reaches(node, read_by):
+            pools[node.args[0]].append(node)
+    candidates = list(dict.fromkeys([*adds, *(node for node, names in read_by.items() if len(names) > 1), *pools]))
     nonnegative = nonnegative_nodes(graph) if candidates else set()
     found: dict[str, Source] = {}
     for tensor in candidates:
@@ -106,7 +122,7 @@ def residual_sources(
         names = read_by.get(tensor, [])
         if not names and _fed_by(output, path, excluded):
             continue  # (3); with readers, their input quantization only moves to the source
-        allowed = set(adds.get(tensor, []))
+        allowed = {*adds.get(tensor, []), *pools.get(tensor, [])}
         only_adds_and_readers = all(user in allowed or any(name in _scopes(user) for name in names)
                                     for user in tensor.users)
         old_rule = not through_relu and isinstance(modules[path], RESIDUAL_KINDS) and tensor in adds
@@ -114,6 +130,22 @@ def residual_sources(
             continue  # (4); a conv's or batch norm's add operand needs only (1)-(3)
         found[path] = Source(path, tuple(names), through_relu or tensor in nonnegative)
     return [found[name] for name in modules if name in found]
+
+
+def _target(node: fx.Node) -> object:
+    """The aten op a call node runs, without its overload (``aten.add`` for ``aten.add.Tensor``), or None."""
+    return getattr(node.target, "overloadpacket", None) if node.op == "call_function" else None
+
+
+def _reaches(pool: fx.Node, read_by: dict[fx.Node, list[str]]) -> bool:
+    """Whether ``pool``'s output is, through single-reader data-movement ops, the only input of a reader layer."""
+    node = pool
+    while node not in read_by:
+        users = list(node.users)
+        if len(users) != 1 or _target(users[0]) not in _DATA_MOVEMENT:
+            return False
+        node = users[0]
+    return True
 
 
 def _module_output(
@@ -134,7 +166,7 @@ def _relu_input(tensor: fx.Node) -> fx.Node | None:
     Where ``tensor`` is no module's output (a functional ReLU in a parent's forward) but ``y`` is, an unsigned
     quantizer on ``y`` outputs ``Q(y) = Q(relu(y))`` (it maps negative values to level 0), which the ReLU then
     leaves as it is: every reader of ``tensor`` reads ``Q(relu(y))``, as if the ReLU's output were quantized."""
-    if tensor.op != "call_function" or getattr(tensor.target, "overloadpacket", None) not in _RELUS:
+    if _target(tensor) not in _RELUS:
         return None
     inputs = tensor.all_input_nodes
     return inputs[0] if len(inputs) == 1 and list(inputs[0].users) == [tensor] else None

@@ -53,7 +53,8 @@ def _forgotten(x: Tensor, now: Tensor, row_of: Tensor, d_rows: Tensor, q_rows: T
                top_rows: Tensor, quantized_rows: Tensor, neg_rows: Tensor, gamma_rows: Tensor) -> Tensor:
     """Eq. 6: the new values of the redundant positions (exactly 0 where the unit's gamma is 0)."""
     quantized, gamma = quantized_rows[row_of], gamma_rows[row_of]
-    x_q = quantized_values(x, d_rows[row_of], q_rows[row_of], t_rows[row_of], top_rows[row_of], neg_rows[row_of])
+    neg = neg_rows[row_of]  # weight quantizers: symmetric levels, no two's-complement extra level
+    x_q = quantized_values(x, d_rows[row_of], q_rows[row_of], t_rows[row_of], top_rows[row_of], neg, 0 * neg)
     return torch.where(gamma == 0, 0.0, now - gamma * torch.where(quantized, x_q, x))
 
 

@@ -9,6 +9,13 @@ The cap at floor(n) matters only when the fractional part of n is at least 0.5: 
 level would be round(n) > n, an output beyond q_m^t that b bits cannot hold. With it a tensor has
 exactly 2 * floor(n) + 1 levels, and a capped element behaves as clipped (gradient as |x| > q_m).
 
+Two's complement (``twos_complement=True``, signed, for t = 1): negative inputs are clipped one step
+further, at q_m + d, and capped at floor(n) + 1, so the levels are -(floor(n) + 1) .. floor(n): the whole
+range of a b-bit two's-complement integer (-128 .. 127 at 8 bits) in the same b bits. An integer runtime
+then needs no clip of its own between its saturating QuantizeLinear and the next kernel (see
+``geta.export.onnx``). A negative input clipped there behaves as capped at that level: x^Q =
+-(q_m + d (floor(n) + 1 - n)), with the straight-through gradients of the capped case.
+
 The straight-through round (and floor) make autograd produce exactly the closed-form gradients of
 docs/design.md Sec. 1 for d, q_m, t and x. This is the reference implementation: the fused kernel in
 ``kernel.py`` must agree with it, and it is what graph capture and ``torch.compile`` see.
@@ -40,22 +47,27 @@ def round_ste(u: Tensor) -> Tensor:
     return u + (torch.round(u) - u).detach()
 
 
-def quantize_reference(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool = True) -> Tensor:
+def quantize_reference(
+    x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool = True, twos_complement: bool = False
+) -> Tensor:
     """Quantize ``x`` with step ``d``, clip ``q_m`` and exponent ``t`` (broadcast against ``x``).
 
     In unsigned mode negative inputs map to 0 (levels 0 .. floor(q_m^t / d)). At ``c == 0`` the
     power and its logarithm are guarded so that no gradient is NaN; every gradient there is 0.
-    At ``|x| == q_m`` the gradient goes to x (inside the clip), none to q_m.
+    At ``|x| == q_m`` the gradient goes to x (inside the clip), none to q_m. ``twos_complement``
+    (signed only): one more level below zero, as the module docstring says.
     """
     s = torch.sign(x) if signed else (x > 0).to(x.dtype)
     a = x.abs()
-    c = torch.where(a <= q_m, a, q_m)
+    extra = ((x < 0) & twos_complement & signed).to(x.dtype)
+    bound = q_m + extra * d
+    c = torch.where(a <= bound, a, bound)
     positive = c > 0
     safe_c = torch.where(positive, c, torch.ones_like(c))
     c_t = torch.where(positive, safe_c**t, torch.zeros_like(c))
     u = c_t / d
     n = levels_ratio(d, q_m, t)
-    top = n + (top_level(n) - n).detach()
+    top = n + (top_level(n) - n).detach() + extra
     level = torch.where(torch.round(u) > top.detach(), top, round_ste(u))
     return s * d * level
 

@@ -15,7 +15,9 @@ reference ops instead; :func:`reference_kernel` does so for a block.
 Inside the op tensors are viewed as (channels, elements), detached from their base so that the
 compiled graphs do not specialize on the layout of whatever tensor they were viewed from: per-tensor
 quantizers use one channel, so every layer shares the same two compiled graphs. ``neg`` is -1 for
-signed and 0 for unsigned quantizers, which keeps the sign mode a tensor rather than a recompilation.
+signed and 0 for unsigned quantizers, which keeps the sign mode a tensor rather than a recompilation;
+``extra`` is 1 for a two's-complement quantizer (one more level below zero, see ``functional.py``) and 0
+otherwise, for the same reason.
 """
 
 from __future__ import annotations
@@ -46,34 +48,45 @@ def clipped_power(x: Tensor, q_m: Tensor, t: Tensor) -> Tensor:
     return torch.where(c > 0, torch.exp(t * torch.log(c)), 0.0)
 
 
-def quantized_values(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, top: Tensor, neg: Tensor) -> Tensor:
-    """x^Q for constrained d, q_m, t (broadcast against ``x``), ``top`` = floor(q_m^t / d) and ``neg``
-    as in :func:`signs`: the forward kernel."""
-    return signs(x, neg) * d * torch.minimum(torch.round(clipped_power(x, q_m, t) / d), top)
+def extra_levels(x: Tensor, extra: Tensor) -> Tensor:
+    """The levels a two's-complement quantizer (``extra`` = 1) adds below zero: 1 where ``x`` < 0, else 0."""
+    return torch.where(x < 0, extra, 0.0)
+
+
+def quantized_values(
+    x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, top: Tensor, neg: Tensor, extra: Tensor
+) -> Tensor:
+    """x^Q for constrained d, q_m, t (broadcast against ``x``), ``top`` = floor(q_m^t / d), ``neg`` as in
+    :func:`signs` and ``extra`` as in :func:`extra_levels`: the forward kernel."""
+    e = extra_levels(x, extra)
+    return signs(x, neg) * d * torch.minimum(torch.round(clipped_power(x, q_m + e * d, t) / d), top + e)
 
 
 def _backward(
-    grad: Tensor, x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, n: Tensor, top: Tensor, capped_t: Tensor, neg: Tensor
+    grad: Tensor, x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, n: Tensor, top: Tensor, capped_t: Tensor,
+    neg: Tensor, extra: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """grad_x and the per-channel sums behind the gradients of d, q_m (before its t q_m^(t-1)) and t.
 
-    An element whose level is capped at floor(n) behaves as clipped (see functional.py); ``capped_t``
-    is q_m^t ln(q_m), its derivative w.r.t. t.
+    An element whose level is capped at floor(n) (plus its extra level) behaves as clipped (see
+    functional.py); ``capped_t`` is q_m^t ln(q_m), its derivative w.r.t. t.
     """
     s = signs(x, neg)
+    e = extra_levels(x, extra)
+    bound = q_m + e * d
+    top_x = top + e
     a = x.abs()
-    c = torch.minimum(a, q_m)
+    c = torch.minimum(a, bound)
     log_c = torch.log(c)
     positive = c > 0
     c_t = torch.where(positive, torch.exp(t * log_c), 0.0)
     u = c_t / d
-    capped = torch.round(u) > top
-    inside = (a <= q_m) & ~capped
+    inside = (a <= bound) & ~(torch.round(u) > top_x)
     g_s = grad * s
     grad_x = torch.where(inside & positive, g_s * s * t * c_t / c, 0.0)
-    sum_d = (g_s * torch.where(capped, top - n, torch.round(u) - u)).sum(dim=1, keepdim=True)
+    sum_d = (g_s * torch.where(inside, torch.round(u) - u, top_x - n)).sum(dim=1, keepdim=True)
     sum_q_m = torch.where(inside, 0.0, g_s).sum(dim=1, keepdim=True)
-    sum_t = (g_s * torch.where(capped, capped_t, torch.where(positive, c_t * log_c, 0.0))).sum(dim=1, keepdim=True)
+    sum_t = (g_s * torch.where(inside, torch.where(positive, c_t * log_c, 0.0), capped_t)).sum(dim=1, keepdim=True)
     return grad_x, sum_d, sum_q_m, sum_t
 
 
@@ -141,25 +154,33 @@ def _neg(signed: bool, like: Tensor) -> Tensor:
     return torch.tensor(-1.0 if signed else 0.0, dtype=like.dtype, device=like.device)
 
 
+def _extra(twos_complement: bool, like: Tensor) -> Tensor:
+    return torch.tensor(1.0 if twos_complement else 0.0, dtype=like.dtype, device=like.device)
+
+
 @torch.library.custom_op("geta::quantize", mutates_args=())
-def quantize_op(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool, axis: int | None) -> Tensor:
+def quantize_op(
+    x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool, axis: int | None, twos_complement: bool
+) -> Tensor:
     """x^Q for raw parameters d, q_m, t (0-dim per tensor, 1-dim per channel along ``axis``),
     constrained inside (see ``functional.constrain``)."""
     flat, moved_shape = _as_channels(x, axis)
     (d2, q2, t2), _ = _channel_params(d, q_m, t, signed, flat.shape[0], flat.dtype)
-    out = _run("forward", flat, d2, q2, t2, top_level(q2**t2 / d2), _neg(signed, flat))
+    out = _run("forward", flat, d2, q2, t2, top_level(q2**t2 / d2), _neg(signed, flat), _extra(twos_complement, flat))
     return _from_channels(out, moved_shape, axis, x.dtype).contiguous()
 
 
 @quantize_op.register_fake
-def _quantize_fake(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool, axis: int | None) -> Tensor:
+def _quantize_fake(
+    x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool, axis: int | None, twos_complement: bool
+) -> Tensor:
     return torch.empty_like(x)
 
 
 def _save_for_backward(ctx, inputs: tuple, output: Tensor) -> None:
-    x, d, q_m, t, signed, axis = inputs
+    x, d, q_m, t, signed, axis, twos_complement = inputs
     ctx.save_for_backward(x, d, q_m, t)
-    ctx.signed, ctx.axis = signed, axis
+    ctx.signed, ctx.axis, ctx.twos_complement = signed, axis, twos_complement
 
 
 def _quantize_backward(ctx, grad: Tensor):
@@ -170,29 +191,33 @@ def _quantize_backward(ctx, grad: Tensor):
     n = q2**t2 / d2
     capped_t = q2**t2 * torch.log(q2)
     grad_x, sum_d, sum_q_m, sum_t = _run(
-        "backward", flat_grad, flat, d2, q2, t2, n, top_level(n), capped_t, _neg(ctx.signed, flat)
+        "backward", flat_grad, flat, d2, q2, t2, n, top_level(n), capped_t, _neg(ctx.signed, flat),
+        _extra(ctx.twos_complement, flat),
     )
     grads = (sum_d, sum_q_m * t2 * q2 ** (t2 - 1), sum_t)
     grad_d, grad_q_m, grad_t = (
         (g * ok).reshape(p.shape).to(p.dtype) for g, ok, p in zip(grads, passed, (d, q_m, t))
     )
-    return _from_channels(grad_x, moved_shape, ctx.axis, x.dtype), grad_d, grad_q_m, grad_t, None, None
+    return _from_channels(grad_x, moved_shape, ctx.axis, x.dtype), grad_d, grad_q_m, grad_t, None, None, None
 
 
 quantize_op.register_autograd(_quantize_backward, setup_context=_save_for_backward)
 
 
-def quantize(x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool = True, axis: int | None = None) -> Tensor:
+def quantize(
+    x: Tensor, d: Tensor, q_m: Tensor, t: Tensor, signed: bool = True, axis: int | None = None,
+    twos_complement: bool = False,
+) -> Tensor:
     """Quantize ``x`` per tensor (``axis=None``, scalar parameters) or per channel along ``axis``.
 
     Parameters ``d``, ``q_m`` and ``t`` are 0-dim tensors per tensor, or 1-dim of length
     ``x.shape[axis]`` per channel, kept positive by ``functional.constrain``. Gradients flow to all
-    four inputs.
+    four inputs. ``twos_complement``: one more level below zero (see ``functional.quantize_reference``).
     """
     if _state["fused"] and not _state["forced_reference"] and x.dtype in _SUPPORTED_DTYPES:
-        return quantize_op(x, d, q_m, t, signed, axis)
+        return quantize_op(x, d, q_m, t, signed, axis, twos_complement)
     d_b, q_m_b, t_b = _broadcast(x, constrain(d, q_m, t, signed), axis)
-    return quantize_reference(x, d_b, q_m_b, t_b, signed=signed).to(x.dtype)
+    return quantize_reference(x, d_b, q_m_b, t_b, signed=signed, twos_complement=twos_complement).to(x.dtype)
 
 
 def _broadcast(x: Tensor, params: tuple[Tensor, Tensor, Tensor], axis: int | None) -> tuple[Tensor, Tensor, Tensor]:

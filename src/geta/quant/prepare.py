@@ -122,16 +122,24 @@ def attach_weight_quantizers(
         layer.module.register_load_state_dict_pre_hook(_rename_loaded_keys)
 
 
+def activation_quantizer(bits: int, signed: bool, exponent: Exponent) -> Quantizer:
+    """A per-tensor activation quantizer. With ``exponent="fixed"`` (uniform levels, meant for integer
+    runtimes) a signed one has two's-complement levels (-2^(b-1)..2^(b-1) - 1), so that the exported
+    QuantizeLinear's own saturation is its clip and no Clip sits between it and the next integer kernel."""
+    return Quantizer(bits, signed=signed, exponent=exponent, twos_complement=signed and exponent == "fixed")
+
+
 def attach_input_quantizers(
     layers: Iterable[QuantizableLayer], bits: int, unsigned: set[str], exponent: Exponent = "learned"
 ) -> None:
     """Give each layer that reads activations an input quantizer run by a forward pre-hook; ``exponent``
-    is the quantizers' t mode."""
+    is the quantizers' t mode (with ``"fixed"`` a signed quantizer has two's-complement levels, see
+    :func:`activation_quantizer`)."""
     for layer in layers:
         if not layer.spec.inputs:
             continue
         device = layer.weights()[0].device
-        quantizer = Quantizer(bits, signed=layer.name not in unsigned, exponent=exponent).to(device)
+        quantizer = activation_quantizer(bits, layer.name not in unsigned, exponent).to(device)
         layer.module.add_module(INPUT_QUANTIZER, quantizer)
         layer.module.register_forward_pre_hook(
             functools.partial(_quantize_inputs, positions=layer.spec.inputs), with_kwargs=True
@@ -143,7 +151,8 @@ def attach_output_quantizers(
     modules: Iterable[nn.Module], bits: int, exponent: Exponent = "learned", unsigned: Iterable[nn.Module] = ()
 ) -> list[Quantizer]:
     """Give each of ``modules`` a quantizer on its output, run by a forward hook; returns them in order. The
-    quantizers are signed, except those of the modules in ``unsigned`` (outputs known to be non-negative).
+    quantizers are signed, except those of the modules in ``unsigned`` (outputs known to be non-negative), and
+    made by :func:`activation_quantizer`.
 
     A module's output must be one floating tensor (a convolution's, a batch norm's, a block's); any other
     output passes through unchanged."""
@@ -151,7 +160,7 @@ def attach_output_quantizers(
     nonnegative = {id(module) for module in unsigned}
     for module in modules:
         device = next(iter(module.parameters()), next(iter(module.buffers()), None))
-        quantizer = Quantizer(bits, signed=id(module) not in nonnegative, exponent=exponent)
+        quantizer = activation_quantizer(bits, id(module) not in nonnegative, exponent)
         if device is not None:
             quantizer = quantizer.to(device.device)
         module.add_module(OUTPUT_QUANTIZER, quantizer)

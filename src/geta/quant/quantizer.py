@@ -38,19 +38,26 @@ class Quantizer(nn.Module):
 
     ``exponent="fixed"`` holds t = 1: t is a parameter that does not require grad (optimizers skip it)
     and :meth:`constrain_` writes 1 back. The levels are then uniform in x, which integer runtimes need
-    (see ``geta.export.onnx``).
+    (see ``geta.export.onnx``). ``twos_complement=True`` (signed, t fixed) adds one level below zero:
+    levels -2^(b-1)..2^(b-1) - 1, the whole range of a b-bit integer, in the same b bits (see
+    ``functional``); geta gives it to the activation quantizers of ``exponent="fixed"`` runs, whose codes
+    an integer runtime's QuantizeLinear then saturates exactly as the quantizer clips them.
     """
 
     def __init__(self, bits: int = 16, *, signed: bool = True, axis: int | None = None, channels: int = 1,
-                 exponent: Exponent = "learned") -> None:
+                 exponent: Exponent = "learned", twos_complement: bool = False) -> None:
         super().__init__()
         F.check_bits(bits, "bits")
         if axis is not None and channels < 1:
             raise ValueError(f"a per-channel quantizer needs channels >= 1, got {channels}")
         if exponent not in EXPONENTS:
             raise ConfigError(f"exponent={exponent!r} is not a mode; use one of {', '.join(map(repr, EXPONENTS))}")
+        if twos_complement and (not signed or exponent != "fixed"):
+            raise ConfigError("twos_complement=True needs a signed quantizer with exponent='fixed' (t = 1): "
+                              "the extra level lies one step d below -q_m, which only uniform levels have")
         shape = () if axis is None else (channels,)
         self.signed = signed
+        self.twos_complement = twos_complement
         self.axis = axis
         self.exponent = exponent
         self.initial_bits = int(bits)
@@ -67,7 +74,8 @@ class Quantizer(nn.Module):
         granularity = "per-tensor" if self.axis is None else f"per-channel(axis={self.axis}, channels={self.d.numel()})"
         mean_bits = self.bit_width().mean().item()
         fixed = ", t fixed at 1" if self.exponent == "fixed" else ""
-        return f"{'signed' if self.signed else 'unsigned'}, {granularity}, bits={mean_bits:.2f}{fixed}"
+        sign = "two's complement" if self.twos_complement else "signed" if self.signed else "unsigned"
+        return f"{sign}, {granularity}, bits={mean_bits:.2f}{fixed}"
 
     def forward(self, x: Tensor) -> Tensor:
         if self.passed_through:
@@ -77,7 +85,8 @@ class Quantizer(nn.Module):
         if self.observing:
             self._observe(x)
             return x
-        return quantize(x, self.d, self.q_m, self.t, signed=self.signed, axis=self.axis)
+        return quantize(x, self.d, self.q_m, self.t, signed=self.signed, axis=self.axis,
+                        twos_complement=self.twos_complement)
 
     @torch.no_grad()
     def _observe(self, x: Tensor) -> None:
