@@ -205,6 +205,46 @@ def test_one_of_two_outputs_is_not_a_source() -> None:
     assert _sources(UsesTwoOutputs().eval(), torch.randn(2, 4, 8, 8)) == ["conv"]
 
 
+class TorchvisionBlock(nn.Module):
+    """torchvision's ``BasicBlock``: one ReLU module called twice, the residual added in place."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        out += x
+        return self.relu(out)
+
+
+class TorchvisionStyle(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True))
+        self.layer = nn.Sequential(TorchvisionBlock(), TorchvisionBlock())
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(4, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.pool(self.layer(self.stem(x))), 1))
+
+
+def test_a_block_whose_output_comes_from_a_module_called_twice() -> None:
+    """torchvision-style blocks: the output is the ReLU module's, which each block calls twice, so the block
+    (called once) gets the quantizer, unsigned, read by the next block's conv1 (the last block's: pooled into
+    fc); the in-place residual add of a quantized batch-norm output trains (backward runs)."""
+    model = TorchvisionStyle()
+    found = _found(model.eval(), torch.randn(2, 3, 8, 8))
+    assert found == [Source("stem.2", ("layer.0.conv1",), True), Source("layer.0", ("layer.1.conv1",), True),
+                     Source("layer.0.bn2"), Source("layer.1", (), True), Source("layer.1.bn2")]
+    g = geta.GETA(model.train(), torch.randn(2, 3, 8, 8), quantize="weights+activations", exponent="fixed",
+                  quantize_residuals=True)
+    g.model(torch.randn(4, 3, 8, 8)).square().sum().backward()
+    assert all(q.d.grad is not None for q in g.output_quantizers.values())
+
+
 class Pooled(nn.Module):
     """conv, batch norm and a module ReLU, pooled into a linear classifier by ``pool``: ``"adaptive"``
     (``nn.AdaptiveAvgPool2d`` and a flatten), ``"mean"`` (``x.mean((2, 3))``), ``"avg"`` (``F.avg_pool2d`` and a

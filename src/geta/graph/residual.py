@@ -20,8 +20,10 @@ The rule, on the captured graph of the model before its activation quantizers. A
    integer runtime averages codes (onnxruntime's QLinearGlobalAveragePool, QLinearAveragePool) only when
    the pool's input is quantized, and the layer before the pool then runs as an integer kernel too (a max
    pooling needs no such quantizer: it selects values, so the export moves the reader's quantizer above it);
-2. T is the only output of a module P other than the root, called once: T is computed innermost in P,
-   nothing in P's scope reads it, and no other tensor computed in P's scope is read outside it. Or T is
+2. T is the only output of a module P other than the root, called once: T is computed in P's scope (P is
+   the innermost such module: a torchvision block whose output comes from the ReLU module it calls twice
+   is P itself), nothing in P's scope reads it, and no other tensor computed in P's scope is read outside
+   it. Or T is
    ``relu(y)`` computed outside any such module (a functional ReLU in a parent's forward, as in
    ``ResNet20``'s stem), y is P's only output in that sense and the ReLU alone reads it: P's quantizer is
    then unsigned, and ``Q(y) = Q(relu(y))`` (it maps negative values to level 0), which the ReLU leaves as
@@ -151,13 +153,18 @@ def _reaches(pool: fx.Node, read_by: dict[fx.Node, list[str]]) -> bool:
 def _module_output(
     graph: fx.Graph, tensor: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int]
 ) -> str | None:
-    """The module (not the root) called once whose one output is ``tensor``, or None (condition 2)."""
-    path = _innermost(tensor)
-    if not path or calls.get(path) != 1 or path not in modules:
-        return None
-    if any(path in _scopes(user) for user in tensor.users) or _outputs(graph, path) != [tensor]:
-        return None
-    return path
+    """The innermost module (not the root) called once whose one output is ``tensor``, or None (condition 2).
+
+    Innermost first, then outwards: a torchvision ``BasicBlock`` computes its output in ``self.relu``, a module
+    it calls twice (one hook would quantize both calls), so the block itself, called once, is the module
+    whose only output that is."""
+    for path in reversed(_stack(tensor)):
+        if calls.get(path) != 1 or path not in modules:
+            continue
+        if any(path in _scopes(user) for user in tensor.users) or _outputs(graph, path) != [tensor]:
+            continue
+        return path
+    return None
 
 
 def _relu_input(tensor: fx.Node) -> fx.Node | None:
@@ -195,6 +202,11 @@ def _same_shape(a: fx.Node, b: fx.Node) -> bool:
 
 def _scopes(node: fx.Node) -> set[str]:
     return {module_path(entry) for entry in (node.meta.get("nn_module_stack") or {}).values()}
+
+
+def _stack(node: fx.Node) -> list[str]:
+    """The paths of the modules whose scope computes ``node``, outermost first, the root left out."""
+    return [path for entry in (node.meta.get("nn_module_stack") or {}).values() if (path := module_path(entry))]
 
 
 def _innermost(node: fx.Node) -> str | None:

@@ -167,7 +167,9 @@ def quantize_op(
     flat, moved_shape = _as_channels(x, axis)
     (d2, q2, t2), _ = _channel_params(d, q_m, t, signed, flat.shape[0], flat.dtype)
     out = _run("forward", flat, d2, q2, t2, top_level(q2**t2 / d2), _neg(signed, flat), _extra(twos_complement, flat))
-    return _from_channels(out, moved_shape, axis, x.dtype).contiguous()
+    # not a view of the kernel's flat output: a model may add to a quantized tensor in place (``out +=
+    # identity`` after a batch norm with an output quantizer), which autograd forbids on a view an op returns
+    return _from_channels(out, moved_shape, axis, x.dtype).contiguous().detach()
 
 
 @quantize_op.register_fake
