@@ -97,7 +97,7 @@ def prune_then_ptq(dense: DenseModel, *, display: Display | None = None) -> list
         display.set_stage("ptq")
         for bits in [b for b, c in counts.items() if c == count]:
             ptq_start = time.perf_counter()
-            q = _quantized(dense, pruned, bits)
+            q = quantization_aware(dense, pruned, bits)
             fit_weight_clips(q)
             q.model.eval()
             report = model_report(q.model, dense.example, dict(q.unquantized()), group_sparsity=sparsity)
@@ -134,7 +134,7 @@ def budget_count(dense: DenseModel, g: geta.GETA, order: torch.Tensor, round_to:
     def fits(count: int) -> bool:
         removed = space.select(order, count, round_to)
         pruned = construct_subnet(g.model, space, removed) if bool(removed.any()) else g.model
-        report = model_report(_quantized(dense, pruned, bits, calibrate=False).model, dense.example)
+        report = model_report(quantization_aware(dense, pruned, bits, calibrate=False).model, dense.example)
         cost = report.bops / dense.cost.bops if name == "target_rel_bops" else report.size_bytes
         return cost <= value * (1 - 1e-9)
 
@@ -143,9 +143,10 @@ def budget_count(dense: DenseModel, g: geta.GETA, order: torch.Tensor, round_to:
     return count if count <= most else None
 
 
-def _quantized(dense: DenseModel, model: nn.Module, bits: int, *, calibrate: bool = True) -> geta.GETA:
-    """``model`` quantization-aware at uniform ``bits`` as the recipe quantizes it (same skip; activation
-    ranges calibrated unless only its cost is wanted)."""
+def quantization_aware(dense: DenseModel, model: nn.Module, bits: int, *, calibrate: bool = True) -> geta.GETA:
+    """``model`` quantization-aware at uniform ``bits`` as the recipe quantizes it (same skip, exponent and
+    residual quantizers; activation ranges calibrated unless only its cost is wanted): GETA's own set-up in
+    ``harness.compress`` and every baseline's."""
     recipe = dense.recipe
     return geta.GETA(model, dense.example, quantize=recipe.quantize, skip=list(dense.settings.skip),
                      initial_weight_bits=bits, initial_act_bits=bits,

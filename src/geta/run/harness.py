@@ -15,7 +15,6 @@ from dataclasses import asdict
 
 import torch
 
-import geta
 from geta.data.split import select
 from geta.errors import ConfigError
 from geta.optim.config import BUDGETS
@@ -166,9 +165,7 @@ def compress(
     display = display or Display()
     start = time.perf_counter()
     display.set_stage("setup")
-    g = geta.GETA(dense.model, dense.example, quantize=recipe.quantize, skip=list(settings.skip),
-                  initial_weight_bits=INITIAL_BITS, initial_act_bits=INITIAL_BITS, calibration_data=dense.calibration,
-                  exponent=recipe.exponent, quantize_residuals=recipe.quantize_residuals)
+    g = baselines.quantization_aware(dense, dense.model, INITIAL_BITS)
     steps = dense.method_steps
     config = settings.qasso_config(steps, sparsity)
     optimizer = g.qasso(recipe.optimizer, lr=settings.compress_lr, config=config, **recipe.optimizer_kwargs)
