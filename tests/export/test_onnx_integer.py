@@ -311,3 +311,44 @@ def test_onnx_file_is_about_the_size_of_the_packed_file(quantize: str, tmp_path:
     assert os.path.getsize(path) <= 1.2 * packed + 4096
     for init in onnx.load(str(path)).graph.initializer:
         assert init.HasField("raw_data") and not (init.int32_data or init.int64_data or init.float_data), init.name
+
+
+class MeanPooled(nn.Module):
+    """A conv-BN-ReLU feature map averaged by ``torch.mean`` into a linear head: over the spatial axes of a 2-d
+    map (``dims=(2, 3)``, with or without ``keepdim``), over the length of a 1-d one (``dims=(-1,)``), or over
+    the channels (``dims=(1,)``), which is no global pooling."""
+
+    def __init__(self, conv: str, dims: tuple[int, ...], keepdim: bool) -> None:
+        super().__init__()
+        layer = nn.Conv2d if conv == "2d" else nn.Conv1d
+        norm = nn.BatchNorm2d if conv == "2d" else nn.BatchNorm1d
+        self.features = nn.Sequential(layer(3, 8, 3, padding=1), norm(8), nn.ReLU())
+        self.dims, self.keepdim = dims, keepdim
+        self.head = nn.Linear(8 if dims != (1,) else 6, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = self.features(x).mean(self.dims, keepdim=self.keepdim)
+        return self.head(pooled.flatten(1) if pooled.dim() > 2 else pooled)
+
+
+@pytest.mark.parametrize(("conv", "dims", "keepdim", "pooled"), [
+    ("2d", (2, 3), False, True), ("2d", (-2, -1), True, True), ("1d", (-1,), False, True), ("1d", (1,), False, False),
+])
+def test_a_mean_over_the_spatial_axes_runs_as_an_integer_global_pool(
+    conv: str, dims: tuple[int, ...], keepdim: bool, pooled: bool, tmp_path: Path
+) -> None:
+    """``x.mean`` over every axis after the channels (any sign, keepdim or not) exports as GlobalAveragePool
+    (and a Flatten where the axes are dropped), which onnxruntime runs on the codes between the stream's
+    quantizer and the head's; a mean over the channels stays a ReduceMean. Outputs stay within one head level."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6) if conv == "2d" else torch.randn(2, 3, 6)
+    compact = _compact(_with_statistics(MeanPooled(conv, dims, keepdim)), x, residuals=True)
+    path = geta.export_onnx(compact, x, tmp_path / "m.onnx")
+    exported = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ("GlobalAveragePool" in exported) == pooled and ("ReduceMean" in exported) != pooled
+    session, optimized = _optimized(path, onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    ops = [node.op_type for node in optimized.graph.node]
+    assert ("QLinearGlobalAveragePool" in ops) == pooled
+    batch = torch.randn(16, *x.shape[1:], generator=torch.Generator().manual_seed(5))
+    error, bound = _head_level_error(compact, compact.head, session, batch)
+    assert error <= bound
