@@ -59,15 +59,16 @@ def quantize_reference(
     """
     s = torch.sign(x) if signed else (x > 0).to(x.dtype)
     a = x.abs()
-    extra = ((x < 0) & twos_complement & signed).to(x.dtype)
-    bound = q_m + extra * d
+    extra = (x < 0).to(x.dtype) if twos_complement and signed else None
+    bound = q_m if extra is None else q_m + extra * d
     c = torch.where(a <= bound, a, bound)
     positive = c > 0
     safe_c = torch.where(positive, c, torch.ones_like(c))
     c_t = torch.where(positive, safe_c**t, torch.zeros_like(c))
     u = c_t / d
     n = levels_ratio(d, q_m, t)
-    top = n + (top_level(n) - n).detach() + extra
+    top = n + (top_level(n) - n).detach()
+    top = top if extra is None else top + extra
     level = torch.where(torch.round(u) > top.detach(), top, round_ste(u))
     return s * d * level
 

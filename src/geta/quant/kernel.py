@@ -81,12 +81,14 @@ def _backward(
     positive = c > 0
     c_t = torch.where(positive, torch.exp(t * log_c), 0.0)
     u = c_t / d
-    inside = (a <= bound) & ~(torch.round(u) > top_x)
+    capped = torch.round(u) > top_x
+    inside = (a <= bound) & ~capped
+    beyond = (e > 0) & (a > bound)  # clipped at the extra level: its value depends on d, as a capped one's
     g_s = grad * s
     grad_x = torch.where(inside & positive, g_s * s * t * c_t / c, 0.0)
-    sum_d = (g_s * torch.where(inside, torch.round(u) - u, top_x - n)).sum(dim=1, keepdim=True)
+    sum_d = (g_s * torch.where(capped | beyond, top_x - n, torch.round(u) - u)).sum(dim=1, keepdim=True)
     sum_q_m = torch.where(inside, 0.0, g_s).sum(dim=1, keepdim=True)
-    sum_t = (g_s * torch.where(inside, torch.where(positive, c_t * log_c, 0.0), capped_t)).sum(dim=1, keepdim=True)
+    sum_t = (g_s * torch.where(capped, capped_t, torch.where(positive, c_t * log_c, 0.0))).sum(dim=1, keepdim=True)
     return grad_x, sum_d, sum_q_m, sum_t
 
 
