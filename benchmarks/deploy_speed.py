@@ -30,7 +30,7 @@ Accuracy is top-1 through each onnxruntime session on the first ``--eval-example
 of 444 articles); the torch accuracies of the dense model and of geta's compact QAT model on the same
 examples are given beside them. Latency is the median milliseconds per ``session.run`` at batch 1 and
 at ``--batch`` (64), on the first test examples: for each model and batch size the four sessions are
-called in turn, in an order rotated every round, after one untimed warm-up call each
+called in turn, in an order shuffled every round, after one untimed warm-up call each
 (``geta.run.latency.interleaved_medians``), for at least
 ``--min-repeats`` rounds and then until ``--budget-s`` seconds have passed or ``--max-repeats`` rounds
 are done; all timing happens after all training, so that training does not load the machine meanwhile.

@@ -3,6 +3,8 @@ worded. Only the bookkeeping is checked, never which model is faster (machines a
 
 from __future__ import annotations
 
+from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 from torch import nn
 
 import geta
-from geta.run.latency import BatchLatency, measure_latency
+from geta.run.latency import BatchLatency, interleaved_medians, measure_latency
 
 
 class Text(nn.Module):
@@ -59,3 +61,27 @@ def test_a_file_onnxruntime_cannot_load_is_not_measured_with_the_reason(tmp_path
 )
 def test_the_ratio_in_words_says_faster_or_slower(dense_ms: float, artifact_ms: float, words: str) -> None:
     assert BatchLatency(1, dense_ms, artifact_ms, 3).sentence() == f"{words} than the dense model, measured"
+
+
+class _Recorder:
+    """A stand-in session that logs the order of its calls."""
+
+    def __init__(self, name: int, log: list[int]) -> None:
+        self.name, self.log = name, log
+
+    def run(self, outputs: None, feed: dict[str, object]) -> None:
+        self.log.append(self.name)
+
+
+def test_interleaved_rounds_give_every_session_every_predecessor() -> None:
+    log: list[int] = []
+    sessions = [_Recorder(i, log) for i in range(4)]
+    medians, rounds = interleaved_medians(sessions, {}, min_repeats=600, max_repeats=600, budget_s=0.0)
+    assert rounds == 600 and len(medians) == 4
+    timed = log[4:]  # after the warm-up calls
+    assert all(sorted(timed[4 * r:4 * r + 4]) == [0, 1, 2, 3] for r in range(rounds))
+    follows = Counter(pairwise(timed))
+    for session in range(4):
+        before = [follows[(other, session)] for other in range(4) if other != session]
+        # a rotation gives one predecessor about three rounds in four; each of three about a third here
+        assert min(before) > 0.6 * max(before)

@@ -1,8 +1,8 @@
 """Measured latency of a compressed ONNX artifact against the dense float model, both in onnxruntime.
 
 The dense model is exported to ONNX as float into a temporary folder. Both sessions run on the same
-inputs (the example's rows repeated to the batch size), timed interleaved (one call each per round,
-the one to go first alternating; :func:`interleaved_medians`) so that a change in the machine's load
+inputs (the example's rows repeated to the batch size), timed interleaved (one call each per round, in
+an order drawn anew each round; :func:`interleaved_medians`) so that a change in the machine's load
 hits both alike: after a warm-up call each, rounds until :data:`MAX_REPEATS`, or once
 :data:`MIN_REPEATS` are done until :data:`BUDGET_S` has passed (a large model gets few repeats).
 Medians are reported.
@@ -10,6 +10,7 @@ Medians are reported.
 
 from __future__ import annotations
 
+import random
 import statistics
 import tempfile
 import time
@@ -107,17 +108,23 @@ def interleaved_medians(
 ) -> tuple[list[float], int]:
     """Median milliseconds per ``run`` of each onnxruntime session on ``feed``, and the rounds timed.
 
-    After :data:`WARMUP` untimed calls each, every round calls each session once, starting one further
-    along each round so that no session always runs first; rounds go on to ``max_repeats``, or once
-    ``min_repeats`` are done until ``budget_s`` seconds have passed."""
+    After :data:`WARMUP` untimed calls each, every round calls each session once, in an order shuffled
+    each round (a fixed seed, so runs repeat); rounds go on to ``max_repeats``, or once ``min_repeats``
+    are done until ``budget_s`` seconds have passed. A call can run slower after another
+    session's (VGG7's int8 graph, batch 1: about 5% slower after the float model than after an identical
+    int8 graph), so an order rotated by one each round, in which each of three or more sessions has the
+    same predecessor in most rounds, favours some; a shuffled order gives each session every predecessor
+    equally often on average."""
     for session in sessions:
         for _ in range(WARMUP):
             session.run(None, feed)
     spent: list[list[float]] = [[] for _ in sessions]
+    order = list(range(len(sessions)))
+    shuffler = random.Random(0)
     start, rounds = time.perf_counter(), 0
     while rounds < max_repeats and (rounds < min_repeats or time.perf_counter() - start < budget_s):
-        shift = rounds % len(sessions)
-        for index in [*range(shift, len(sessions)), *range(shift)]:
+        shuffler.shuffle(order)
+        for index in order:
             before = time.perf_counter()
             sessions[index].run(None, feed)
             spent[index].append(time.perf_counter() - before)
