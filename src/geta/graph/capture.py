@@ -142,6 +142,12 @@ def _untraceable(error: BaseException) -> ModelError:
     )
 
 
+def op_of(node: torch.fx.Node) -> object:
+    """What ``node`` calls, without the overload (``aten.add`` for ``aten.add.Tensor``); the target itself
+    where it has no overloads (``operator.getitem``, a placeholder's name)."""
+    return getattr(node.target, "overloadpacket", node.target)
+
+
 def module_path(stack_entry: tuple[str, object]) -> str:
     """The module's qualified name from an ``nn_module_stack`` entry, without the ``@N`` call suffix."""
     return stack_entry[0].split("@")[0]

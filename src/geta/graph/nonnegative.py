@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import fx
 
-from geta.graph.capture import module_path
+from geta.graph.capture import module_path, op_of
 
 aten = torch.ops.aten
 
@@ -69,7 +69,7 @@ def _mutates_first_argument(node: fx.Node) -> bool:
 def _is_nonnegative(node: fx.Node, known: set[fx.Node]) -> bool:
     if node.target is operator.getitem:
         return node.args[0] in known
-    packet = getattr(node.target, "overloadpacket", None)
+    packet = op_of(node)
     if packet in _ALWAYS:
         return True
     if packet in _LOWER_BOUND_ARG:

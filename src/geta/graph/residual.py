@@ -56,7 +56,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from geta.graph.capture import module_path
+from geta.graph.capture import module_path, op_of
 from geta.graph.nonnegative import layer_inputs, nonnegative_nodes
 
 aten = torch.ops.aten
@@ -101,14 +101,14 @@ def residual_sources(
             read_by[inputs[0]].append(name)
     adds: dict[fx.Node, list[fx.Node]] = defaultdict(list)
     for node in graph.nodes:
-        if _target(node) in _RESIDUAL_OPS:
+        if op_of(node) in _RESIDUAL_OPS:
             operands = [arg for arg in node.args[:2] if isinstance(arg, fx.Node)]
             if len(operands) == 2 and _same_shape(*operands):
                 for operand in operands:
                     adds[operand].append(node)
     pools: dict[fx.Node, list[fx.Node]] = defaultdict(list)
     for node in graph.nodes:
-        if _target(node) in _AVERAGING_POOLS and isinstance(node.args[0], fx.Node) and _reaches(node, read_by):
+        if op_of(node) in _AVERAGING_POOLS and isinstance(node.args[0], fx.Node) and _reaches(node, read_by):
             pools[node.args[0]].append(node)
     candidates = list(dict.fromkeys([*adds, *(node for node, names in read_by.items() if len(names) > 1), *pools]))
     nonnegative = nonnegative_nodes(graph) if candidates else set()
@@ -134,17 +134,12 @@ def residual_sources(
     return [found[name] for name in modules if name in found]
 
 
-def _target(node: fx.Node) -> object:
-    """The aten op a call node runs, without its overload (``aten.add`` for ``aten.add.Tensor``), or None."""
-    return getattr(node.target, "overloadpacket", None) if node.op == "call_function" else None
-
-
 def _reaches(pool: fx.Node, read_by: dict[fx.Node, list[str]]) -> bool:
     """Whether ``pool``'s output is, through single-reader data-movement ops, the only input of a reader layer."""
     node = pool
     while node not in read_by:
         users = list(node.users)
-        if len(users) != 1 or _target(users[0]) not in _DATA_MOVEMENT:
+        if len(users) != 1 or op_of(users[0]) not in _DATA_MOVEMENT:
             return False
         node = users[0]
     return True
@@ -173,7 +168,7 @@ def _relu_input(tensor: fx.Node) -> fx.Node | None:
     Where ``tensor`` is no module's output (a functional ReLU in a parent's forward) but ``y`` is, an unsigned
     quantizer on ``y`` outputs ``Q(y) = Q(relu(y))`` (it maps negative values to level 0), which the ReLU then
     leaves as it is: every reader of ``tensor`` reads ``Q(relu(y))``, as if the ReLU's output were quantized."""
-    if _target(tensor) not in _RELUS:
+    if op_of(tensor) not in _RELUS:
         return None
     inputs = tensor.all_input_nodes
     return inputs[0] if len(inputs) == 1 and list(inputs[0].users) == [tensor] else None
@@ -209,11 +204,6 @@ def _stack(node: fx.Node) -> list[str]:
     return [path for entry in (node.meta.get("nn_module_stack") or {}).values() if (path := module_path(entry))]
 
 
-def _innermost(node: fx.Node) -> str | None:
-    stack = node.meta.get("nn_module_stack") or {}
-    return module_path(list(stack.values())[-1]) if stack else None
-
-
 def _fed_by(node: fx.Node, path: str, excluded: set[str]) -> bool:
     """Whether a node of module ``path``'s scope, back from ``node``, reads a tensor computed in an
     ``excluded`` layer (a batch norm after a full-precision convolution)."""
@@ -226,6 +216,6 @@ def _fed_by(node: fx.Node, path: str, excluded: set[str]) -> bool:
         for arg in current.all_input_nodes:
             if path in _scopes(arg):
                 todo.append(arg)
-            elif _innermost(arg) in excluded:
+            elif (stack := _stack(arg)) and stack[-1] in excluded:
                 return True
     return False

@@ -18,6 +18,7 @@ from torch import fx
 
 import geta.quant.quantizer  # noqa: F401  (defines the geta::quantizer_call op)
 from geta.graph.atoms import INTERNAL, Slot
+from geta.graph.capture import op_of
 from geta.graph.owners import fixed_reshapes, owns_split_sizes
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def rule(*packets: object) -> Callable[[Rule], Rule]:
 def rule_for(node: fx.Node) -> Rule | None:
     """The rule of ``node``'s op: registered, or elementwise for ops tagged pointwise."""
     target = node.target
-    packet = getattr(target, "overloadpacket", target)
+    packet = op_of(node)
     if packet in RULES:
         return RULES[packet]
     if isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags:
@@ -62,14 +63,9 @@ def _dim(d: int, rank: int) -> int:
 # unprunable, as for any call the rule did not foresee).
 
 
-def _packet(node: fx.Node) -> object:
-    """The overload packet of ``node``'s op (``aten.conv2d`` for ``aten.conv2d.default``)."""
-    return getattr(node.target, "overloadpacket", node.target)
-
-
 def _op_name(node: fx.Node) -> str:
     """The name of ``node``'s op without its overload (``conv2d``)."""
-    return str(getattr(_packet(node), "__name__", node.target))
+    return str(getattr(op_of(node), "__name__", node.target))
 
 
 def _arg(node: fx.Node, i: int, name: str | None = None, default: object = None) -> object:
@@ -173,7 +169,7 @@ def linear(g: DependencyAnalysis, node: fx.Node) -> None:
 @rule(aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution, aten.conv_transpose1d, aten.conv_transpose2d,
       aten.conv_transpose3d)
 def convolution(g: DependencyAnalysis, node: fx.Node) -> None:
-    packet = _packet(node)
+    packet = op_of(node)
     args = list(node.args) + [None] * 9
     w = g.slots_of(args[1])
     bias = g.slots(args[2])
@@ -230,7 +226,7 @@ def batch_norm(g: DependencyAnalysis, node: fx.Node) -> None:
     for arg in node.args[1:5]:
         if isinstance(arg, fx.Node) and (slots := g.slots(arg)) is not None:
             g.tie(x[1], slots[0], node)
-    if _packet(node) is aten._native_batch_norm_legit_no_training:
+    if op_of(node) is aten._native_batch_norm_legit_no_training:
         g.set_tuple(node, [list(x), None, None])
     else:
         g.set(node, list(x))
@@ -295,7 +291,7 @@ def addmm(g: DependencyAnalysis, node: fx.Node) -> None:
     a, b = g.slots_of(a_node), g.slots_of(b_node)
     _contract(g, node, a_node, b_node, a[-1], b[-2])
     out = [*a[:-1], b[-1]]
-    if _packet(node) is aten.baddbmm:
+    if op_of(node) is aten.baddbmm:
         g.tie(a[0], b[0], node)
     _aligned(g, node, tuple(s.size for s in out), [out, g.slots_of(bias)])  # the bias broadcasts over the product
     g.set(node, out)
@@ -384,7 +380,7 @@ def permute(g: DependencyAnalysis, node: fx.Node) -> None:
 @rule(aten.transpose, aten.swapaxes, aten.t, aten.movedim, aten.numpy_T)
 def transpose(g: DependencyAnalysis, node: fx.Node) -> None:
     x = list(g.slots_of(node.args[0]))
-    packet = _packet(node)
+    packet = op_of(node)
     if packet is aten.movedim:
         source = _dim(_int(node.args[1], "source"), len(x))
         destination = _dim(_int(node.args[2], "destination"), len(x))
@@ -436,7 +432,7 @@ def select(g: DependencyAnalysis, node: fx.Node) -> None:
 @rule(aten.split, aten.split_with_sizes, aten.chunk, aten.unbind, aten.tensor_split)
 def split(g: DependencyAnalysis, node: fx.Node) -> None:
     x = list(g.slots_of(node.args[0]))
-    packet = _packet(node)
+    packet = op_of(node)
     outputs = node.meta["val"]
     default_dim = 0
     dim = _dim(_int(_arg(node, 2, "dim", default_dim), "dim"), len(x))
@@ -556,7 +552,7 @@ def pad(g: DependencyAnalysis, node: fx.Node) -> None:
 def pool(g: DependencyAnalysis, node: fx.Node) -> None:
     value = node.meta["val"]
     shape = tuple((value[0] if isinstance(value, (tuple, list)) else value).shape)
-    if _packet(node) is aten.pixel_shuffle:
+    if op_of(node) is aten.pixel_shuffle:
         g.unknown(node, "pixel_shuffle moves channels into space")
         return
     x = g.slots_of(node.args[0])
@@ -575,7 +571,7 @@ def reduction(g: DependencyAnalysis, node: fx.Node) -> None:
     value = node.meta["val"]
     out_value = value[0] if isinstance(value, (tuple, list)) else value
     dim_arg = _arg(node, 1, "dim")
-    if _packet(node) in (aten.norm, aten.linalg_vector_norm):
+    if op_of(node) in (aten.norm, aten.linalg_vector_norm):
         dim_arg = _arg(node, 2, "dim")
     if dim_arg is None or dim_arg == []:
         dim_arg = list(range(len(x)))
@@ -613,7 +609,7 @@ def normalize_along(g: DependencyAnalysis, node: fx.Node) -> None:
       aten.new_empty, aten.scalar_tensor, aten.zeros_like, aten.ones_like, aten.full_like, aten.empty_like,
       aten.rand, aten.randn, aten.tensor, aten.eye, aten.tril, aten.triu)
 def constant(g: DependencyAnalysis, node: fx.Node) -> None:
-    if _packet(node) in (aten.tril, aten.triu):
+    if op_of(node) in (aten.tril, aten.triu):
         g.flag_all(node.args[0], "triangular mask")
     g.set(node, [g.fresh(size, neutral=True) for size in g.shape(node)])
 
