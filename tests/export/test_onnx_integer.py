@@ -224,6 +224,48 @@ def test_quantizers_move_above_pooling_and_flatten(tmp_path: Path) -> None:
     assert np.abs(out - ref).max() <= step * float(head.weight.detach().abs().sum(1).max())
 
 
+class FireNet(nn.Module):
+    """A stem and two SqueezeNet fire modules (batch norms after every conv), each followed by a max pool, and a
+    linear classifier on the flattened result: each fire's two branches are concatenated and read by the next
+    conv or the classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.fires = nn.ModuleList([self._fire(8), self._fire(16)])
+        self.head = nn.Linear(16 * 4 * 4, 10)
+
+    @staticmethod
+    def _fire(width: int) -> nn.ModuleDict:
+        def unit(cin: int, cout: int, kernel: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2), nn.BatchNorm2d(cout), nn.ReLU())
+        return nn.ModuleDict({"squeeze": unit(width, 4, 1), "e1": unit(4, 8, 1), "e3": unit(4, 8, 3)})
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        for fire in self.fires:
+            h = fire["squeeze"](x)
+            x = F.max_pool2d(torch.cat([fire["e1"](h), fire["e3"](h)], dim=1), 2)
+        return self.head(torch.flatten(x, 1))
+
+
+def test_concatenated_branches_run_integer_kernels_and_an_integer_concat(tmp_path: Path) -> None:
+    """With ``quantize_residuals`` every branch's output that a concatenation joins for a quantized reader is
+    quantized at its branch, so every conv runs as QLinearConv, each concatenation as QLinearConcat and the
+    classifier as QGemm; the export stays within one head level of torch."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 16)
+    compact = _compact(_with_statistics(FireNet()), x, residuals=True)
+    path = geta.export_onnx(compact, x, tmp_path / "m.onnx")
+    session, optimized = _optimized(path, onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    ops = [node.op_type for node in optimized.graph.node]
+    assert ops.count("QLinearConv") == 7 and "Conv" not in ops and "FusedConv" not in ops
+    assert ops.count("QLinearConcat") == 2 and "Concat" not in ops and "QGemm" in ops and "Clip" not in ops
+    batch = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    error, bound = _head_level_error(compact, compact.head, session, batch)
+    assert error <= bound
+
+
 def test_batch_norm_is_folded_exactly(tmp_path: Path) -> None:
     """Weights only (float activations, so no level can move): conv-bn and linear-bn1d folded into the
     weights' steps (levels negated where gamma < 0, zero where gamma = 0) match torch to float rounding."""

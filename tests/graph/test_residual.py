@@ -284,6 +284,45 @@ def test_a_max_pool_a_float_op_or_another_reader_gives_no_pooled_source(pool: st
     assert _found(Pooled(pool).eval(), torch.randn(2, 3, 8, 8)) == []
 
 
+class Fire(nn.Module):
+    """A SqueezeNet fire module: a squeezing conv read by two expanding convs, whose ReLU outputs are
+    concatenated; ``after`` is what reads the concatenation: ``"conv"`` (a conv, through a max pool),
+    ``"two"`` (two convs), ``"norm"`` (a batch norm, then a conv, as in DenseNet) or ``"output"``."""
+
+    def __init__(self, after: str) -> None:
+        super().__init__()
+        self.squeeze = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU())
+        self.e1, self.e1_act = nn.Conv2d(4, 4, 1), nn.ReLU()
+        self.e3 = nn.Conv2d(4, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(8)
+        self.next, self.other = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 3, padding=1)
+        self.after = after
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.squeeze(x)
+        joined = torch.cat([self.e1_act(self.e1(h)), torch.relu(self.e3(h))], dim=1)
+        if self.after == "conv":
+            return self.next(nn.functional.max_pool2d(joined, 2))
+        if self.after == "two":
+            return self.next(joined) + self.other(joined)
+        return self.next(self.norm(joined)) if self.after == "norm" else joined
+
+
+@pytest.mark.parametrize("after", ["conv", "two"])
+def test_the_inputs_of_a_concatenation_that_quantized_layers_read(after: str) -> None:
+    """Both branches' ReLU outputs get unsigned quantizers: the module ReLU's at its module, the functional
+    ReLU's at the conv before it. They read nothing else, so they take no readers; the squeezing ReLU is
+    quantized once for the two convs that read it."""
+    found = _found(Fire(after).eval(), torch.randn(2, 3, 8, 8))
+    assert Source("e1_act", (), True) in found and Source("e3", (), True) in found
+    assert Source("squeeze.1", ("e1", "e3"), True) in found
+
+
+@pytest.mark.parametrize("after", ["norm", "output"])
+def test_a_concatenation_that_a_float_op_or_nothing_reads_leaves_its_inputs_float(after: str) -> None:
+    assert _sources(Fire(after).eval(), torch.randn(2, 3, 8, 8)) == ["squeeze.1"]
+
+
 def test_convs_without_batch_norm_and_a_scaled_operand() -> None:
     assert _sources(ConvAdd().eval(), torch.randn(2, 3, 8, 8)) == ["a", "b"]
 

@@ -20,6 +20,10 @@ The rule, on the captured graph of the model before its activation quantizers. A
    integer runtime averages codes (onnxruntime's QLinearGlobalAveragePool, QLinearAveragePool) only when
    the pool's input is quantized, and the layer before the pool then runs as an integer kernel too (a max
    pooling needs no such quantizer: it selects values, so the export moves the reader's quantizer above it);
+   or an input of a concatenation whose output reaches one of ``readers`` as its only input through
+   data-movement ops and max poolings, or is the only input of at least two of them (a SqueezeNet fire
+   module's or an Inception block's branches): onnxruntime concatenates codes (QLinearConcat) only when
+   every input and the output are quantized, and each branch's last layer then runs as an integer kernel;
 2. T is the only output of a module P other than the root, called once: T is computed in P's scope (P is
    the innermost such module: a torchvision block whose output comes from the ReLU module it calls twice
    is P itself), nothing in P's scope reads it, and no other tensor computed in P's scope is read outside
@@ -30,7 +34,7 @@ The rule, on the captured graph of the model before its activation quantizers. A
    it is, so T's readers read ``Q(relu(y))``;
 3. P is not a layer kept at full precision (``excluded``); nor, when no layer of ``readers`` reads T, a
    batch norm fed by one (with readers, their input quantization only moves to P); and
-4. every node that reads T is a residual add or a pooled reader of (1), or belongs to a layer of
+4. every node that reads T is a residual add, a pooled reader or a concatenation of (1), or belongs to a layer of
    ``readers`` whose only input is T (so no full-precision layer and no other op is made to read a
    quantized value). A
    convolution's or batch norm's own output that goes into a residual add needs only (1)-(3), as before
@@ -43,14 +47,16 @@ reads the same quantized tensor.
 
 Not covered: a tensor computed in the root module's own forward other than the ReLU of a module's output
 (``relu(x + y)`` or ``torch.sigmoid(y)`` there), which is no module's output, nor a tensor that is only one of
-several outputs of a module, nor one read by anything but residual adds, pooled readers and quantized layers;
-these stay as before (the layers reading them quantize them, the add or the pool reads the float value).
+several outputs of a module, nor one read by anything but residual adds, pooled readers, concatenations and
+quantized layers, nor the inputs of a concatenation that a float op reads (DenseNet's, which a batch norm
+reads); these stay as before (the layers reading them quantize them, the add, the pool or the concatenation
+reads the float value).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +74,8 @@ _AVERAGING_POOLS = {
     aten.adaptive_avg_pool3d, aten.mean,
 }
 _DATA_MOVEMENT = {aten.flatten, aten.view, aten._unsafe_view, aten.reshape, aten.squeeze, aten.contiguous}
+_MAX_POOLS = {aten.max_pool1d, aten.max_pool2d, aten.max_pool3d}
+_CONCATENATIONS = {aten.cat, aten.concat, aten.concatenate}
 RESIDUAL_KINDS = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
 
 
@@ -108,9 +116,17 @@ def residual_sources(
                     adds[operand].append(node)
     pools: dict[fx.Node, list[fx.Node]] = defaultdict(list)
     for node in graph.nodes:
-        if op_of(node) in _AVERAGING_POOLS and isinstance(node.args[0], fx.Node) and _reaches(node, read_by):
+        if (op_of(node) in _AVERAGING_POOLS and isinstance(node.args[0], fx.Node)
+                and _reaches(node, read_by, _DATA_MOVEMENT)):
             pools[node.args[0]].append(node)
-    candidates = list(dict.fromkeys([*adds, *(node for node, names in read_by.items() if len(names) > 1), *pools]))
+    cats: dict[fx.Node, list[fx.Node]] = defaultdict(list)
+    for node in graph.nodes:
+        if op_of(node) in _CONCATENATIONS and (len(read_by.get(node, [])) > 1
+                                               or _reaches(node, read_by, _DATA_MOVEMENT | _MAX_POOLS)):
+            for operand in _float_operands(node):
+                cats[operand].append(node)
+    shared = (node for node, names in read_by.items() if len(names) > 1)
+    candidates = list(dict.fromkeys([*adds, *shared, *pools, *cats]))
     nonnegative = nonnegative_nodes(graph) if candidates else set()
     found: dict[str, Source] = {}
     for tensor in candidates:
@@ -124,7 +140,7 @@ def residual_sources(
         names = read_by.get(tensor, [])
         if not names and _fed_by(output, path, excluded):
             continue  # (3); with readers, their input quantization only moves to the source
-        allowed = {*adds.get(tensor, []), *pools.get(tensor, [])}
+        allowed = {*adds.get(tensor, []), *pools.get(tensor, []), *cats.get(tensor, [])}
         only_adds_and_readers = all(user in allowed or any(name in _scopes(user) for name in names)
                                     for user in tensor.users)
         old_rule = not through_relu and isinstance(modules[path], RESIDUAL_KINDS) and tensor in adds
@@ -134,15 +150,24 @@ def residual_sources(
     return [found[name] for name in modules if name in found]
 
 
-def _reaches(pool: fx.Node, read_by: dict[fx.Node, list[str]]) -> bool:
-    """Whether ``pool``'s output is, through single-reader data-movement ops, the only input of a reader layer."""
-    node = pool
+def _reaches(start: fx.Node, read_by: dict[fx.Node, list[str]], through: Collection[object]) -> bool:
+    """Whether ``start``'s output is, through single-reader ops of ``through``, the only input of a reader layer."""
+    node = start
     while node not in read_by:
         users = list(node.users)
-        if len(users) != 1 or op_of(users[0]) not in _DATA_MOVEMENT:
+        if len(users) != 1 or op_of(users[0]) not in through:
             return False
         node = users[0]
     return True
+
+
+def _float_operands(cat: fx.Node) -> list[fx.Node]:
+    """The tensors a concatenation joins, when they are all floating nodes (else none)."""
+    tensors = cat.args[0] if cat.args and isinstance(cat.args[0], (list, tuple)) else []
+    values = [t.meta.get("val") if isinstance(t, fx.Node) else None for t in tensors]
+    if not tensors or not all(isinstance(v, torch.Tensor) and v.is_floating_point() for v in values):
+        return []
+    return [t for t in tensors if isinstance(t, fx.Node)]
 
 
 def _module_output(
