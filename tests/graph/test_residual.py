@@ -287,7 +287,8 @@ def test_a_max_pool_a_float_op_or_another_reader_gives_no_pooled_source(pool: st
 class Fire(nn.Module):
     """A SqueezeNet fire module: a squeezing conv read by two expanding convs, whose ReLU outputs are
     concatenated; ``after`` is what reads the concatenation: ``"conv"`` (a conv, through a max pool),
-    ``"two"`` (two convs), ``"norm"`` (a batch norm, then a conv, as in DenseNet) or ``"output"``."""
+    ``"dropout"`` (a conv, through dropout, as SqueezeNet's classifier), ``"two"`` (two convs), ``"norm"`` (a
+    batch norm, then a conv, as in DenseNet) or ``"output"``."""
 
     def __init__(self, after: str) -> None:
         super().__init__()
@@ -303,12 +304,14 @@ class Fire(nn.Module):
         joined = torch.cat([self.e1_act(self.e1(h)), torch.relu(self.e3(h))], dim=1)
         if self.after == "conv":
             return self.next(nn.functional.max_pool2d(joined, 2))
+        if self.after == "dropout":
+            return self.next(nn.functional.dropout(joined, 0.5, self.training))
         if self.after == "two":
             return self.next(joined) + self.other(joined)
         return self.next(self.norm(joined)) if self.after == "norm" else joined
 
 
-@pytest.mark.parametrize("after", ["conv", "two"])
+@pytest.mark.parametrize("after", ["conv", "dropout", "two"])
 def test_the_inputs_of_a_concatenation_that_quantized_layers_read(after: str) -> None:
     """Both branches' ReLU outputs get unsigned quantizers: the module ReLU's at its module, the functional
     ReLU's at the conv before it. They read nothing else, so they take no readers; the squeezing ReLU is

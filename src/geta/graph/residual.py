@@ -15,7 +15,8 @@ The rule, on the captured graph of the model before its activation quantizers. A
 1. T is an operand of an add or a subtraction of two same-shaped floating tensors (a residual add), the
    only input of at least two of the layers that get input quantizers (``readers``), or the input of an
    averaging pool (average or adaptive average pooling, a mean) whose output reaches one of ``readers``
-   as that layer's only input through data-movement ops alone (flatten, view, reshape, squeeze): a
+   as that layer's only input through data-movement ops alone (flatten, view, reshape, squeeze, and
+   dropout, the identity in eval mode): a
    *pooled* stream, such as the last block's output read by global pooling into the classifier. An
    integer runtime averages codes (onnxruntime's QLinearGlobalAveragePool, QLinearAveragePool) only when
    the pool's input is quantized, and the layer before the pool then runs as an integer kernel too (a max
@@ -73,7 +74,10 @@ _AVERAGING_POOLS = {
     aten.avg_pool1d, aten.avg_pool2d, aten.avg_pool3d, aten.adaptive_avg_pool1d, aten.adaptive_avg_pool2d,
     aten.adaptive_avg_pool3d, aten.mean,
 }
-_DATA_MOVEMENT = {aten.flatten, aten.view, aten._unsafe_view, aten.reshape, aten.squeeze, aten.contiguous}
+# ops that move or copy data, and dropout (the identity in the eval-mode graph; a reader beyond it keeps its own
+# input quantizer, so a training-mode dropout's scaling is quantized there)
+_DATA_MOVEMENT = {aten.flatten, aten.view, aten._unsafe_view, aten.reshape, aten.squeeze, aten.contiguous,
+                  aten.clone, aten.dropout}
 _MAX_POOLS = {aten.max_pool1d, aten.max_pool2d, aten.max_pool3d}
 _CONCATENATIONS = {aten.cat, aten.concat, aten.concatenate}
 RESIDUAL_KINDS = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
