@@ -266,6 +266,53 @@ def test_concatenated_branches_run_integer_kernels_and_an_integer_concat(tmp_pat
     assert error <= bound
 
 
+def _unit(cin: int, cout: int, kernel: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class InceptionBlock(nn.Module):
+    """A 1x1 branch, a 3x3 branch, and a max pooling then a 1x1 branch, concatenated."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.a, self.b, self.pooled = _unit(width, 4, 1), _unit(width, 4, 3), _unit(width, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.a(x), self.b(x), self.pooled(F.max_pool2d(x, 3, stride=1, padding=1))], dim=1)
+
+
+class InceptionNet(nn.Module):
+    """A stem and two Inception-style blocks (batch norms after every conv), then a strided max pooling and a
+    linear classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = _unit(3, 8, 3)
+        self.blocks = nn.Sequential(InceptionBlock(8), InceptionBlock(12))
+        self.head = nn.Linear(12 * 4 * 4, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.flatten(F.max_pool2d(self.blocks(self.stem(x)), 4), 1))
+
+
+def test_inception_blocks_run_integer_kernels_with_the_pooling_branch_on_codes(tmp_path: Path) -> None:
+    """The stem's and the first block's outputs are quantized once for all three branches, the pooling branch's
+    max pooling included: every conv runs as QLinearConv, each concatenation as QLinearConcat and every max
+    pooling on codes, with onnxruntime's two layout Transposes only; within one head level of torch."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 16)
+    compact = _compact(_with_statistics(InceptionNet()), x, residuals=True)
+    path = geta.export_onnx(compact, x, tmp_path / "m.onnx")
+    session, optimized = _optimized(path, onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    ops = [node.op_type for node in optimized.graph.node]
+    assert ops.count("QLinearConv") == 7 and "Conv" not in ops and "FusedConv" not in ops
+    assert ops.count("QLinearConcat") == 2 and ops.count("NhwcMaxPool") == 3 and "MaxPool" not in ops
+    assert ops.count("Transpose") == 2 and "Clip" not in ops
+    batch = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    error, bound = _head_level_error(compact, compact.head, session, batch)
+    assert error <= bound
+
+
 def test_batch_norm_is_folded_exactly(tmp_path: Path) -> None:
     """Weights only (float activations, so no level can move): conv-bn and linear-bn1d folded into the
     weights' steps (levels negated where gamma < 0, zero where gamma = 0) match torch to float rounding."""

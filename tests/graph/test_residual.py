@@ -326,6 +326,44 @@ def test_a_concatenation_that_a_float_op_or_nothing_reads_leaves_its_inputs_floa
     assert _sources(Fire(after).eval(), torch.randn(2, 3, 8, 8)) == ["squeeze.1"]
 
 
+class Inception(nn.Module):
+    """Two Inception-style blocks: three branches, one of them a max pooling then a conv, concatenated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 1), nn.ReLU())
+        self.blocks = nn.ModuleList([InceptionBlock(6), InceptionBlock(12)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class InceptionBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(width, 4, 1), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(width, 4, 3, padding=1), nn.ReLU())
+        self.pooled = nn.Sequential(nn.Conv2d(width, 4, 1), nn.ReLU())
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = self.pooled(nn.functional.max_pool2d(x, 3, stride=1, padding=1))
+        return torch.cat([self.a(x), self.b(x), pooled], dim=1)
+
+
+def test_a_layer_reading_through_a_max_pool_shares_the_quantizer() -> None:
+    """The stem's and the first block's outputs are each read by two convs and, through a max pooling, by a
+    third: quantized once, read by all three; the first block's branches are concatenated for them, so each
+    branch's ReLU is quantized too; the second block's output is the model's, so its branches stay float."""
+    found = _found(Inception().eval(), torch.randn(2, 3, 8, 8))
+    assert Source("stem.1", ("blocks.0.a.0", "blocks.0.b.0", "blocks.0.pooled.0"), True) in found
+    assert Source("blocks.0", ("blocks.1.a.0", "blocks.1.b.0", "blocks.1.pooled.0"), True) in found
+    assert {source.name for source in found} == {"stem.1", "blocks.0", "blocks.0.a.1", "blocks.0.b.1",
+                                                  "blocks.0.pooled.1"}
+
+
 def test_convs_without_batch_norm_and_a_scaled_operand() -> None:
     assert _sources(ConvAdd().eval(), torch.randn(2, 3, 8, 8)) == ["a", "b"]
 

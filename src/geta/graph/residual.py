@@ -41,6 +41,10 @@ The rule, on the captured graph of the model before its activation quantizers. A
    convolution's or batch norm's own output that goes into a residual add needs only (1)-(3), as before
    this rule covered more: its other readers then read the quantized value.
 
+A layer whose only input is T through max poolings alone (an Inception block's pooling branch) counts as a
+layer of ``readers`` whose only input is T, the poolings as part of it: a max pooling of quantized values
+is quantized by the same quantizer (it selects levels), and the export leaves the pooling on codes.
+
 P then gets an output quantizer (unsigned where T is provably non-negative, e.g. after a ReLU), and
 the layers of (4) that read T take that quantizer as their input quantizer instead of quantizing T a
 second time (see ``quant.prepare.share_input_quantizer``), so that every reader of T, the add included,
@@ -111,6 +115,14 @@ def residual_sources(
         inputs = layer_inputs(graph, name, state)
         if len(inputs) == 1 and calls.get(name) == 1:
             read_by[inputs[0]].append(name)
+    pooled_readers: dict[fx.Node, list[fx.Node]] = defaultdict(list)
+    for tensor in list(read_by):
+        origin, first = tensor, None
+        while op_of(origin) in _MAX_POOLS and isinstance(origin.args[0], fx.Node) and len(origin.users) == 1:
+            origin, first = origin.args[0], origin
+        if first is not None:
+            read_by[origin].extend(read_by[tensor])
+            pooled_readers[origin].append(first)
     adds: dict[fx.Node, list[fx.Node]] = defaultdict(list)
     for node in graph.nodes:
         if op_of(node) in _RESIDUAL_OPS:
@@ -144,7 +156,8 @@ def residual_sources(
         names = read_by.get(tensor, [])
         if not names and _fed_by(output, path, excluded):
             continue  # (3); with readers, their input quantization only moves to the source
-        allowed = {*adds.get(tensor, []), *pools.get(tensor, []), *cats.get(tensor, [])}
+        allowed = {*adds.get(tensor, []), *pools.get(tensor, []), *cats.get(tensor, []),
+                   *pooled_readers.get(tensor, [])}
         only_adds_and_readers = all(user in allowed or any(name in _scopes(user) for name in names)
                                     for user in tensor.users)
         old_rule = not through_relu and isinstance(modules[path], RESIDUAL_KINDS) and tensor in adds
