@@ -224,6 +224,21 @@ def test_quantizers_move_above_pooling_and_flatten(tmp_path: Path) -> None:
     assert np.abs(out - ref).max() <= step * float(head.weight.detach().abs().sum(1).max())
 
 
+def _unit(cin: int, cout: int, kernel: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+def _residual_export(model: nn.Module, tmp_path: Path) -> tuple[nn.Module, onnxruntime.InferenceSession, list[str]]:
+    """``model`` compacted with ``quantize_residuals`` on 3x16x16 inputs, exported, and the session and the op
+    types of the graph onnxruntime optimizes it into."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 16)
+    compact = _compact(_with_statistics(model), x, residuals=True)
+    path = geta.export_onnx(compact, x, tmp_path / "m.onnx")
+    session, optimized = _optimized(path, onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    return compact, session, [node.op_type for node in optimized.graph.node]
+
+
 class FireNet(nn.Module):
     """A stem and two SqueezeNet fire modules (batch norms after every conv), each followed by a max pool, and a
     linear classifier on the flattened result: each fire's two branches are concatenated and read by the next
@@ -231,15 +246,13 @@ class FireNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.stem = _unit(3, 8, 3)
         self.fires = nn.ModuleList([self._fire(8), self._fire(16)])
         self.head = nn.Linear(16 * 4 * 4, 10)
 
     @staticmethod
     def _fire(width: int) -> nn.ModuleDict:
-        def unit(cin: int, cout: int, kernel: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2), nn.BatchNorm2d(cout), nn.ReLU())
-        return nn.ModuleDict({"squeeze": unit(width, 4, 1), "e1": unit(4, 8, 1), "e3": unit(4, 8, 3)})
+        return nn.ModuleDict({"squeeze": _unit(width, 4, 1), "e1": _unit(4, 8, 1), "e3": _unit(4, 8, 3)})
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)
@@ -253,21 +266,12 @@ def test_concatenated_branches_run_integer_kernels_and_an_integer_concat(tmp_pat
     """With ``quantize_residuals`` every branch's output that a concatenation joins for a quantized reader is
     quantized at its branch, so every conv runs as QLinearConv, each concatenation as QLinearConcat and the
     classifier as QGemm; the export stays within one head level of torch."""
-    torch.manual_seed(0)
-    x = torch.randn(2, 3, 16, 16)
-    compact = _compact(_with_statistics(FireNet()), x, residuals=True)
-    path = geta.export_onnx(compact, x, tmp_path / "m.onnx")
-    session, optimized = _optimized(path, onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL)
-    ops = [node.op_type for node in optimized.graph.node]
+    compact, session, ops = _residual_export(FireNet(), tmp_path)
     assert ops.count("QLinearConv") == 7 and "Conv" not in ops and "FusedConv" not in ops
     assert ops.count("QLinearConcat") == 2 and "Concat" not in ops and "QGemm" in ops and "Clip" not in ops
     batch = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     error, bound = _head_level_error(compact, compact.head, session, batch)
     assert error <= bound
-
-
-def _unit(cin: int, cout: int, kernel: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2), nn.BatchNorm2d(cout), nn.ReLU())
 
 
 class InceptionBlock(nn.Module):
@@ -299,12 +303,7 @@ def test_inception_blocks_run_integer_kernels_with_the_pooling_branch_on_codes(t
     """The stem's and the first block's outputs are quantized once for all three branches, the pooling branch's
     max pooling included: every conv runs as QLinearConv, each concatenation as QLinearConcat and every max
     pooling on codes, with onnxruntime's two layout Transposes only; within one head level of torch."""
-    torch.manual_seed(0)
-    x = torch.randn(2, 3, 16, 16)
-    compact = _compact(_with_statistics(InceptionNet()), x, residuals=True)
-    path = geta.export_onnx(compact, x, tmp_path / "m.onnx")
-    session, optimized = _optimized(path, onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL)
-    ops = [node.op_type for node in optimized.graph.node]
+    compact, session, ops = _residual_export(InceptionNet(), tmp_path)
     assert ops.count("QLinearConv") == 7 and "Conv" not in ops and "FusedConv" not in ops
     assert ops.count("QLinearConcat") == 2 and ops.count("NhwcMaxPool") == 3 and "MaxPool" not in ops
     assert ops.count("Transpose") == 2 and "Clip" not in ops
