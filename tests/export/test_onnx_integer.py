@@ -440,3 +440,52 @@ def test_a_mean_over_the_spatial_axes_runs_as_an_integer_global_pool(
     batch = torch.randn(16, *x.shape[1:], generator=torch.Generator().manual_seed(5))
     error, bound = _head_level_error(compact, compact.head, session, batch)
     assert error <= bound
+
+
+class GatedBlock(nn.Module):
+    """A MobileNetV3-style block: expansion and depthwise conv-bn-hardswish, squeeze-excitation gating (pool,
+    conv, ReLU, conv, hardsigmoid, multiply), projection conv-bn and a residual add."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(width, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.Hardswish())
+        self.depthwise = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
+                                       nn.BatchNorm2d(hidden), nn.Hardswish())
+        self.fc1, self.fc2 = nn.Conv2d(hidden, 4, 1), nn.Conv2d(4, hidden, 1)
+        self.project = nn.Sequential(nn.Conv2d(hidden, width, 1, bias=False), nn.BatchNorm2d(width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.depthwise(self.expand(x))
+        gate = F.hardsigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(h, 1)))))
+        return x + self.project(h * gate)
+
+
+class GatedNet(nn.Module):
+    """A conv-bn-hardswish stem, two gated blocks, a conv-bn-SiLU, then a ConvNeXt-style channels-last LayerNorm,
+    a linear-GELU and a mean into the linear classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.Hardswish())
+        self.blocks = nn.Sequential(GatedBlock(8, 16), GatedBlock(8, 16))
+        self.last, self.last_bn = nn.Conv2d(8, 12, 1, bias=False), nn.BatchNorm2d(12)
+        self.norm, self.mix = nn.LayerNorm(12), nn.Linear(12, 12)
+        self.head = nn.Linear(12, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.silu(self.last_bn(self.last(self.blocks(self.stem(x)))))
+        h = F.gelu(self.mix(self.norm(h.permute(0, 2, 3, 1))))
+        return self.head(h.mean((1, 2)))
+
+
+def test_kernels_before_float_functions_run_integer_kernels(tmp_path: Path) -> None:
+    """Every conv or linear whose output (after its batch norm) only a function that runs in float reads
+    (hardswish, hardsigmoid, SiLU, GELU, a LayerNorm through a permutation) is quantized where it is produced, so
+    all 12 convs and the linear before the GELU run as integer kernels, beside the float functions; within one head
+    level of torch."""
+    compact, session, ops = _residual_export(GatedNet(), tmp_path)
+    assert ops.count("QLinearConv") == 12 and "Conv" not in ops and "FusedConv" not in ops
+    assert "MatMul" not in ops and "FusedMatMul" not in ops and "Gemm" not in ops
+    batch = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    error, bound = _head_level_error(compact, compact.head, session, batch)
+    assert error <= bound

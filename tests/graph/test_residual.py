@@ -461,3 +461,54 @@ def test_save_and_load_keep_shared_and_unsigned_output_quantizers(given_model: b
 def test_quantize_residuals_needs_quantized_activations() -> None:
     with pytest.raises(geta.GetaError, match="quantize_residuals=True needs quantize='weights\\+activations'"):
         geta.GETA(ResNet20(in_channels=1), torch.randn(2, 1, 16, 16), quantize="weights", quantize_residuals=True)
+
+
+class FloatFunctions(nn.Module):
+    """Kernels whose outputs only functions that run in float read: conv, batch norm and hardswish modules, a conv
+    into a
+    functional SiLU, a conv into a hardsigmoid gate, a linear into GELU and a conv into a LayerNorm through a
+    permutation; ``extra`` is what else reads the batch norm's output: ``"add"`` (a broadcast add, a
+    float op) or ``"relu"`` (a ReLU beside the hardswish)."""
+
+    def __init__(self, extra: str = "") -> None:
+        super().__init__()
+        self.conv, self.bn, self.act = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Hardswish()
+        self.swish, self.gate, self.mixer = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 6, 1)
+        self.norm, self.linear, self.head = nn.LayerNorm(6), nn.Linear(6, 6), nn.Linear(6, 3)
+        self.extra = extra
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.bn(self.conv(x))
+        h = self.act(y)
+        if self.extra == "add":
+            h = h + y.amax()
+        if self.extra == "relu":
+            h = h + torch.relu(y)
+        h = nn.functional.silu(self.swish(h))
+        h = h * nn.functional.hardsigmoid(self.gate(h))
+        h = self.norm(self.mixer(h).permute(0, 2, 3, 1))
+        return self.head(nn.functional.gelu(self.linear(h)))
+
+
+def test_kernel_outputs_that_float_functions_read() -> None:
+    """Each kernel output that only a float function reads (directly, or through a permutation) is quantized where
+    it is produced, signed, with no readers: the batch norm (its conv's only reader), the conv before the
+    SiLU, the gate conv, the conv before the permutation and LayerNorm, and the linear before the GELU; not the
+    head, whose output is the model's."""
+    assert _found(FloatFunctions().eval(), torch.randn(2, 3, 8, 8)) == [
+        Source("bn"), Source("swish"), Source("gate"), Source("mixer"), Source("linear")]
+
+
+@pytest.mark.parametrize("extra", ["add", "relu"])
+def test_a_kernel_output_read_by_another_op_too_stays_float(extra: str) -> None:
+    """The batch norm's output read by an op beside the hardswish: not quantized (that op would read the
+    quantized value); the other kernels still are."""
+    sources = _sources(FloatFunctions(extra).eval(), torch.randn(2, 3, 8, 8))
+    assert "bn" not in sources and {"swish", "gate", "mixer", "linear"} <= set(sources)
+
+
+def test_a_batch_norm_after_a_full_precision_conv_gets_no_quantizer_for_its_function() -> None:
+    """With the first conv kept at full precision, its batch norm's output stays float (the conv is no integer
+    kernel), and so does the gate conv's when the gate conv is."""
+    sources = _sources(FloatFunctions().eval(), torch.randn(2, 3, 8, 8), {"conv", "gate"})
+    assert "bn" not in sources and "gate" not in sources and "swish" in sources

@@ -25,6 +25,12 @@ The rule, on the captured graph of the model before its activation quantizers. A
    data-movement ops and max poolings, or is the only input of at least two of them (a SqueezeNet fire
    module's or an Inception block's branches): onnxruntime concatenates codes (QLinearConcat) only when
    every input and the output are quantized, and each branch's last layer then runs as an integer kernel;
+   or the output of a *kernel* (a layer of ``readers``, or a batch norm that alone reads one's output) that
+   only functions an integer runtime computes in float read, directly or through permutations: sigmoid,
+   hardsigmoid, tanh, SiLU, hardswish, GELU, ELU, SELU, CELU, Mish, softplus, leaky ReLU, layer and group
+   norm (MobileNetV3's and EfficientNet's activations and squeeze-excitation gates, ConvNeXt's LayerNorm and
+   GELU). No quantizer moves through these as one moves through a ReLU or a max pooling, so the kernel runs
+   as an integer kernel only with its own output quantized, as onnxruntime's ``quantize_static`` quantizes it;
 2. T is the only output of a module P other than the root, called once: T is computed in P's scope (P is
    the innermost such module: a torchvision block whose output comes from the ReLU module it calls twice
    is P itself), nothing in P's scope reads it, and no other tensor computed in P's scope is read outside
@@ -35,7 +41,8 @@ The rule, on the captured graph of the model before its activation quantizers. A
    it is, so T's readers read ``Q(relu(y))``;
 3. P is not a layer kept at full precision (``excluded``); nor, when no layer of ``readers`` reads T, a
    batch norm fed by one (with readers, their input quantization only moves to P); and
-4. every node that reads T is a residual add, a pooled reader or a concatenation of (1), or belongs to a layer of
+4. every node that reads T is a residual add, a pooled reader, a concatenation or a float function of (1), or
+   belongs to a layer of
    ``readers`` whose only input is T (so no full-precision layer and no other op is made to read a
    quantized value). A
    convolution's or batch norm's own output that goes into a residual add needs only (1)-(3), as before
@@ -52,10 +59,11 @@ reads the same quantized tensor.
 
 Not covered: a tensor computed in the root module's own forward other than the ReLU of a module's output
 (``relu(x + y)`` or ``torch.sigmoid(y)`` there), which is no module's output, nor a tensor that is only one of
-several outputs of a module, nor one read by anything but residual adds, pooled readers, concatenations and
-quantized layers, nor the inputs of a concatenation that a float op reads (DenseNet's, which a batch norm
-reads); these stay as before (the layers reading them quantize them, the add, the pool or the concatenation
-reads the float value).
+several outputs of a module, nor one read by anything but residual adds, pooled readers, concatenations,
+float functions after a kernel and quantized layers, nor the inputs of a concatenation that a float op reads
+(DenseNet's, which a batch norm reads); these stay as before (the layers reading them quantize them, the add,
+the pool or the concatenation reads the float value). A squeeze-excitation product (``x * gate``) stays a
+float multiply between quantizers: its operands are no kernel's outputs.
 """
 
 from __future__ import annotations
@@ -81,7 +89,17 @@ _AVERAGING_POOLS = {
 # ops that move or copy data, and dropout (the identity in the eval-mode graph; a reader beyond it keeps its own
 # input quantizer, so a training-mode dropout's scaling is quantized there)
 _DATA_MOVEMENT = {aten.flatten, aten.view, aten._unsafe_view, aten.reshape, aten.squeeze, aten.contiguous,
-                  aten.clone, aten.dropout}
+                  aten.clone, aten.dropout, aten.dropout_}
+# functions an integer runtime computes in float, between a dequantization and a quantization: no quantizer moves
+# through them (as one moves through a ReLU or a max pooling), so the kernel whose output one of them reads runs
+# on integers only when that output has a quantizer of its own
+_FLOAT_FUNCTIONS = {
+    aten.sigmoid, aten.sigmoid_, aten.hardsigmoid, aten.hardsigmoid_, aten.tanh, aten.tanh_, aten.silu, aten.silu_,
+    aten.hardswish, aten.hardswish_, aten.gelu, aten.gelu_, aten.elu, aten.elu_, aten.selu, aten.selu_, aten.celu,
+    aten.celu_, aten.mish, aten.mish_, aten.softplus, aten.leaky_relu, aten.leaky_relu_, aten.layer_norm,
+    aten.native_layer_norm, aten.group_norm, aten.native_group_norm,
+}
+_PERMUTATIONS = {aten.permute, aten.transpose}
 _MAX_POOLS = {aten.max_pool1d, aten.max_pool2d, aten.max_pool3d}
 _CONCATENATIONS = {aten.cat, aten.concat, aten.concatenate}
 RESIDUAL_KINDS = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
@@ -110,6 +128,7 @@ def residual_sources(
     state = set(signature.inputs_to_parameters) | set(signature.inputs_to_buffers)
     state |= set(signature.inputs_to_lifted_tensor_constants)
     calls = _calls(graph)
+    readers = list(readers)
     read_by: dict[fx.Node, list[str]] = defaultdict(list)
     for name in readers:
         inputs = layer_inputs(graph, name, state)
@@ -141,8 +160,16 @@ def residual_sources(
                                                or _reaches(node, read_by, _DATA_MOVEMENT | _MAX_POOLS)):
             for operand in _float_operands(node):
                 cats[operand].append(node)
+    reader_names = {name for name in readers if calls.get(name) == 1}
+    kernels = {node for node in graph.nodes if (stack := _stack(node)) and stack[-1] in reader_names
+               and any(stack[-1] not in _scopes(user) for user in node.users)}
+    functions: dict[fx.Node, list[fx.Node]] = defaultdict(list)
+    for tensor in graph.nodes:
+        if _kernel_output(tensor, kernels) and tensor.users and all(
+                _reaches_function(user) for user in tensor.users):
+            functions[tensor].extend(tensor.users)
     shared = (node for node, names in read_by.items() if len(names) > 1)
-    candidates = list(dict.fromkeys([*adds, *shared, *pools, *cats]))
+    candidates = list(dict.fromkeys([*adds, *shared, *pools, *cats, *functions]))
     nonnegative = nonnegative_nodes(graph) if candidates else set()
     found: dict[str, Source] = {}
     for tensor in candidates:
@@ -157,7 +184,7 @@ def residual_sources(
         if not names and _fed_by(output, path, excluded):
             continue  # (3); with readers, their input quantization only moves to the source
         allowed = {*adds.get(tensor, []), *pools.get(tensor, []), *cats.get(tensor, []),
-                   *pooled_readers.get(tensor, [])}
+                   *pooled_readers.get(tensor, []), *functions.get(tensor, [])}
         only_adds_and_readers = all(user in allowed or any(name in _scopes(user) for name in names)
                                     for user in tensor.users)
         old_rule = not through_relu and isinstance(modules[path], RESIDUAL_KINDS) and tensor in adds
@@ -176,6 +203,23 @@ def _reaches(start: fx.Node, read_by: dict[fx.Node, list[str]], through: Collect
             return False
         node = users[0]
     return True
+
+
+def _kernel_output(tensor: fx.Node, kernels: set[fx.Node]) -> bool:
+    """Whether ``tensor`` is a reader layer's output (``kernels``), or a batch norm's of one that it alone reads."""
+    if tensor in kernels:
+        return True
+    if op_of(tensor) not in {aten.batch_norm, aten._native_batch_norm_legit_no_training}:
+        return False
+    source = tensor.args[0] if tensor.args else None
+    return isinstance(source, fx.Node) and source in kernels and list(source.users) == [tensor]
+
+
+def _reaches_function(node: fx.Node) -> bool:
+    """Whether ``node`` is, or leads through single-reader permutations to, a function of ``_FLOAT_FUNCTIONS``."""
+    while op_of(node) in _PERMUTATIONS and len(node.users) == 1:
+        node = next(iter(node.users))
+    return op_of(node) in _FLOAT_FUNCTIONS
 
 
 def _float_operands(cat: fx.Node) -> list[fx.Node]:
