@@ -479,12 +479,13 @@ class GatedNet(nn.Module):
 
 
 def test_kernels_before_float_functions_run_integer_kernels(tmp_path: Path) -> None:
-    """Every conv or linear whose output (after its batch norm) only a function that runs in float reads
-    (hardswish, hardsigmoid, SiLU, GELU, a LayerNorm through a permutation) is quantized where it is produced, so
-    all 12 convs and the linear before the GELU run as integer kernels, beside the float functions; within one head
-    level of torch."""
+    """Every conv whose output (after its batch norm) only a function that runs in float reads (hardswish,
+    hardsigmoid, SiLU, a LayerNorm through a permutation) is quantized where it is produced, so all 12 convs run
+    as QLinearConv, beside the float functions; the linear before the GELU, whose output is not quantized, runs
+    as MatMulIntegerToFloat, its bias fused into the GELU; within one head level of torch."""
     compact, session, ops = _residual_export(GatedNet(), tmp_path)
     assert ops.count("QLinearConv") == 12 and "Conv" not in ops and "FusedConv" not in ops
+    assert "MatMulIntegerToFloat" in ops and "BiasGelu" in ops
     assert "MatMul" not in ops and "FusedMatMul" not in ops and "Gemm" not in ops
     batch = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     error, bound = _head_level_error(compact, compact.head, session, batch)

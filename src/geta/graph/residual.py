@@ -25,12 +25,16 @@ The rule, on the captured graph of the model before its activation quantizers. A
    data-movement ops and max poolings, or is the only input of at least two of them (a SqueezeNet fire
    module's or an Inception block's branches): onnxruntime concatenates codes (QLinearConcat) only when
    every input and the output are quantized, and each branch's last layer then runs as an integer kernel;
-   or the output of a *kernel* (a layer of ``readers``, or a batch norm that alone reads one's output) that
-   only functions an integer runtime computes in float read, directly or through permutations: sigmoid,
-   hardsigmoid, tanh, SiLU, hardswish, GELU, ELU, SELU, CELU, Mish, softplus, leaky ReLU, layer and group
-   norm (MobileNetV3's and EfficientNet's activations and squeeze-excitation gates, ConvNeXt's LayerNorm and
-   GELU). No quantizer moves through these as one moves through a ReLU or a max pooling, so the kernel runs
-   as an integer kernel only with its own output quantized, as onnxruntime's ``quantize_static`` quantizes it;
+   or the output of a *kernel* (a convolution of ``readers``, not a transposed one, or a batch norm that alone
+   reads one's output) that only functions an integer runtime computes in float read, directly or through
+   permutations: sigmoid, hardsigmoid, tanh, SiLU, hardswish, GELU, ELU, SELU, CELU, Mish, softplus, leaky
+   ReLU, layer and group norm (MobileNetV3's and EfficientNet's activations and squeeze-excitation gates,
+   ConvNeXt's LayerNorm). No quantizer moves through these as one moves through a ReLU or a max pooling, and
+   onnxruntime runs a convolution as an integer kernel only with its output quantized (QLinearConv), as its
+   ``quantize_static`` quantizes it. A linear layer needs no such quantizer: onnxruntime multiplies its
+   quantized input on integers into a float output (MatMulIntegerToFloat, QGemm), and fuses its bias into
+   the GELU after it (BiasGelu), which a quantizer in between would break (measured on ConvNeXt: 18 more
+   quantize/dequantize pairs, and slower);
 2. T is the only output of a module P other than the root, called once: T is computed in P's scope (P is
    the innermost such module: a torchvision block whose output comes from the ReLU module it calls twice
    is P itself), nothing in P's scope reads it, and no other tensor computed in P's scope is read outside
@@ -100,6 +104,7 @@ _FLOAT_FUNCTIONS = {
     aten.native_layer_norm, aten.group_norm, aten.native_group_norm,
 }
 _PERMUTATIONS = {aten.permute, aten.transpose}
+_CONVOLUTIONS = nn.modules.conv._ConvNd
 _MAX_POOLS = {aten.max_pool1d, aten.max_pool2d, aten.max_pool3d}
 _CONCATENATIONS = {aten.cat, aten.concat, aten.concatenate}
 RESIDUAL_KINDS = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
@@ -160,8 +165,9 @@ def residual_sources(
                                                or _reaches(node, read_by, _DATA_MOVEMENT | _MAX_POOLS)):
             for operand in _float_operands(node):
                 cats[operand].append(node)
-    reader_names = {name for name in readers if calls.get(name) == 1}
-    kernels = {node for node in graph.nodes if (stack := _stack(node)) and stack[-1] in reader_names
+    convolutions = {name for name in readers if calls.get(name) == 1 and isinstance(modules.get(name), _CONVOLUTIONS)
+                    and not isinstance(modules[name], nn.modules.conv._ConvTransposeNd)}
+    kernels = {node for node in graph.nodes if (stack := _stack(node)) and stack[-1] in convolutions
                and any(stack[-1] not in _scopes(user) for user in node.users)}
     functions: dict[fx.Node, list[fx.Node]] = defaultdict(list)
     for tensor in graph.nodes:
