@@ -490,3 +490,31 @@ def test_kernels_before_float_functions_run_integer_kernels(tmp_path: Path) -> N
     batch = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     error, bound = _head_level_error(compact, compact.head, session, batch)
     assert error <= bound
+
+
+class PaddedNet(nn.Module):
+    """TensorFlow-style "same" padding: each conv reads an explicit zero ``F.pad`` of the ReLU6 output before it
+    (as Hugging Face's MobileNetV2 does), and a last conv that pads asymmetrically."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 12, 2)])
+        self.norms = nn.ModuleList([nn.BatchNorm2d(8), nn.BatchNorm2d(8), nn.BatchNorm2d(12)])
+        self.acts = nn.ModuleList([nn.ReLU6() for _ in range(3)])
+        self.head = nn.Linear(12, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for index, (conv, norm, act) in enumerate(zip(self.convs, self.norms, self.acts)):
+            x = act(norm(conv(F.pad(x, (0, 1, 0, 1) if index == 2 else (1, 1, 1, 1)))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_quantizer_moves_above_a_zero_pad(tmp_path: Path) -> None:
+    """A constant zero Pad between a quantizer and the op before it: the quantizer moves above it (zero point 0,
+    so the codes pad with code 0), every conv runs as QLinearConv and the pads on codes; within one head level."""
+    compact, session, ops = _residual_export(PaddedNet(), tmp_path)
+    assert ops.count("QLinearConv") == 3 and "Conv" not in ops and "FusedConv" not in ops
+    assert ops.count("Pad") == 3
+    batch = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    error, bound = _head_level_error(compact, compact.head, session, batch)
+    assert error <= bound

@@ -567,14 +567,20 @@ def _means_as_global_pools(graph: _Graph, model: onnx.ModelProto) -> None:
 def _hoist_quantizers(graph: _Graph) -> None:
     """Move each activation QuantizeLinear above the data-movement ops (``_DATA_MOVEMENT``) that feed it
     alone, so that it directly follows the op computing its input (which can then be fused with it); the
-    codes are the same, quantization being monotone and elementwise."""
+    codes are the same, quantization being monotone and elementwise. A constant Pad of zeros moves too when
+    the zero point is 0 (``Q(0)`` is code 0, so the padded codes are the codes padded with 0): a pad before
+    each conv, as in TensorFlow-style "same" padding, would otherwise keep the conv before it in float."""
     for q in [node for node in graph.nodes() if node.op_type == "QuantizeLinear"]:
         scale = graph.constant(q.input[1])
+        zero = graph.constant(q.input[2]) if len(q.input) > 2 else None
         while scale is not None and scale.ndim == 0:
             mover = graph.producers.get(q.input[0])
-            if mover is None or mover.op_type not in _DATA_MOVEMENT or len(mover.output) != 1 \
+            padding = mover is not None and zero is not None and not np.any(zero) and _zero_pad(graph, mover)
+            if mover is None or (mover.op_type not in _DATA_MOVEMENT and not padding) or len(mover.output) != 1 \
                     or graph.only_consumer(mover.output[0]) is not q:
                 break
+            if padding and zero is not None and len(mover.input) > 2 and mover.input[2]:
+                mover.input[2] = graph.add_constant(np.zeros((), zero.dtype), f"{mover.name}_zero_code")
             codes = q.output[0]
             q.input[0], q.output[0] = mover.input[0], f"{codes}_before_{mover.op_type}"
             mover.input[0], mover.output[0] = q.output[0], codes
@@ -582,6 +588,16 @@ def _hoist_quantizers(graph: _Graph) -> None:
             graph.graph.node.remove(mover)
             graph.graph.node.insert(list(graph.graph.node).index(q) + 1, moved)
             graph.refresh()
+
+
+def _zero_pad(graph: _Graph, node: onnx.NodeProto) -> bool:
+    """Whether ``node`` is a Pad in constant mode whose padding value is 0 (given as a constant, or left out)."""
+    if node.op_type != "Pad" or _attribute(node, "mode", b"constant") not in (b"constant", "constant"):
+        return False
+    if len(node.input) < 3 or not node.input[2]:
+        return True
+    value = graph.constant(node.input[2])
+    return value is not None and value.size == 1 and float(value.reshape(())) == 0.0
 
 
 def _clips_as_relus(graph: _Graph) -> None:
