@@ -518,3 +518,37 @@ def test_a_quantizer_moves_above_a_zero_pad(tmp_path: Path) -> None:
     batch = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     error, bound = _head_level_error(compact, compact.head, session, batch)
     assert error <= bound
+
+
+class _Logits(nn.Module):
+    """A Hugging Face image classifier as a module of ``pixel_values`` returning its logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(pixel_values=x).logits
+
+
+def test_hugging_face_mobilenet_v2_runs_its_padded_convs_on_integer_kernels(tmp_path: Path) -> None:
+    """Hugging Face's MobileNetV2 (random weights) pads every conv's input explicitly (TensorFlow "same"
+    padding) and uses ReLU6: all but its last two convs run as QLinearConv, and with onnxruntime's
+    optimizations off the export matches torch to float rounding on every image."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.MobileNetV2Config(num_channels=3, image_size=32, depth_multiplier=0.25, num_labels=4)
+    torch.manual_seed(0)
+    model = transformers.MobileNetV2ForImageClassification(config)
+    for module in model.modules():  # its initialization (std 0.02) gives the same logits for every image
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    compact, _, ops = _residual_export(_Logits(model), tmp_path)
+    convs = ops.count("QLinearConv") + ops.count("Conv") + ops.count("FusedConv")
+    assert ops.count("QLinearConv") >= convs - 2 and convs == 52
+    unfused, _ = _optimized(tmp_path / "m.onnx", onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    batch = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    (out,) = unfused.run(None, {"input_0": batch.numpy()})
+    with torch.no_grad():
+        ref = compact(batch).numpy()
+    assert ref.std(0).min() > 0.01 * np.abs(ref).max()  # logits that depend on the image
+    assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
