@@ -8,7 +8,7 @@ stays one (``zero_random_groups(..., round_to=N)``); then up to 30/50/70% are re
 gives the share actually removed. Each model is timed in torch eager mode (``torch.no_grad``, eval) at batch 1
 and 64, at batch 64 also with model and input in channels-last memory format, and in onnxruntime
 (``geta.export_onnx``, CPU provider) at batch 64. Candidates are interleaved: every round
-runs each of them ``--calls`` times, in an order rotated from round to round, after one untimed
+runs each of them ``--calls`` times, in an order shuffled each round, after one untimed
 warm-up call; the table gives the median over rounds of the time per call.
 
 speedup = dense time / compact time (same runtime and batch); MACs ratio = dense MACs / compact MACs
@@ -40,6 +40,7 @@ from geta.export.onnx import inference_session
 from geta.metrics.cost import count_macs
 from geta.models.cifar import ResNet20, vgg7_bn
 from geta.quant.prepare import find_layers
+from geta.run.latency import shuffled_rounds
 
 MODELS: dict[str, Callable[[], nn.Module]] = {"resnet20": ResNet20, "vgg7": vgg7_bn}
 SPARSITIES = (0.3, 0.5, 0.7)
@@ -90,9 +91,8 @@ def measure(built: dict[str, dict[str, dict]], rounds: int, calls: int) -> dict[
     for m, v, s in candidates:
         built[m][v]["calls"][s]()  # warm-up
     times: dict[tuple[str, str, str], list[float]] = {c: [] for c in candidates}
-    for round_index in range(rounds):
-        shift = round_index % len(candidates)
-        for m, v, s in candidates[shift:] + candidates[:shift]:
+    for order in shuffled_rounds(candidates, rounds):
+        for m, v, s in order:
             call = built[m][v]["calls"][s]
             start = time.perf_counter()
             for _ in range(calls):

@@ -36,7 +36,7 @@ the tools' own prints are silenced for every candidate alike. A first, warm-up r
 statistics (it pays one-off costs: lazy imports, registration of ONNX symbolics, first use of
 ``torch.export``); its time is shown in the ``first s`` column. Machines are noisy, so the
 measurements are interleaved: every round takes one sample of every (model, candidate) pair, in
-an order rotated from round to round, and the table reports the median and the minimum over the
+an order shuffled each round, and the table reports the median and the minimum over the
 rounds (contention from other processes only ever adds time). For each geta row it also shows
 the ratio of geta's median to Torch-Pruning's and to OTO's median on the same model. A candidate
 that raises is reported as ``failed: <reason>`` and dropped; the others go on.
@@ -86,6 +86,7 @@ import torch
 from torch import nn
 
 import geta
+from geta.run.latency import shuffled_rounds
 
 MODELS = ("resnet50", "bert")
 GETA_MODES = ("none", "weights", "weights+activations")
@@ -281,7 +282,7 @@ def main() -> None:
         f"cpu: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
         f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
-    print(f"rounds: 1 warm-up (excluded, 'first s') + {args.rounds} timed, interleaved, order rotated per round")
+    print(f"rounds: 1 warm-up (excluded, 'first s') + {args.rounds} timed, interleaved, order shuffled per round")
     if shimmed:
         print("OTO benchmark-only shim:")
         for line in shimmed:
@@ -293,9 +294,8 @@ def main() -> None:
         candidates += _candidates(name, oto_cls, oto_error)
 
     started = time.perf_counter()
-    for round_ in range(args.rounds + 1):
-        shift = round_ % len(candidates)
-        for cand in candidates[shift:] + candidates[:shift]:
+    for round_, order in enumerate(shuffled_rounds(candidates, args.rounds + 1)):
+        for cand in order:
             if cand.error is not None:
                 continue
             try:

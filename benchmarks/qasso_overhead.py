@@ -13,7 +13,7 @@ Each QASSO candidate gets stages of 10^6 steps so that timing never leaves the s
 candidate first takes one untimed step at the period start, where it ranks the groups and chooses
 the redundant ones (50% target sparsity), so timed steps forget them. Machines are noisy, so the
 candidates are interleaved: each round times ``--steps`` steps of every candidate, in an order
-rotated from round to round, after untimed warm-up steps (the first call compiles the quantizer
+shuffled each round, after untimed warm-up steps (the first call compiles the quantizer
 kernels). The table gives each candidate's median and minimum step time and their ratios to
 ``base``'s (contention from other processes only adds time, so the minimum ratio is the more
 robust one on a shared machine); the verdict uses the median ratio. Targets: at most 1.15x with
@@ -47,6 +47,7 @@ from torch import nn
 import geta
 from geta.models.cifar import ResNet20, vgg7_bn
 from geta.optim.schedule import Stage
+from geta.run.latency import shuffled_rounds
 
 BATCH = 128
 LONG = 10**6
@@ -96,8 +97,7 @@ def run(model_name: str, rounds: int, steps: int, warmup: int) -> list[Candidate
         candidate.model.train()
         for _ in range(warmup):
             candidate.step(x, y)
-    for r in range(rounds):
-        order = found[r % len(found):] + found[: r % len(found)]
+    for order in shuffled_rounds(found, rounds):
         for candidate in order:
             candidate.times += [candidate.step(x, y) for _ in range(steps)]
     return found

@@ -20,7 +20,7 @@ quantizer's parameters (d, q_m, t, all requiring grad) are set to None, outside 
 so no candidate pays for accumulation. Warm-up iterations come first; the first fused call
 compiles the kernel (several seconds) and is excluded. Machines are noisy, so the measurements
 are interleaved: every round takes one sample of each (tensor, candidate) pair, in an order
-rotated from round to round, and the table reports the median over all rounds and the ratio of
+shuffled each round, and the table reports the median over all rounds and the ratio of
 each median to the ``x*1`` median of the same tensor. The minimum is shown too: contention from
 other processes only ever adds time, and hits the small weight tensor hardest (a descheduled
 worker thread stalls every parallel region). Target: the fused activation quantizer costs at
@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 import geta
 from geta.quant.kernel import reference_kernel
+from geta.run.latency import shuffled_rounds
 
 TARGET_RATIO = 3.0
 BASELINE = "x*1"
@@ -129,12 +130,11 @@ def warm_up(cases: list[Case], iterations: int) -> None:
 
 
 def measure(cases: list[Case], repeats: int) -> dict[tuple[str, str], list[float]]:
-    """Interleaved rounds: one sample per (case, candidate), in an order rotated each round."""
+    """Interleaved rounds: one sample per (case, candidate), in an order shuffled each round."""
     pairs = [(case, candidate) for case in cases for candidate in case.candidates]
     samples: dict[tuple[str, str], list[float]] = {(case.name, candidate): [] for case, candidate in pairs}
-    for round_index in range(repeats):
-        shift = round_index % len(pairs)
-        for case, candidate in pairs[shift:] + pairs[:shift]:
+    for order in shuffled_rounds(pairs, repeats):
+        for case, candidate in order:
             samples[case.name, candidate].append(case.time_step(candidate))
     return samples
 

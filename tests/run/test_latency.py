@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import geta
-from geta.run.latency import BatchLatency, interleaved_medians, measure_latency
+from geta.run.latency import BatchLatency, interleaved_medians, measure_latency, shuffled_rounds
 
 
 class Text(nn.Module):
@@ -85,3 +85,9 @@ def test_interleaved_rounds_give_every_session_every_predecessor() -> None:
         before = [follows[(other, session)] for other in range(4) if other != session]
         # a rotation gives one predecessor about three rounds in four; each of three about a third here
         assert min(before) > 0.6 * max(before)
+
+
+def test_shuffled_rounds_are_repeatable_permutations() -> None:
+    rounds = list(shuffled_rounds("abcd", 50))
+    assert len(rounds) == 50 and all(sorted(order) == list("abcd") for order in rounds)
+    assert rounds == list(shuffled_rounds("abcd", 50)) and len({tuple(order) for order in rounds}) > 10

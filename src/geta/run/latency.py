@@ -14,10 +14,10 @@ import random
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime
@@ -29,6 +29,8 @@ from geta.core.inputs import ExampleInputs
 from geta.data.split import Inputs, select
 from geta.errors import GetaError, error_summary
 from geta.export.onnx import export_onnx, inference_session
+
+T = TypeVar("T")
 
 WARMUP = 1
 MIN_REPEATS = 3
@@ -103,6 +105,17 @@ def _time(sessions: tuple[Any, Any], example: Inputs, batch: int) -> BatchLatenc
     return BatchLatency(batch, dense_ms, artifact_ms, rounds)
 
 
+def shuffled_rounds(items: Sequence[T], rounds: int, seed: int = 0) -> Iterator[list[T]]:
+    """``rounds`` orders of ``items``, each a fresh shuffle (a fixed ``seed``, so runs repeat): the order of
+    one interleaved timing round. Across rounds each item follows every other equally often on average, which
+    an order rotated by one each round does not give three or more items (see :func:`interleaved_medians`)."""
+    shuffler = random.Random(seed)
+    order = list(items)
+    for _ in range(rounds):
+        shuffler.shuffle(order)
+        yield list(order)
+
+
 def interleaved_medians(
     sessions: Sequence[Any], feed: dict[str, np.ndarray], *, min_repeats: int, max_repeats: int, budget_s: float
 ) -> tuple[list[float], int]:
@@ -119,11 +132,10 @@ def interleaved_medians(
         for _ in range(WARMUP):
             session.run(None, feed)
     spent: list[list[float]] = [[] for _ in sessions]
-    order = list(range(len(sessions)))
-    shuffler = random.Random(0)
     start, rounds = time.perf_counter(), 0
-    while rounds < max_repeats and (rounds < min_repeats or time.perf_counter() - start < budget_s):
-        shuffler.shuffle(order)
+    for order in shuffled_rounds(range(len(sessions)), max_repeats):
+        if rounds >= min_repeats and time.perf_counter() - start >= budget_s:
+            break
         for index in order:
             before = time.perf_counter()
             sessions[index].run(None, feed)
