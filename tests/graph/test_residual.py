@@ -512,3 +512,22 @@ def test_a_batch_norm_after_a_full_precision_conv_gets_no_quantizer_for_its_func
     kernel), and so does the gate conv's when the gate conv is."""
     sources = _sources(FloatFunctions().eval(), torch.randn(2, 3, 8, 8), {"conv", "gate"})
     assert "bn" not in sources and "gate" not in sources and "swish" in sources
+
+
+def test_quantizers_before_float_functions_train() -> None:
+    """GETA(quantize_residuals=True) on those kernels: each gets its output quantizer, every quantizer's step
+    receives a gradient, and the hardswish reads the batch norm's quantized output (values on its levels)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8)
+    g = geta.GETA(FloatFunctions(), x, quantize="weights+activations", exponent="fixed", quantize_residuals=True)
+    assert set(g.output_quantizers) == {"bn", "swish", "gate", "mixer"}
+    g.model.train()
+    g.model(x).square().sum().backward()
+    assert all(q.d.grad is not None and bool(q.d.grad.abs().sum() > 0) for q in g.output_quantizers.values())
+    seen: list[Tensor] = []
+    handle = g.model.act.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    with torch.no_grad():
+        g.model.eval()(x)
+    handle.remove()
+    quantizer = g.output_quantizers["bn"]
+    assert torch.equal(quantizer(seen[0]), seen[0])
