@@ -443,14 +443,15 @@ def test_a_mean_over_the_spatial_axes_runs_as_an_integer_global_pool(
 
 
 class GatedBlock(nn.Module):
-    """A MobileNetV3-style block: expansion and depthwise conv-bn-hardswish, squeeze-excitation gating (pool,
-    conv, ReLU, conv, hardsigmoid, multiply), projection conv-bn and a residual add."""
+    """A MobileNetV3-style block: expansion conv-bn-hardswish, depthwise conv-bn and ``act`` (hardswish, or a
+    ReLU as in RegNet-Y, whose output only the gating reads), squeeze-excitation gating (pool, conv, ReLU, conv,
+    hardsigmoid, multiply), projection conv-bn and a residual add."""
 
-    def __init__(self, width: int, hidden: int) -> None:
+    def __init__(self, width: int, hidden: int, act: type[nn.Module] = nn.Hardswish) -> None:
         super().__init__()
         self.expand = nn.Sequential(nn.Conv2d(width, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.Hardswish())
         self.depthwise = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
-                                       nn.BatchNorm2d(hidden), nn.Hardswish())
+                                       nn.BatchNorm2d(hidden), act())
         self.fc1, self.fc2 = nn.Conv2d(hidden, 4, 1), nn.Conv2d(4, hidden, 1)
         self.project = nn.Sequential(nn.Conv2d(hidden, width, 1, bias=False), nn.BatchNorm2d(width))
 
@@ -461,13 +462,13 @@ class GatedBlock(nn.Module):
 
 
 class GatedNet(nn.Module):
-    """A conv-bn-hardswish stem, two gated blocks, a conv-bn-SiLU, then a ConvNeXt-style channels-last LayerNorm,
-    a linear-GELU and a mean into the linear classifier."""
+    """A conv-bn-hardswish stem, two gated blocks (the second with a ReLU before its gating), a conv-bn-SiLU,
+    then a ConvNeXt-style channels-last LayerNorm, a linear-GELU and a mean into the linear classifier."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.Hardswish())
-        self.blocks = nn.Sequential(GatedBlock(8, 16), GatedBlock(8, 16))
+        self.blocks = nn.Sequential(GatedBlock(8, 16), GatedBlock(8, 16, nn.ReLU))
         self.last, self.last_bn = nn.Conv2d(8, 12, 1, bias=False), nn.BatchNorm2d(12)
         self.norm, self.mix = nn.LayerNorm(12), nn.Linear(12, 12)
         self.head = nn.Linear(12, 10)
@@ -480,7 +481,8 @@ class GatedNet(nn.Module):
 
 def test_kernels_before_float_functions_run_integer_kernels(tmp_path: Path) -> None:
     """Every conv whose output (after its batch norm) only a function that runs in float reads (hardswish,
-    hardsigmoid, SiLU, a LayerNorm through a permutation) is quantized where it is produced, so all 12 convs run
+    hardsigmoid, SiLU, a LayerNorm through a permutation), or whose ReLU only the gating's pooling and product
+    read, is quantized where it is produced, so all 12 convs run
     as QLinearConv, beside the float functions; the linear before the GELU, whose output is not quantized, runs
     as MatMulIntegerToFloat, its bias fused into the GELU; within one head level of torch."""
     compact, session, ops = _residual_export(GatedNet(), tmp_path)

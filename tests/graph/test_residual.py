@@ -531,3 +531,29 @@ def test_quantizers_before_float_functions_train() -> None:
     handle.remove()
     quantizer = g.output_quantizers["bn"]
     assert torch.equal(quantizer(seen[0]), seen[0])
+
+
+class Excitation(nn.Module):
+    """RegNet-Y's squeeze-excitation: a conv-bn-ReLU whose output only the gating reads (an average pool into a
+    conv, and the product with the sigmoid gate), then a projection conv; ``extra``: the ReLU's output also
+    goes to the model's output."""
+
+    def __init__(self, extra: bool = False) -> None:
+        super().__init__()
+        self.unit = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.fc1, self.fc2, self.project = nn.Conv2d(8, 2, 1), nn.Conv2d(2, 8, 1), nn.Conv2d(8, 4, 1)
+        self.extra = extra
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        h = self.unit(x)
+        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(nn.functional.adaptive_avg_pool2d(h, 1)))))
+        out = self.project(h * gate)
+        return (out, h) if self.extra else out
+
+
+def test_a_rectified_kernel_output_that_only_the_gating_reads() -> None:
+    """The ReLU module's output, read only by the pooling and the product, gets an unsigned quantizer (its conv
+    then runs on integers), and so does the gate conv before its sigmoid; not when the ReLU's output is also the
+    model's."""
+    assert _found(Excitation().eval(), torch.randn(2, 3, 8, 8)) == [Source("unit.2", (), True), Source("fc2")]
+    assert _sources(Excitation(extra=True).eval(), torch.randn(2, 3, 8, 8)) == ["fc2"]

@@ -34,7 +34,10 @@ The rule, on the captured graph of the model before its activation quantizers. A
    ``quantize_static`` quantizes it. A linear layer needs no such quantizer: onnxruntime multiplies its
    quantized input on integers into a float output (MatMulIntegerToFloat, QGemm), and fuses its bias into
    the GELU after it (BiasGelu), which a quantizer in between would break (measured on ConvNeXt: 18 more
-   quantize/dequantize pairs, and slower);
+   quantize/dequantize pairs, and slower). Likewise the ReLU of a kernel output that the ReLU alone reads,
+   when only such functions, averaging pools of (1) and products read the ReLU's output: a squeeze-excitation
+   input (RegNet-Y's, MobileNetV3's first block), which the pooling and ``x * gate`` read, and which no
+   quantized layer reads, so nothing else would quantize that conv's output;
 2. T is the only output of a module P other than the root, called once: T is computed in P's scope (P is
    the innermost such module: a torchvision block whose output comes from the ReLU module it calls twice
    is P itself), nothing in P's scope reads it, and no other tensor computed in P's scope is read outside
@@ -67,7 +70,7 @@ several outputs of a module, nor one read by anything but residual adds, pooled 
 float functions after a kernel and quantized layers, nor the inputs of a concatenation that a float op reads
 (DenseNet's, which a batch norm reads); these stay as before (the layers reading them quantize them, the add,
 the pool or the concatenation reads the float value). A squeeze-excitation product (``x * gate``) stays a
-float multiply between quantizers: its operands are no kernel's outputs.
+float multiply between quantizers (no QLinearMul): its output is quantized by the layer reading it.
 """
 
 from __future__ import annotations
@@ -104,6 +107,7 @@ _FLOAT_FUNCTIONS = {
     aten.native_layer_norm, aten.group_norm, aten.native_group_norm,
 }
 _PERMUTATIONS = {aten.permute, aten.transpose}
+_PRODUCTS = {aten.mul, aten.mul_}
 _CONVOLUTIONS = nn.modules.conv._ConvNd
 _MAX_POOLS = {aten.max_pool1d, aten.max_pool2d, aten.max_pool3d}
 _CONCATENATIONS = {aten.cat, aten.concat, aten.concatenate}
@@ -171,8 +175,15 @@ def residual_sources(
                and any(stack[-1] not in _scopes(user) for user in node.users)}
     functions: dict[fx.Node, list[fx.Node]] = defaultdict(list)
     for tensor in graph.nodes:
-        if _kernel_output(tensor, kernels) and tensor.users and all(
-                _reaches_function(user) for user in tensor.users):
+        if not tensor.users:
+            continue
+        if _kernel_output(tensor, kernels):
+            float_reads = all(_reaches_function(user) for user in tensor.users)
+        else:
+            float_reads = _rectified_kernel_output(tensor, kernels) and all(
+                user in pools.get(tensor, []) or op_of(user) in _PRODUCTS or _reaches_function(user)
+                for user in tensor.users)
+        if float_reads:
             functions[tensor].extend(tensor.users)
     shared = (node for node, names in read_by.items() if len(names) > 1)
     candidates = list(dict.fromkeys([*adds, *shared, *pools, *cats, *functions]))
@@ -219,6 +230,13 @@ def _kernel_output(tensor: fx.Node, kernels: set[fx.Node]) -> bool:
         return False
     source = tensor.args[0] if tensor.args else None
     return isinstance(source, fx.Node) and source in kernels and list(source.users) == [tensor]
+
+
+def _rectified_kernel_output(tensor: fx.Node, kernels: set[fx.Node]) -> bool:
+    """Whether ``tensor`` is the ReLU of a kernel output (see :func:`_kernel_output`) that the ReLU alone reads."""
+    inputs = tensor.all_input_nodes
+    return (op_of(tensor) in _RELUS and len(inputs) == 1 and _kernel_output(inputs[0], kernels)
+            and list(inputs[0].users) == [tensor])
 
 
 def _reaches_function(node: fx.Node) -> bool:
