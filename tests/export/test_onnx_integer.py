@@ -554,3 +554,43 @@ def test_hugging_face_mobilenet_v2_runs_its_padded_convs_on_integer_kernels(tmp_
         ref = compact(batch).numpy()
     assert ref.std(0).min() > 0.01 * np.abs(ref).max()  # logits that depend on the image
     assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+class DenseLayer(nn.Module):
+    """A DenseNet layer: batch norm, ReLU, 1x1 conv, batch norm, ReLU, 3x3 conv on the concatenated features."""
+
+    def __init__(self, width: int, growth: int = 4) -> None:
+        super().__init__()
+        self.bottleneck = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, 8, 1, bias=False),
+                                        nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, growth, 3, padding=1, bias=False))
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        return self.bottleneck(torch.cat(features, 1))
+
+
+class DenseNetLike(nn.Module):
+    """A stem conv and a dense block of three layers, each reading the concatenation of all earlier features
+    through a batch norm, then a batch norm, a ReLU and a mean into the classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.layers = nn.ModuleList([DenseLayer(8 + 4 * i) for i in range(3)])
+        self.norm, self.head = nn.BatchNorm2d(20), nn.Linear(20, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = [self.stem(x)]
+        for layer in self.layers:
+            features.append(layer(features))
+        return self.head(F.relu(self.norm(torch.cat(features, 1))).mean((2, 3)))
+
+
+def test_dense_layers_run_their_convs_on_integer_kernels(tmp_path: Path) -> None:
+    """Each dense layer's new features (a conv output that only concatenations read, for batch norms) are
+    quantized where they are produced, so every 3x3 conv runs as QLinearConv beside the 1x1 ones; the
+    concatenations and the batch norms before them stay float; within one head level of torch."""
+    compact, session, ops = _residual_export(DenseNetLike(), tmp_path)
+    assert ops.count("QLinearConv") == 7 and "Conv" not in ops and "FusedConv" not in ops
+    batch = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    error, bound = _head_level_error(compact, compact.head, session, batch)
+    assert error <= bound

@@ -321,9 +321,16 @@ def test_the_inputs_of_a_concatenation_that_quantized_layers_read(after: str) ->
     assert Source("squeeze.1", ("e1", "e3"), True) in found
 
 
-@pytest.mark.parametrize("after", ["norm", "output"])
-def test_a_concatenation_that_a_float_op_or_nothing_reads_leaves_its_inputs_float(after: str) -> None:
-    assert _sources(Fire(after).eval(), torch.randn(2, 3, 8, 8)) == ["squeeze.1"]
+def test_a_concatenation_that_the_model_returns_leaves_its_inputs_float() -> None:
+    assert _sources(Fire("output").eval(), torch.randn(2, 3, 8, 8)) == ["squeeze.1"]
+
+
+def test_the_inputs_of_a_concatenation_that_a_batch_norm_reads() -> None:
+    """DenseNet's pattern: a batch norm reads the concatenation, so it cannot run on codes, but each branch is the
+    ReLU of a conv output that only the concatenation reads: quantized there (unsigned, no readers), so that each
+    expanding conv runs on integers; the concatenation and the batch norm read the dequantized values."""
+    found = _found(Fire("norm").eval(), torch.randn(2, 3, 8, 8))
+    assert found == [Source("squeeze.1", ("e1", "e3"), True), Source("e1_act", (), True), Source("e3", (), True)]
 
 
 class Inception(nn.Module):

@@ -37,7 +37,9 @@ The rule, on the captured graph of the model before its activation quantizers. A
    quantize/dequantize pairs, and slower). Likewise the ReLU of a kernel output that the ReLU alone reads,
    when only such functions, averaging pools of (1) and products read the ReLU's output: a squeeze-excitation
    input (RegNet-Y's, MobileNetV3's first block), which the pooling and ``x * gate`` read, and which no
-   quantized layer reads, so nothing else would quantize that conv's output;
+   quantized layer reads, so nothing else would quantize that conv's output. A concatenation that the model
+   does not return counts among such readers (it only moves values; onnxruntime joins the dequantized ones):
+   a DenseNet layer's new features, which concatenations read for batch norms, or a ShuffleNet branch's;
 2. T is the only output of a module P other than the root, called once: T is computed in P's scope (P is
    the innermost such module: a torchvision block whose output comes from the ReLU module it calls twice
    is P itself), nothing in P's scope reads it, and no other tensor computed in P's scope is read outside
@@ -178,10 +180,10 @@ def residual_sources(
         if not tensor.users:
             continue
         if _kernel_output(tensor, kernels):
-            float_reads = all(_reaches_function(user) for user in tensor.users)
+            float_reads = all(_reaches_function(user) or _joins(user) for user in tensor.users)
         else:
             float_reads = _rectified_kernel_output(tensor, kernels) and all(
-                user in pools.get(tensor, []) or op_of(user) in _PRODUCTS or _reaches_function(user)
+                user in pools.get(tensor, []) or op_of(user) in _PRODUCTS or _joins(user) or _reaches_function(user)
                 for user in tensor.users)
         if float_reads:
             functions[tensor].extend(tensor.users)
@@ -237,6 +239,11 @@ def _rectified_kernel_output(tensor: fx.Node, kernels: set[fx.Node]) -> bool:
     inputs = tensor.all_input_nodes
     return (op_of(tensor) in _RELUS and len(inputs) == 1 and _kernel_output(inputs[0], kernels)
             and list(inputs[0].users) == [tensor])
+
+
+def _joins(node: fx.Node) -> bool:
+    """Whether ``node`` is a concatenation whose result the model does not return (a returned one stays float)."""
+    return op_of(node) in _CONCATENATIONS and all(user.op != "output" for user in node.users)
 
 
 def _reaches_function(node: fx.Node) -> bool:
