@@ -564,3 +564,20 @@ def test_a_rectified_kernel_output_that_only_the_gating_reads() -> None:
     model's."""
     assert _found(Excitation().eval(), torch.randn(2, 3, 8, 8)) == [Source("unit.2", (), True), Source("fc2")]
     assert _sources(Excitation(extra=True).eval(), torch.randn(2, 3, 8, 8)) == ["fc2"]
+
+
+class ReturnsFunction(nn.Module):
+    """A conv into a SiLU into a conv into a sigmoid that the model returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.last = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.last(nn.functional.silu(self.first(x))))
+
+
+def test_a_float_function_whose_result_the_model_returns_does_not_count() -> None:
+    """The first conv's output gets its quantizer (the SiLU's result is read inside the model), the last conv's
+    not: the model returns its sigmoid."""
+    assert _sources(ReturnsFunction().eval(), torch.randn(2, 3, 8, 8)) == ["first"]

@@ -37,8 +37,9 @@ The rule, on the captured graph of the model before its activation quantizers. A
    quantize/dequantize pairs, and slower). Likewise the ReLU of a kernel output that the ReLU alone reads,
    when only such functions, averaging pools of (1) and products read the ReLU's output: a squeeze-excitation
    input (RegNet-Y's, MobileNetV3's first block), which the pooling and ``x * gate`` read, and which no
-   quantized layer reads, so nothing else would quantize that conv's output. A concatenation that the model
-   does not return counts among such readers (it only moves values; onnxruntime joins the dequantized ones):
+   quantized layer reads, so nothing else would quantize that conv's output. None of these readers counts when
+   the model returns its result (the last op before a model output never reads an added quantizer). A concatenation
+   counts among such readers (it only moves values; onnxruntime joins the dequantized ones):
    a DenseNet layer's new features, which concatenations read for batch norms, or a ShuffleNet branch's;
 2. T is the only output of a module P other than the root, called once: T is computed in P's scope (P is
    the innermost such module: a torchvision block whose output comes from the ReLU module it calls twice
@@ -183,8 +184,8 @@ def residual_sources(
             float_reads = all(_reaches_function(user) or _joins(user) for user in tensor.users)
         else:
             float_reads = _rectified_kernel_output(tensor, kernels) and all(
-                user in pools.get(tensor, []) or op_of(user) in _PRODUCTS or _joins(user) or _reaches_function(user)
-                for user in tensor.users)
+                user in pools.get(tensor, []) or (op_of(user) in _PRODUCTS and not _returned(user)) or _joins(user)
+                or _reaches_function(user) for user in tensor.users)
         if float_reads:
             functions[tensor].extend(tensor.users)
     shared = (node for node, names in read_by.items() if len(names) > 1)
@@ -241,16 +242,23 @@ def _rectified_kernel_output(tensor: fx.Node, kernels: set[fx.Node]) -> bool:
             and list(inputs[0].users) == [tensor])
 
 
+def _returned(node: fx.Node) -> bool:
+    """Whether the model returns ``node``'s result: a float reader whose result it returns does not count, so
+    that what the model returns is never computed from a quantized value that no layer asked for."""
+    return any(user.op == "output" for user in node.users)
+
+
 def _joins(node: fx.Node) -> bool:
-    """Whether ``node`` is a concatenation whose result the model does not return (a returned one stays float)."""
-    return op_of(node) in _CONCATENATIONS and all(user.op != "output" for user in node.users)
+    """Whether ``node`` is a concatenation whose result the model does not return."""
+    return op_of(node) in _CONCATENATIONS and not _returned(node)
 
 
 def _reaches_function(node: fx.Node) -> bool:
-    """Whether ``node`` is, or leads through single-reader permutations to, a function of ``_FLOAT_FUNCTIONS``."""
+    """Whether ``node`` is, or leads through single-reader permutations to, a function of ``_FLOAT_FUNCTIONS``
+    whose result the model does not return."""
     while op_of(node) in _PERMUTATIONS and len(node.users) == 1:
         node = next(iter(node.users))
-    return op_of(node) in _FLOAT_FUNCTIONS
+    return op_of(node) in _FLOAT_FUNCTIONS and not _returned(node)
 
 
 def _float_operands(cat: fx.Node) -> list[fx.Node]:
