@@ -592,7 +592,7 @@ def _hoist_quantizers(graph: _Graph) -> None:
 
 def _zero_pad(graph: _Graph, node: onnx.NodeProto) -> bool:
     """Whether ``node`` is a Pad in constant mode whose padding value is 0 (given as a constant, or left out)."""
-    if node.op_type != "Pad" or _attribute(node, "mode", b"constant") not in (b"constant", "constant"):
+    if node.op_type != "Pad" or _attribute(node, "mode", b"constant") != b"constant":
         return False
     if len(node.input) < 3 or not node.input[2]:
         return True

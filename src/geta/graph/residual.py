@@ -112,6 +112,7 @@ _FLOAT_FUNCTIONS = {
 _PERMUTATIONS = {aten.permute, aten.transpose}
 _PRODUCTS = {aten.mul, aten.mul_}
 _CONVOLUTIONS = nn.modules.conv._ConvNd
+_BATCH_NORMS = {aten.batch_norm, aten._native_batch_norm_legit_no_training}
 _MAX_POOLS = {aten.max_pool1d, aten.max_pool2d, aten.max_pool3d}
 _CONCATENATIONS = {aten.cat, aten.concat, aten.concatenate}
 RESIDUAL_KINDS = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
@@ -229,7 +230,7 @@ def _kernel_output(tensor: fx.Node, kernels: set[fx.Node]) -> bool:
     """Whether ``tensor`` is a reader layer's output (``kernels``), or a batch norm's of one that it alone reads."""
     if tensor in kernels:
         return True
-    if op_of(tensor) not in {aten.batch_norm, aten._native_batch_norm_legit_no_training}:
+    if op_of(tensor) not in _BATCH_NORMS:
         return False
     source = tensor.args[0] if tensor.args else None
     return isinstance(source, fx.Node) and source in kernels and list(source.users) == [tensor]
@@ -237,14 +238,13 @@ def _kernel_output(tensor: fx.Node, kernels: set[fx.Node]) -> bool:
 
 def _rectified_kernel_output(tensor: fx.Node, kernels: set[fx.Node]) -> bool:
     """Whether ``tensor`` is the ReLU of a kernel output (see :func:`_kernel_output`) that the ReLU alone reads."""
-    inputs = tensor.all_input_nodes
-    return (op_of(tensor) in _RELUS and len(inputs) == 1 and _kernel_output(inputs[0], kernels)
-            and list(inputs[0].users) == [tensor])
+    rectified = _relu_input(tensor)
+    return rectified is not None and _kernel_output(rectified, kernels)
 
 
 def _returned(node: fx.Node) -> bool:
     """Whether the model returns ``node``'s result: a float reader whose result it returns does not count, so
-    that what the model returns is never computed from a quantized value that no layer asked for."""
+    that the last op before a model output never reads an added quantizer."""
     return any(user.op == "output" for user in node.users)
 
 
