@@ -146,6 +146,11 @@ def compress(
         None, metavar="W P J", help="Fractions of the compression budget for QASSO's warm-up, projection and joint "
                                     "stages; the cool-down gets the rest (default 0.1 0.2 0.3)."
     ),
+    distill: float | None = typer.Option(
+        None, metavar="W", help="Train the compressing methods with knowledge distillation from the dense model, at "
+                                "this weight in (0, 1] beside the labels' cross-entropy (the dense baseline never)."
+    ),
+    distill_temperature: float = typer.Option(4.0, metavar="T", help="Temperature of --distill's softened logits."),
     skip: list[str] | None = typer.Option(
         None, metavar="LAYER",
         help="Layers kept at full precision, repeatable: 'first', 'last', module names or globs; 'none' "
@@ -179,7 +184,8 @@ def compress(
                                 act_bits=act_bits, seed=seed, limit_batches=limit_batches, lr=lr,
                                 compress_lr=compress_lr,
                                 qasso=_qasso(round_to, saliency_macs, stages), skip=_skip(skip),
-                                target_rel_bops=target_rel_bops, target_size_bytes=target_size)
+                                target_rel_bops=target_rel_bops, target_size_bytes=target_size,
+                                distill=distill, distill_temperature=distill_temperature)
             settings.resolve(chosen)
             if threads is not None and threads < 1:
                 raise ConfigError(f"--threads {threads}: give at least 1")

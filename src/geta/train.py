@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -55,6 +56,28 @@ def constant_then_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """Knowledge distillation from a frozen ``teacher`` (Hinton et al., 2015): the training loss becomes
+    ``(1 - weight) x cross-entropy + weight x T^2 x KL(teacher || student)`` on logits softened by the
+    temperature T. The teacher runs in eval mode without gradients and is never changed."""
+
+    teacher: nn.Module
+    weight: float
+    temperature: float = 4.0
+
+    def loss(self, student_logits: Tensor, inputs: Inputs, labels: Tensor) -> Tensor:
+        """The mixed loss of ``student_logits`` for one batch of ``inputs`` and ``labels``."""
+        with torch.no_grad(), eval_mode(self.teacher):
+            teacher_logits = logits(self.teacher, inputs)
+        t = self.temperature
+        student = nn.functional.log_softmax(student_logits / t, dim=-1)
+        teacher = nn.functional.log_softmax(teacher_logits / t, dim=-1)
+        divergence = nn.functional.kl_div(student, teacher, reduction="batchmean", log_target=True)
+        hard = nn.functional.cross_entropy(student_logits, labels)
+        return (1.0 - self.weight) * hard + self.weight * t * t * divergence
+
+
 def train(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -63,14 +86,16 @@ def train(
     *,
     scheduler: Any = None,
     on_step: Callable[[int, float], None] | None = None,
+    distillation: Distillation | None = None,
 ) -> None:
-    """``steps`` steps of cross-entropy; ``on_step(step, loss)`` after each (steps counted from 1).
-    The model is left in training mode."""
+    """``steps`` steps of cross-entropy (or of ``distillation``'s loss); ``on_step(step, loss)`` after
+    each (steps counted from 1). The model is left in training mode."""
     model.train()
     for step in range(1, steps + 1):
         x, y = next(batches)
         optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(logits(model, x), y)
+        out = logits(model, x)
+        loss = nn.functional.cross_entropy(out, y) if distillation is None else distillation.loss(out, x, y)
         loss.backward()
         optimizer.step()
         if scheduler is not None:

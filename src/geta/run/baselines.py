@@ -32,7 +32,7 @@ from geta.run.budget import decay_start
 from geta.run.costs import model_report
 from geta.run.progress import Display, Point
 from geta.run.result import DenseModel, Recorder, RunResult, make_result, measure_every
-from geta.train import constant_then_cosine, logits, shuffled_batches, train
+from geta.train import Distillation, constant_then_cosine, logits, shuffled_batches, train
 
 PTQ_BITS = (8, 4)
 SALIENCY_BATCHES = 8
@@ -45,7 +45,8 @@ def dense_training(dense: DenseModel, *, display: Display | None = None) -> RunR
     start = time.perf_counter()
     model = copy.deepcopy(dense.model)  # methods never change the shared dense model
     display.message(f"dense: training on for {dense.settings.epochs} epochs ({dense.method_steps} steps)")
-    recorder = _fine_tune(dense, model, "dense", display, {"group_sparsity": 0.0, "rel_bops": 1.0})
+    # the plain reference: trained on the labels alone, whatever ``distill`` says
+    recorder = _fine_tune(dense, model, "dense", display, {"group_sparsity": 0.0, "rel_bops": 1.0}, None)
     model.eval()
     report = model_report(model, dense.example)
     return make_result(dense, "dense", model, report, dense.test_accuracy(model), recorder, start, group_sparsity=0.0)
@@ -92,7 +93,8 @@ def prune_then_ptq(dense: DenseModel, *, display: Display | None = None) -> list
                         f"fine-tuning for {settings.epochs} epochs ({dense.method_steps} steps)")
         pruned_rel_bops = model_report(pruned, dense.example).bops / dense.cost.bops
         recorder = _fine_tune(dense, pruned, "fine-tune", display, {"group_sparsity": sparsity,
-                                                                    "rel_bops": pruned_rel_bops})
+                                                                    "rel_bops": pruned_rel_bops},
+                              dense.distillation())
         tuned_at = time.perf_counter()
         display.set_stage("ptq")
         for bits in [b for b, c in counts.items() if c == count]:
@@ -183,11 +185,12 @@ def _accumulate_gradients(model: torch.nn.Module, dense: DenseModel) -> None:
 
 
 def _fine_tune(
-    dense: DenseModel, model: torch.nn.Module, stage: str, display: Display, point: dict[str, float]
+    dense: DenseModel, model: torch.nn.Module, stage: str, display: Display, point: dict[str, float],
+    distillation: Distillation | None,
 ) -> Recorder:
     """Train ``model`` for the compression budget with the base optimizer at GETA's learning rates
-    (``compress_lr``, decayed from where QASSO's cool-down starts); ``point`` (sparsity, rel. BOPs)
-    goes with every curve point."""
+    (``compress_lr``, decayed from where QASSO's cool-down starts) and the loss of ``distillation``
+    (cross-entropy when None); ``point`` (sparsity, rel. BOPs) goes with every curve point."""
     recipe = dense.recipe
     make = base_optimizer(recipe.optimizer, dense.settings.compress_lr, **recipe.optimizer_kwargs)
     optimizer = make(list(model.parameters()))
@@ -201,5 +204,5 @@ def _fine_tune(
         recorder.record(stage, loss, (lambda: point) if step % every == 0 or step == steps else None)
 
     scheduler = constant_then_cosine(optimizer, decay_start(dense.settings, steps, recipe.quantize), steps)
-    train(model, optimizer, batches, steps, scheduler=scheduler, on_step=on_step)
+    train(model, optimizer, batches, steps, scheduler=scheduler, on_step=on_step, distillation=distillation)
     return recorder

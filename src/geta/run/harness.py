@@ -3,9 +3,11 @@
 Compression starts from the trained dense model: the dense stage trains ``dense_epochs`` (cosine
 learning-rate decay), then every method gets the same ``epochs`` from those weights with the same
 batch order and the same learning rates: ``compress_lr`` (the recipe's unless set) until QASSO's
-cool-down starts, then a cosine decay to zero. The methods are GETA (QASSO), continued dense
-training, prune-then-PTQ (fine-tuning) and quantize-only (QASSO without pruning). Rel. BOPs compare the
-final model with the dense float model (dense MACs x 32 x 32).
+cool-down starts, then a cosine decay to zero, and the same loss (cross-entropy, or with ``distill``
+distillation from the dense model; the dense baseline always trains on the labels alone). The
+methods are GETA (QASSO), continued dense training, prune-then-PTQ (fine-tuning) and quantize-only
+(QASSO without pruning). Rel. BOPs compare the final model with the dense float model (dense MACs x
+32 x 32).
 """
 
 from __future__ import annotations
@@ -191,7 +193,8 @@ def compress(
     batches = shuffled_batches(dense.split.train_inputs, dense.split.train_y, recipe.batch_size,
                                torch.Generator().manual_seed(settings.seed + 1), settings.limit_batches)
     scheduler = constant_then_cosine(optimizer, optimizer.schedule.cooldown_start, steps)
-    train(g.model, optimizer, batches, steps, scheduler=scheduler, on_step=on_step)
+    train(g.model, optimizer, batches, steps, scheduler=scheduler, on_step=on_step,
+          distillation=dense.distillation())
     compact = g.construct_subnet().eval()
     reasons = dict(g.unquantized())
     report = model_report(compact, dense.example, reasons, group_sparsity=g.group_sparsity())

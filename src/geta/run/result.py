@@ -17,7 +17,7 @@ from geta.recipes.recipe import Recipe
 from geta.run.costs import DenseCost, layer_rows
 from geta.run.progress import Display, Point
 from geta.run.settings import RunSettings, Settings
-from geta.train import accuracy
+from geta.train import Distillation, accuracy
 
 if TYPE_CHECKING:  # geta.run.latency imports onnxruntime, which only writing a run needs
     from geta.run.latency import Latency
@@ -64,6 +64,12 @@ class DenseModel:
                     f"{getattr(resolved, name)!r}; train another with train_dense or leave {name} as it was"
                 )
         return replace(self, settings=resolved)
+
+    def distillation(self) -> Distillation | None:
+        """Distillation from this dense model when the settings ask for it (``distill`` > 0), else None."""
+        if self.settings.distill == 0:
+            return None
+        return Distillation(self.model, self.settings.distill, self.settings.distill_temperature)
 
     def test_accuracy(self, model: nn.Module) -> float:
         """Top-1 accuracy of ``model`` on the test split."""

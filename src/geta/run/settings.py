@@ -29,6 +29,10 @@ class Settings:
     names or globs; ``()`` quantizes every layer. ``target_rel_bops`` or ``target_size_bytes`` make
     GETA's target a cost budget instead of ``sparsity`` (which the baselines still use; see
     :class:`geta.QassoConfig`); at most one of the two, and not beside an explicit ``sparsity``.
+    ``distill`` in (0, 1] trains the compressing methods (GETA, prune-then-ptq's fine-tuning,
+    quantize-only) with knowledge distillation from the dense model they start from, at that weight
+    and ``distill_temperature`` (:class:`geta.train.Distillation`); the dense baseline always trains
+    on the labels alone, so that it stays the plain reference.
     """
 
     epochs: int | None = None
@@ -44,6 +48,8 @@ class Settings:
     skip: tuple[str, ...] | None = None
     target_rel_bops: float | None = None
     target_size_bytes: float | None = None
+    distill: float | None = None
+    distill_temperature: float = 4.0
 
     def resolve(self, recipe: Recipe) -> RunSettings:
         """Every field filled from ``recipe`` where left None, and checked; raises :class:`ConfigError`."""
@@ -69,7 +75,14 @@ class Settings:
             skip=tuple(str(s) for s in skip),
             target_rel_bops=self.target_rel_bops,
             target_size_bytes=self.target_size_bytes,
+            distill=0.0 if self.distill is None else self.distill,
+            distill_temperature=self.distill_temperature,
         )
+        if not 0 <= resolved.distill <= 1:
+            raise ConfigError(f"distill={resolved.distill}: give a weight in (0, 1] for the distillation loss, "
+                              "or leave it unset to train on the labels alone")
+        if not resolved.distill_temperature > 0:
+            raise ConfigError(f"distill_temperature={resolved.distill_temperature} must be > 0 (4 is usual)")
         if resolved.epochs < 1:
             raise ConfigError(f"epochs={resolved.epochs}: compression needs at least 1 epoch")
         if resolved.dense_epochs < 0:
@@ -109,6 +122,8 @@ class RunSettings:
     skip: tuple[str, ...]
     target_rel_bops: float | None = None
     target_size_bytes: float | None = None
+    distill: float = 0.0
+    distill_temperature: float = 4.0
 
     def qasso_config(self, total_steps: int, sparsity: float | None = None) -> QassoConfig:
         """The QASSO config of a method over ``total_steps``, with these bit ranges and ``qasso`` settings;
