@@ -79,6 +79,8 @@ def test_compress_help_explains_the_options() -> None:
          "give one target, not target_rel_bops and sparsity"),
         (["compress", "cnn-digits", "--target-rel-bops", "1.5"], "target_rel_bops=1.5 must lie in"),
         (["compress", "cnn-digits", "--target-size", "-4"], "target_size_bytes=-4.0 must be"),
+        (["compress", "cnn-digits", "--distill", "1.5"], "distill=1.5: give a weight in (0, 1]"),
+        (["compress", "cnn-digits", "--distill", "0.5", "--distill-temperature", "0"], "distill_temperature=0.0"),
         (["compress", "cnn-digits", "--epochs", "1", "--limit-batches", "2", "--quiet"], "2 steps is too short"),
     ],
 )

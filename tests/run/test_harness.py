@@ -263,3 +263,21 @@ def test_a_budget_no_removal_meets_leaves_that_bit_width_out() -> None:
     budget = replace(TINY, target_rel_bops=1e-6)
     results = run_baseline("cnn-digits", budget, "prune-then-ptq", dense=train_dense("cnn-digits", budget))
     assert results == []
+
+
+def test_distill_changes_the_compressing_methods_loss_but_never_the_dense_reference() -> None:
+    dense = train_dense("cnn-digits", TINY)
+    distilled = replace(TINY, distill=0.5)
+
+    def losses(method: str, settings: Settings) -> list[float]:
+        [result] = run_baseline("cnn-digits", settings, method, dense=dense) if method != "geta" else [
+            run_recipe("cnn-digits", settings, dense=dense)]
+        assert result.settings["distill"] == settings.resolve(get_recipe("cnn-digits")).distill
+        return [p.loss for p in result.curves if p.step > dense.steps]
+
+    assert losses("dense", distilled) == losses("dense", TINY)
+    assert losses("geta", distilled) != losses("geta", TINY)
+    with pytest.raises(ConfigError, match=r"distill=1\.5"):
+        replace(TINY, distill=1.5).resolve(get_recipe("cnn-digits"))
+    with pytest.raises(ConfigError, match="distill_temperature=0"):
+        replace(TINY, distill=0.5, distill_temperature=0.0).resolve(get_recipe("cnn-digits"))
