@@ -581,3 +581,38 @@ def test_a_float_function_whose_result_the_model_returns_does_not_count() -> Non
     """The first conv's output gets its quantizer (the SiLU's result is read inside the model), the last conv's
     not: the model returns its sigmoid."""
     assert _sources(ReturnsFunction().eval(), torch.randn(2, 3, 8, 8)) == ["first"]
+
+
+class DenseStages(nn.Module):
+    """DenseNet's pattern, as torchvision writes it: a stem conv-bn-ReLU into a max pool, dense layers that each
+    batch-normalize the concatenation of every earlier feature map (``torch.cat`` of one tensor for the first),
+    and a transition whose conv output is averaged, then read by the next block's concatenations only;
+    ``returns``: the model returns the averaged transition output too."""
+
+    def __init__(self, returns: bool = False) -> None:
+        super().__init__()
+        self.returns = returns
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.layer1 = nn.Sequential(nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1))
+        self.transition = nn.Sequential(nn.BatchNorm2d(12), nn.ReLU(), nn.Conv2d(12, 6, 1))
+        self.layer2 = nn.Sequential(nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1))
+        self.norm, self.head = nn.BatchNorm2d(10), nn.Linear(10, 3)
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        h = nn.functional.max_pool2d(self.stem(x), 2)
+        h = torch.cat([h, self.layer1(torch.cat([h], 1))], 1)
+        pooled = nn.functional.avg_pool2d(self.transition(h), 2)
+        h = torch.cat([pooled, self.layer2(torch.cat([pooled], 1))], 1)
+        out = self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(torch.relu(self.norm(h)), 1), 1))
+        return (out, pooled) if self.returns else out
+
+
+def test_kernel_outputs_pooled_into_concatenations() -> None:
+    """The stem's ReLU output, max-pooled, and the transition conv's output, averaged, are read by concatenations
+    alone: each gets its quantizer where it is produced (unsigned after the ReLU), so that the stem conv and the
+    transition conv run on integers, as each dense layer's conv does (the last ReLU is the pooled stream into the
+    head). Not the transition's when the model returns its averaged output."""
+    assert _found(DenseStages().eval(), torch.randn(2, 3, 16, 16)) == [
+        Source("stem.2", (), True), Source("layer1.2"), Source("transition.2"), Source("layer2.2"),
+        Source("norm", (), True)]
+    assert "transition.2" not in _sources(DenseStages(returns=True).eval(), torch.randn(2, 3, 16, 16))

@@ -40,7 +40,10 @@ The rule, on the captured graph of the model before its activation quantizers. A
    quantized layer reads, so nothing else would quantize that conv's output. None of these readers counts when
    the model returns its result (the last op before a model output never reads an added quantizer). A concatenation
    counts among such readers (it only moves values; onnxruntime joins the dequantized ones):
-   a DenseNet layer's new features, which concatenations read for batch norms, or a ShuffleNet branch's;
+   a DenseNet layer's new features, which concatenations read for batch norms, or a ShuffleNet branch's; and so
+   does an averaging or max pooling whose readers all are such and whose result the model does not return (a
+   DenseNet transition's averaged conv output and its stem's max-pooled ReLU output, which only the next block's
+   concatenations read);
 2. T is the only output of a module P other than the root, called once: T is computed in P's scope (P is
    the innermost such module: a torchvision block whose output comes from the ReLU module it calls twice
    is P itself), nothing in P's scope reads it, and no other tensor computed in P's scope is read outside
@@ -71,9 +74,10 @@ Not covered: a tensor computed in the root module's own forward other than the R
 (``relu(x + y)`` or ``torch.sigmoid(y)`` there), which is no module's output, nor a tensor that is only one of
 several outputs of a module, nor one read by anything but residual adds, pooled readers, concatenations,
 float functions after a kernel and quantized layers, nor the inputs of a concatenation that a float op reads
-(DenseNet's, which a batch norm reads); these stay as before (the layers reading them quantize them, the add,
-the pool or the concatenation reads the float value). A squeeze-excitation product (``x * gate``) stays a
-float multiply between quantizers (no QLinearMul): its output is quantized by the layer reading it.
+(DenseNet's, which a batch norm reads) other than kernel outputs (1); these stay as before (the layers
+reading them quantize them, the add, the pool or the concatenation reads the float value). A squeeze-excitation
+product (``x * gate``) stays a float multiply between quantizers (no QLinearMul): its output is quantized by the
+layer reading it.
 """
 
 from __future__ import annotations
@@ -182,11 +186,11 @@ def residual_sources(
         if not tensor.users:
             continue
         if _kernel_output(tensor, kernels):
-            float_reads = all(_reaches_function(user) or _joins(user) for user in tensor.users)
+            float_reads = all(_float_reader(user) for user in tensor.users)
         else:
             float_reads = _rectified_kernel_output(tensor, kernels) and all(
-                user in pools.get(tensor, []) or (op_of(user) in _PRODUCTS and not _returned(user)) or _joins(user)
-                or _reaches_function(user) for user in tensor.users)
+                user in pools.get(tensor, []) or (op_of(user) in _PRODUCTS and not _returned(user))
+                or _float_reader(user) for user in tensor.users)
         if float_reads:
             functions[tensor].extend(tensor.users)
     shared = (node for node, names in read_by.items() if len(names) > 1)
@@ -251,6 +255,16 @@ def _returned(node: fx.Node) -> bool:
 def _joins(node: fx.Node) -> bool:
     """Whether ``node`` is a concatenation whose result the model does not return."""
     return op_of(node) in _CONCATENATIONS and not _returned(node)
+
+
+def _float_reader(node: fx.Node) -> bool:
+    """Whether ``node`` reads its input in float: a concatenation (:func:`_joins`), a function of
+    ``_FLOAT_FUNCTIONS`` (:func:`_reaches_function`), or a pooling (averaging or max) whose readers all
+    are such, none of whose results the model returns (a DenseNet transition's ``avg_pool(conv(x))``
+    into the next block's concatenations, or its stem's ``max_pool(relu(bn(conv(x))))``)."""
+    if op_of(node) in _AVERAGING_POOLS | _MAX_POOLS:
+        return bool(node.users) and not _returned(node) and all(_float_reader(user) for user in node.users)
+    return _joins(node) or _reaches_function(node)
 
 
 def _reaches_function(node: fx.Node) -> bool:
