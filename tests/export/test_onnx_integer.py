@@ -594,3 +594,36 @@ def test_dense_layers_run_their_convs_on_integer_kernels(tmp_path: Path) -> None
     batch = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     error, bound = _head_level_error(compact, compact.head, session, batch)
     assert error <= bound
+
+
+class ExcitationNet(nn.Module):
+    """A conv-bn-ReLU stem and two blocks of conv-bn-ReLU, squeeze-excitation with a sigmoid module as its gate
+    (torchvision's ``SqueezeExcitation``) and a projection conv-bn, then a mean into the linear classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = _unit(3, 8, 3)
+        self.blocks = nn.ModuleList([nn.ModuleDict({
+            "unit": _unit(8, 16, 3), "fc1": nn.Conv2d(16, 4, 1), "fc2": nn.Conv2d(4, 16, 1), "gate": nn.Sigmoid(),
+            "project": nn.Sequential(nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8))}) for _ in range(2)])
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            h = block["unit"](x)
+            gate = block["gate"](block["fc2"](F.relu(block["fc1"](F.adaptive_avg_pool2d(h, 1)))))
+            x = block["project"](h * gate)
+        return self.head(x.mean((2, 3)))
+
+
+def test_squeeze_excitation_gates_run_integer_multiplies(tmp_path: Path) -> None:
+    """The sigmoid gates get output quantizers, so onnxruntime runs each gate as QLinearSigmoid and each product
+    as QLinearMul, beside QLinearConv for every conv: no float multiply, sigmoid or conv is left; within one
+    head level of torch."""
+    compact, session, ops = _residual_export(ExcitationNet(), tmp_path)
+    assert ops.count("QLinearMul") == 2 and ops.count("QLinearSigmoid") == 2 and ops.count("QLinearConv") == 9
+    assert not {"Mul", "Sigmoid", "Conv", "FusedConv"} & set(ops)
+    batch = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    error, bound = _head_level_error(compact, compact.head, session, batch)
+    assert error <= bound

@@ -616,3 +616,40 @@ def test_kernel_outputs_pooled_into_concatenations() -> None:
         Source("stem.2", (), True), Source("layer1.2"), Source("transition.2"), Source("layer2.2"),
         Source("norm", (), True)]
     assert "transition.2" not in _sources(DenseStages(returns=True).eval(), torch.randn(2, 3, 16, 16))
+
+
+class ModuleGate(nn.Module):
+    """torchvision's ``SqueezeExcitation``: the gate is a sigmoid module (``gate="hard"``: a hardsigmoid), the
+    gated tensor a conv-bn-``act`` output (``"relu"``, or ``"hardswish"``, a float function's output that gets no
+    quantizer); ``returns``: the model returns the product too."""
+
+    def __init__(self, act: str = "relu", gate: str = "sigmoid", returns: bool = False) -> None:
+        super().__init__()
+        self.unit = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8),
+                                  nn.ReLU() if act == "relu" else nn.Hardswish())
+        self.fc1, self.fc2, self.project = nn.Conv2d(8, 2, 1), nn.Conv2d(2, 8, 1), nn.Conv2d(8, 4, 1)
+        self.gate = nn.Sigmoid() if gate == "sigmoid" else nn.Hardsigmoid()
+        self.returns = returns
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        h = self.unit(x)
+        gated = h * self.gate(self.fc2(torch.relu(self.fc1(nn.functional.adaptive_avg_pool2d(h, 1)))))
+        out = self.project(gated)
+        return (out, gated) if self.returns else out
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "hard"])
+def test_a_gate_module_whose_product_a_quantized_layer_reads(gate: str) -> None:
+    """The gate's output gets an unsigned quantizer of its own when the tensor it multiplies is quantized (the
+    ReLU's) and the product is a quantized layer's only input: an integer runtime then multiplies codes
+    (QLinearMul, and QLinearSigmoid for the sigmoid)."""
+    assert _found(ModuleGate(gate=gate).eval(), torch.randn(2, 3, 8, 8)) == [
+        Source("unit.2", (), True), Source("fc2"), Source("gate", (), True)]
+
+
+@pytest.mark.parametrize("case", ["hardswish", "returned"])
+def test_a_gate_stays_float_beside_a_float_operand_or_a_returned_product(case: str) -> None:
+    """Beside a hardswish output (no quantizer: the multiply could not run on codes) or when the model returns
+    the product, the gate gets no quantizer."""
+    model = ModuleGate(act="hardswish") if case == "hardswish" else ModuleGate(returns=True)
+    assert "gate" not in _sources(model.eval(), torch.randn(2, 3, 8, 8))

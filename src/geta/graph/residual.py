@@ -65,6 +65,14 @@ A layer whose only input is T through max poolings alone (an Inception block's p
 layer of ``readers`` whose only input is T, the poolings as part of it: a max pooling of quantized values
 is quantized by the same quantizer (it selects levels), and the export leaves the pooling on codes.
 
+5. Or, once the sources above are known: T is the output of a sigmoid or hardsigmoid module (a squeeze-excitation
+   gate, torchvision's ``SqueezeExcitation.scale_activation``) that only products ``x * T`` read, each of whose
+   ``x`` is quantized by a source found above and whose result reaches one of ``readers`` as its only input
+   through data movement (the block's projection conv). T's quantizer is unsigned, and onnxruntime then runs
+   the product on codes (QLinearMul) and a sigmoid gate too (QLinearSigmoid, its input being the gate conv's
+   quantized output), as its ``quantize_static`` does; beside a float ``x`` (a hardswish output) a quantizer
+   on T would buy no integer multiply, so T stays float.
+
 P then gets an output quantizer (unsigned where T is provably non-negative, e.g. after a ReLU), and
 the layers of (4) that read T take that quantizer as their input quantizer instead of quantizing T a
 second time (see ``quant.prepare.share_input_quantizer``), so that every reader of T, the add included,
@@ -76,8 +84,9 @@ several outputs of a module, nor one read by anything but residual adds, pooled 
 float functions after a kernel and quantized layers, nor the inputs of a concatenation that a float op reads
 (DenseNet's, which a batch norm reads) other than kernel outputs (1); these stay as before (the layers
 reading them quantize them, the add, the pool or the concatenation reads the float value). A squeeze-excitation
-product (``x * gate``) stays a float multiply between quantizers (no QLinearMul): its output is quantized by the
-layer reading it.
+product (``x * gate``) stays a float multiply between quantizers (no QLinearMul) unless (5) applies: its output
+is quantized by the layer reading it. A functional gate (``torch.sigmoid`` in a parent's forward) is no module's
+output, so (5) cannot give it a quantizer.
 """
 
 from __future__ import annotations
@@ -115,6 +124,7 @@ _FLOAT_FUNCTIONS = {
 }
 _PERMUTATIONS = {aten.permute, aten.transpose}
 _PRODUCTS = {aten.mul, aten.mul_}
+_GATES = {aten.sigmoid, aten.sigmoid_, aten.hardsigmoid, aten.hardsigmoid_}
 _CONVOLUTIONS = nn.modules.conv._ConvNd
 _BATCH_NORMS = {aten.batch_norm, aten._native_batch_norm_legit_no_training}
 _MAX_POOLS = {aten.max_pool1d, aten.max_pool2d, aten.max_pool3d}
@@ -193,16 +203,14 @@ def residual_sources(
                 or _float_reader(user) for user in tensor.users)
         if float_reads:
             functions[tensor].extend(tensor.users)
+    gates = {node: list(node.users) for node in graph.nodes if op_of(node) in _GATES and node.users
+             and all(_gated_operand(user, node, read_by) is not None for user in node.users)}
     shared = (node for node, names in read_by.items() if len(names) > 1)
     candidates = list(dict.fromkeys([*adds, *shared, *pools, *cats, *functions]))
     nonnegative = nonnegative_nodes(graph) if candidates else set()
     found: dict[str, Source] = {}
     for tensor in candidates:
-        output, through_relu = tensor, False
-        path = _module_output(graph, tensor, modules, calls)
-        if path is None and (relu := _relu_input(tensor)) is not None:
-            output, through_relu = relu, True
-            path = _module_output(graph, relu, modules, calls)
+        path, output, through_relu = _source_module(graph, tensor, modules, calls)
         if path is None or path in found or path in excluded:
             continue
         names = read_by.get(tensor, [])
@@ -216,7 +224,40 @@ def residual_sources(
         if not only_adds_and_readers and not old_rule:
             continue  # (4); a conv's or batch norm's add operand needs only (1)-(3)
         found[path] = Source(path, tuple(names), through_relu or tensor in nonnegative)
+    for gate, products in gates.items():  # (5), once the gated tensors' sources are known
+        path = _module_output(graph, gate, modules, calls)
+        gated = [_gated_operand(product, gate, read_by) for product in products]
+        if path is None or path in found or path in excluded or not all(
+                operand is not None and _source_module(graph, operand, modules, calls)[0] in found
+                for operand in gated):
+            continue
+        found[path] = Source(path, (), True)
     return [found[name] for name in modules if name in found]
+
+
+def _source_module(
+    graph: fx.Graph, tensor: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int]
+) -> tuple[str | None, fx.Node, bool]:
+    """The module whose output quantizer would quantize ``tensor`` (condition 2), the tensor it quantizes
+    (``tensor``, or the ReLU's input for a functional ``relu(y)``), and whether it is reached through that ReLU."""
+    path = _module_output(graph, tensor, modules, calls)
+    if path is None and (relu := _relu_input(tensor)) is not None:
+        return _module_output(graph, relu, modules, calls), relu, True
+    return path, tensor, False
+
+
+def _gated_operand(product: fx.Node, gate: fx.Node, read_by: dict[fx.Node, list[str]]) -> fx.Node | None:
+    """For ``product = x * gate`` (either order) of two floating tensors, whose result the model does not return
+    and which reaches a reader layer as its only input through data movement, ``x``; else None."""
+    operands = product.args[:2]
+    if (op_of(product) not in _PRODUCTS or len(operands) != 2 or gate not in operands or _returned(product)
+            or not _reaches(product, read_by, _DATA_MOVEMENT)):
+        return None
+    other = operands[1] if operands[0] is gate else operands[0]
+    if not isinstance(other, fx.Node) or other is gate:
+        return None
+    value = other.meta.get("val")
+    return other if isinstance(value, torch.Tensor) and value.is_floating_point() else None
 
 
 def _reaches(start: fx.Node, read_by: dict[fx.Node, list[str]], through: Collection[object]) -> bool:
